@@ -1,0 +1,66 @@
+"""Build ONNX graphs (segments, or a whole model) into loadable TVM artifacts for a target preset."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from ..runtime.errors import NeurosurgeonError
+from ..runtime.tensors import TensorInfo
+from ..targets import Preset
+from .frontend import _first_line
+
+
+class BuildError(NeurosurgeonError):
+    pass
+
+
+@dataclass
+class BuiltArtifact:
+    path: Path
+    compile_seconds: float
+    export_seconds: float
+
+
+def artifact_name(model_name: str, preset: Preset, segment: int | None) -> str:
+    """Deterministic file names: {model}_{preset}_seg{k:03d}.so, or {model}_{preset}_full.so."""
+    suffix = f"seg{segment:03d}" if segment is not None else "full"
+    return f"{model_name}_{preset.name}_{suffix}.so"
+
+
+def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset, out_path: Path,
+                what: str) -> BuiltArtifact:
+    """Import, compile and export one graph. `what` names it in errors ("segment 3 (conv2..relu2)")."""
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    started = time.perf_counter()
+    try:
+        mod = from_onnx(model, shape_dict={t.name: list(t.shape) for t in inputs},
+                        dtype_dict={t.name: t.dtype for t in inputs}, keep_params_in_input=False)
+    except Exception as err:
+        raise BuildError(f"{what}: TVM's ONNX importer failed: {_first_line(err)}") from None
+    target = preset.tvm_target()
+    try:
+        if preset.device == "cuda":
+            from .cuda import compile_cuda
+
+            executable = compile_cuda(mod, target)
+        else:
+            with target:
+                executable = tvm.compile(mod, target=target)
+    except NeurosurgeonError:
+        raise
+    except Exception as err:
+        raise BuildError(f"{what}: TVM failed to compile for {preset.name}: {_first_line(err)}") from None
+    compiled = time.perf_counter()
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        executable.export_library(str(out_path), fcompile=tvm.support.cc.cross_compiler(preset.cxx))
+    except Exception as err:
+        raise BuildError(f"{what}: exporting the {preset.name} artifact with {preset.cxx} failed: "
+                         f"{_first_line(err)}") from None
+    return BuiltArtifact(out_path, compiled - started, time.perf_counter() - compiled)
