@@ -1,0 +1,21 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need first.
+PY := .venv/bin/python
+
+.PHONY: setup demo test test-fast bench clean
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m neurosurgeon.cli demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) bench/compile_bench.py
+
+clean:
+	rm -rf .venv .pytest_cache out

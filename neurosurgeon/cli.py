@@ -1,0 +1,139 @@
+"""`neurosurgeon` command line: parses arguments, calls the Python API, prints. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from neurosurgeon.runtime.errors import NeurosurgeonError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("--input-shape", action="append", metavar="NAME=D1,D2,...",
+                   help="freeze an input's shape (repeat for several inputs), e.g. input=1,3,224,224")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from neurosurgeon import __version__
+    from neurosurgeon.targets import preset_names
+
+    parser = argparse.ArgumentParser(prog="neurosurgeon", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"neurosurgeon {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("inspect", help="print the layer table and candidate cuts of a model")
+    _add_model_args(p)
+    p.add_argument("--plot", metavar="PNG", help="draw per-layer output size and FLOPs to this file")
+
+    p = verbs.add_parser("compile", help="compile a model into a partitioned bundle")
+    _add_model_args(p)
+    p.add_argument("--mobile", required=True, metavar="PRESET", help=f"device preset: {', '.join(preset_names('mobile'))}")
+    p.add_argument("--server", required=True, metavar="PRESET", help=f"server preset: {', '.join(preset_names('server'))}")
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help="bundle folder (or .tar file with --tar)")
+    p.add_argument("--tar", action="store_true", help="write the bundle as a single tar file")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = verbs.add_parser("verify", help="run every cut of a bundle here and compare with onnxruntime on the model")
+    p.add_argument("bundle", help="bundle folder (both sides built for this machine, e.g. x86-host)")
+    p.add_argument("model", help="the ONNX model the bundle was compiled from")
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=1e-5)
+
+    p = verbs.add_parser("demo", help="compile a zoo network, then run every cut against onnxruntime")
+    p.add_argument("--model", default="alexnet", help="zoo network (default alexnet)")
+    p.add_argument("--input-size", type=int, help="smaller input for a quicker run")
+    p.add_argument("--workdir", default=".cache/demo", help="where the model and bundle are kept between runs")
+
+    p = verbs.add_parser("zoo", help="write one of the papers' benchmark networks as ONNX")
+    p.add_argument("name", nargs="?", help="model name (omit with --list)")
+    p.add_argument("-o", "--output", metavar="ONNX", help="output file (default NAME.onnx)")
+    p.add_argument("--input-size", type=int, help="spatial input size for image models (smaller = faster)")
+    p.add_argument("--width", type=float, default=1.0, help="scale every hidden width (default 1.0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--list", action="store_true", help="list the models")
+    return parser
+
+
+def cmd_inspect(args) -> int:
+    from neurosurgeon.compiler.frontend import parse_input_shapes
+    from neurosurgeon.compiler.pipeline import analyse
+    from neurosurgeon.compiler.report import cut_table, layer_table, plot_layers
+
+    frozen, graph, plan = analyse(args.model, parse_input_shapes(args.input_shape))
+    print(layer_table(frozen, graph))
+    print()
+    print(cut_table(plan))
+    if args.plot:
+        print(f"\nplot written to {plot_layers(frozen, graph, args.plot)}")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from neurosurgeon.compiler.frontend import parse_input_shapes
+    from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
+    from neurosurgeon.compiler.report import human_bytes
+
+    options = CompileOptions(mobile=args.mobile, server=args.server, input_shapes=parse_input_shapes(args.input_shape),
+                             as_tar=args.tar, force=args.force, progress=not args.quiet)
+    result = compile_model(args.model, Path(args.output), options)
+    m = result.manifest
+    total = sum(e["bytes"] for files in m["artifacts"].values() for e in files)
+    print(f"bundle {result.path}: {m['model']['name']}, {len(m['layers'])} layers, {len(m['cuts'])} cuts, "
+          f"{len(m['segments'])} segments; mobile {args.mobile}, server {args.server}; "
+          f"{human_bytes(total)} of artifacts; built in "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in result.build_seconds.items()))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from neurosurgeon.compiler.report import check_table
+    from neurosurgeon.compiler.verify import verify_bundle
+
+    checks = verify_bundle(args.bundle, args.model, rtol=args.rtol, atol=args.atol)
+    print(check_table(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_demo(args) -> int:
+    from neurosurgeon.compiler.demo import run_demo
+
+    return run_demo(Path(args.workdir), args.model, args.input_size)
+
+
+def cmd_zoo(args) -> int:
+    from neurosurgeon.compiler import zoo
+
+    if args.list or not args.name:
+        for name, description in zoo.MODELS.items():
+            print(f"{name:10s} {description}")
+        return 0
+    try:
+        model = zoo.build(args.name, input_size=args.input_size, width=args.width, seed=args.seed)
+    except (KeyError, ValueError) as err:
+        raise NeurosurgeonError(str(err.args[0] if err.args else err)) from None
+    out = Path(args.output or f"{args.name}.onnx")
+    zoo.save(model, out)
+    print(f"{out}: {args.name}, {len(model.graph.node)} nodes, "
+          f"input {[d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"inspect": cmd_inspect, "compile": cmd_compile, "verify": cmd_verify, "demo": cmd_demo,
+               "zoo": cmd_zoo}[args.verb]
+    try:
+        return handler(args)
+    except NeurosurgeonError as err:
+        print(f"neurosurgeon: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neurosurgeon: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
