@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset
 
     started = time.perf_counter()
     try:
-        mod = from_onnx(model, shape_dict={t.name: list(t.shape) for t in inputs},
-                        dtype_dict={t.name: t.dtype for t in inputs}, keep_params_in_input=False)
+        with warnings.catch_warnings():  # TVM warns for every ONNX name it sanitises ("conv1.weight")
+            warnings.simplefilter("ignore")
+            mod = from_onnx(model, shape_dict={t.name: list(t.shape) for t in inputs},
+                            dtype_dict={t.name: t.dtype for t in inputs}, keep_params_in_input=False)
     except Exception as err:
         raise BuildError(f"{what}: TVM's ONNX importer failed: {_first_line(err)}") from None
     target = preset.tvm_target()

@@ -1,0 +1,126 @@
+"""Stages after the build: the manifest, atomic publishing, and what the runtime accepts."""
+
+import json
+import tarfile
+
+import pytest
+
+from neurosurgeon.compiler import pipeline
+from neurosurgeon.compiler.bundle import OutputError
+from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
+from neurosurgeon.compiler.verify import verify_bundle
+from neurosurgeon.runtime.bundle import Bundle, SegmentExecutor, sha256_file
+from neurosurgeon.runtime.errors import BundleError
+
+SHAPES = {"x": (1, 3, 8, 8)}
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    from models import residual_with_shape_arithmetic
+    import onnx
+
+    root = tmp_path_factory.mktemp("bundle")
+    onnx.save(residual_with_shape_arithmetic(), root / "residual.onnx")
+    compile_model(root / "residual.onnx", root / "out", CompileOptions("x86-host", "x86-host", SHAPES, progress=False))
+    return root
+
+
+def test_manifest_describes_model_cuts_segments_and_files(bundle_dir):
+    manifest = json.loads((bundle_dir / "out" / "manifest.json").read_text())
+    assert manifest["format"] == "neurosurgeon-bundle" and manifest["schema_version"] == [1, 0]
+    assert "compatibility" in manifest
+    identity = manifest["identity"]
+    assert identity["model_sha256"] == sha256_file(bundle_dir / "residual.onnx")
+    assert identity["sides"]["mobile"]["preset"] == "x86-host" and identity["options"]["input_shapes"] == {"x": [1, 3, 8, 8]}
+    assert {"tool_version", "tvm_version", "bundle_id"} <= set(identity)
+    assert [t["name"] for t in manifest["model"]["inputs"]] == ["x"]
+    assert len(manifest["cuts"]) == len(manifest["segments"]) + 1 == len(manifest["layers"]) + 1
+    # the cut after conv2 crosses both the residual branch and conv2's output
+    crossing = {c["after_layer"]: [t["name"] for t in c["crossing"]] for c in manifest["cuts"]}
+    assert crossing["conv2"] == ["r1", "c2"]
+    files = manifest["artifacts"]["x86-host"]
+    assert [f["segment"] for f in files] == list(range(len(manifest["segments"])))
+    for entry in files:
+        path = bundle_dir / "out" / entry["file"]
+        assert sha256_file(path) == entry["sha256"] and path.stat().st_size == entry["bytes"]
+        assert path.name.startswith("residual_x86-host_seg")
+    # identical presets share artifacts: one folder, every weight once
+    assert list(manifest["artifacts"]) == ["x86-host"]
+
+
+def test_every_cut_matches_onnxruntime(bundle_dir):
+    checks = verify_bundle(bundle_dir / "out", bundle_dir / "residual.onnx")
+    assert len(checks) == 7 and all(c.ok for c in checks), checks
+
+
+def test_existing_output_is_refused_without_force_and_replaced_with_it(bundle_dir, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(OutputError, match="not a bundle"):
+        compile_model(bundle_dir / "residual.onnx", out, CompileOptions("x86-host", "x86-host", SHAPES, force=True, progress=False))
+    with pytest.raises(OutputError, match="already exists"):
+        compile_model(bundle_dir / "residual.onnx", out, CompileOptions("x86-host", "x86-host", SHAPES, progress=False))
+    assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_tar_bundle(bundle_dir, tmp_path):
+    out = tmp_path / "residual.tar"
+    compile_model(bundle_dir / "residual.onnx", out, CompileOptions("x86-host", "x86-host", SHAPES, as_tar=True, progress=False))
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+    assert "manifest.json" in names and sum(n.endswith(".so") for n in names) == 6
+    assert [p.name for p in tmp_path.iterdir()] == ["residual.tar"]
+
+
+def test_failed_build_leaves_nothing_behind(bundle_dir, tmp_path, monkeypatch):
+    calls = []
+    real_build = pipeline.build_graph
+
+    def build_then_fail(*args, **kwargs):  # the third segment's build fails, as a TVM error would
+        calls.append(1)
+        if len(calls) == 3:
+            raise pipeline.NeurosurgeonError("segment 2: TVM failed to compile")
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "build_graph", build_then_fail)
+    with pytest.raises(pipeline.NeurosurgeonError, match="segment 2"):
+        compile_model(bundle_dir / "residual.onnx", tmp_path / "b", CompileOptions("x86-host", "x86-host", SHAPES, progress=False))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tampered_artifact_is_refused_before_loading(bundle_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir / "out", copy)
+    bundle = Bundle(copy)
+    path, _ = bundle.artifact("mobile", 1)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    executor = SegmentExecutor(bundle, "mobile")
+    executor.load(0)
+    with pytest.raises(BundleError, match="does not match the manifest"):
+        executor.load(1)
+    path.unlink()
+    with pytest.raises(BundleError, match="missing"):
+        executor.load(1)
+
+
+def test_unknown_schema_and_foreign_machine_are_refused(bundle_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir / "out", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schema_version"] = [2, 0]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="schema version"):
+        Bundle(copy)
+    manifest["schema_version"] = [1, 7]  # a newer minor version only adds fields
+    manifest["sides"]["mobile"]["machine"] = "aarch64"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="built for x86-host \\(aarch64\\), this machine is x86_64"):
+        SegmentExecutor(Bundle(copy), "mobile")

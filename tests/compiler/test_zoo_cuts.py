@@ -1,0 +1,27 @@
+"""Every candidate cut of every zoo network, device segments then server segments (both x86-host so
+they run here), reproduces onnxruntime on the whole model. Sizes are shrunk: the cut logic does not
+depend on width or resolution, and the suite stays fast."""
+
+import pytest
+
+from neurosurgeon.compiler import zoo
+from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
+from neurosurgeon.compiler.verify import verify_bundle
+
+FAST = {"alexnet", "resnet18", "inception", "pos"}
+
+
+def small_model(name: str):
+    size = zoo.min_input_size(name)
+    return zoo.build(name, input_size=None if size is None else max(size, 32), width=0.125)
+
+
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in zoo.MODELS])
+def test_every_cut_reproduces_onnxruntime(name, tmp_path):
+    model_path = tmp_path / f"{name}.onnx"
+    zoo.save(small_model(name), model_path)
+    result = compile_model(model_path, tmp_path / "bundle", CompileOptions("x86-host", "x86-host", progress=False))
+    checks = verify_bundle(result.path, model_path, rtol=1e-4, atol=1e-5)
+    assert len(checks) == len(result.plan.segments) + 1 >= 3
+    failed = [(c.cut, c.max_abs_error, c.max_rel_error) for c in checks if not c.ok]
+    assert not failed, f"{name}: cuts that differ from onnxruntime: {failed}"
