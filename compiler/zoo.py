@@ -5,8 +5,8 @@ deterministic random weights, so tests and demos need no downloads. Weights are 
 scaled so activations stay in a sane range through deep stacks; the outputs are meaningless
 but finite and input dependent. Node names are unique and become the layer names.
 
-    >>> model = build("alexnet")                          # paper size
-    >>> tiny = build("vgg16", input_size=32, width=0.125)  # fast variant for tests
+    model = build("alexnet")                           # the paper's input size
+    tiny = build("vgg16", input_size=32, width=0.125)  # a fast variant for tests
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 __all__ = ["MODELS", "UnknownModelError", "build", "min_input_size", "save", "GraphBuilder"]
 
@@ -91,12 +91,12 @@ class GraphBuilder:
 
     def _const(self, name: str, make: Callable[[np.random.Generator], np.ndarray]) -> str:
         if self.rng is not None:
-            value = np.asarray(make(self.rng), dtype=np.float32)
+            value = np.asarray(make(self.rng), dtype="<f4")  # raw_data is little-endian
             tensor = self.model.graph.initializer.add()
             tensor.name = name
             tensor.data_type = TensorProto.FLOAT
             tensor.dims.extend(value.shape)
-            tensor.raw_data = value.tobytes()  # little-endian, as ONNX requires, on x86/ARM
+            tensor.raw_data = value.tobytes()
         return name
 
     def _weight(self, name: str, shape: tuple[int, ...], fan_in: int, gain: float) -> str:
@@ -196,18 +196,24 @@ class GraphBuilder:
 
     # -- result -----------------------------------------------------------------------------
     def to_model(self, outputs: Sequence[str], graph_name: str, doc: str) -> onnx.ModelProto:
+        """Finish and return the model; the builder must not be used afterwards."""
         def info(t: str) -> onnx.ValueInfoProto:
             return helper.make_tensor_value_info(t, TensorProto.FLOAT, list(self.shapes[t]))
 
+        model, graph = self.model, self.model.graph
+        model.ir_version = IR_VERSION
+        model.opset_import.append(helper.make_opsetid("", OPSET))
+        model.producer_name = "neurosurgeon.compiler.zoo"
+        model.doc_string = doc
+        graph.name = graph_name
+        graph.doc_string = doc
+        graph.input.append(info(INPUT_NAME))
+        graph.output.extend(info(t) for t in outputs)
         # Intermediate shapes are declared too: the full checker then cross-checks this
         # builder's shape arithmetic against ONNX shape inference.
-        inner = [n.output[0] for n in self.nodes if n.output[0] not in outputs]
-        graph = helper.make_graph(self.nodes, graph_name, [info(INPUT_NAME)],
-                                  [info(t) for t in outputs], self.initializers,
-                                  doc_string=doc, value_info=[info(t) for t in inner])
-        return helper.make_model(graph, producer_name="neurosurgeon.compiler.zoo",
-                                 opset_imports=[helper.make_opsetid("", OPSET)],
-                                 ir_version=IR_VERSION, doc_string=doc)
+        graph.value_info.extend(info(n.output[0]) for n in graph.node
+                                if n.output[0] not in outputs)
+        return model
 
 
 # -- the networks ----------------------------------------------------------------------------
@@ -394,9 +400,11 @@ def _input_shape(name: str, spec: _Spec, input_size: int | None) -> tuple[int, .
     if not spec.is_image:
         raise ValueError(f"model {name!r} takes a fixed {list(spec.input_shape)} vector input; "
                          f"input_size applies to image models only")
-    if not isinstance(input_size, numbers.Integral) or isinstance(input_size, bool) \
-            or input_size < 1:
-        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+    if not isinstance(input_size, numbers.Integral) or isinstance(input_size, bool):
+        raise ValueError(f"input_size must be an integer, got {input_size!r}")
+    if input_size < 1:
+        raise ValueError(f"input_size must be positive, got {input_size}; the minimum "
+                         f"input_size for {name!r} is {min_input_size(name)}")
     return (1, spec.input_shape[0], int(input_size), int(input_size))
 
 
