@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 
+from ..runtime.bundle import elf_machine
 from ..runtime.errors import NeurosurgeonError
 from ..runtime.tensors import TensorInfo
 from ..targets import Preset
@@ -66,4 +67,7 @@ def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset
     except Exception as err:
         raise BuildError(f"{what}: exporting the {preset.name} artifact with {preset.cxx} failed: "
                          f"{_first_line(err)}") from None
+    machine = elf_machine(out_path)
+    if machine != preset.machine:  # e.g. a cross compiler on PATH that is not what its name says
+        raise BuildError(f"{what}: {preset.cxx} produced a {machine} object, {preset.name} needs {preset.machine}")
     return BuiltArtifact(out_path, compiled - started, time.perf_counter() - compiled)

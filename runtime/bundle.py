@@ -98,6 +98,7 @@ class SegmentExecutor:
 
     def __init__(self, bundle: Bundle, side: str):
         import tvm
+        import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode (TVM_USE_RUNTIME_LIB=1)
 
         self._tvm = tvm
         self.bundle = bundle
@@ -106,6 +107,10 @@ class SegmentExecutor:
         if preset["machine"] != platform.machine():
             raise BundleError(f"{bundle.path}: the {side} side was built for {preset['name']} ({preset['machine']}), "
                               f"this machine is {platform.machine()}")
+        if preset["device"] == "cuda":
+            from .cuda import load_cuda_runtime
+
+            load_cuda_runtime()  # raises CudaRuntimeUnavailable, naming the missing library, where there is no driver
         self.device = tvm.cuda(0) if preset["device"] == "cuda" else tvm.cpu(0)
         self._functions: dict[int, object] = {}
 
@@ -143,6 +148,19 @@ class SegmentExecutor:
         if array.shape != info.shape:
             raise BundleError(f"tensor {info.name!r}: expected shape {info.shape}, got {array.shape}")
         return self._tvm.runtime.tensor(array, self.device)
+
+
+ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm", 243: "riscv64"}
+
+
+def elf_machine(path: Path) -> str:
+    """The machine an ELF shared object was built for, read from its header without loading it."""
+    with open(path, "rb") as f:
+        header = f.read(20)
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        raise BundleError(f"{path}: not an ELF shared object")
+    code = int.from_bytes(header[18:20], "little" if header[5] == 1 else "big")
+    return ELF_MACHINES.get(code, f"elf-machine-{code}")
 
 
 def fetch(value) -> np.ndarray:
