@@ -1,0 +1,35 @@
+"""The CLI verbs end to end, as a user types them."""
+
+import json
+import tarfile
+
+from neurosurgeon.cli import main
+
+
+def test_zoo_compile_verify(tmp_path, capsys):
+    assert main(["zoo", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in ("alexnet", "vgg16", "deepface", "lenet", "asr", "pos", "ner", "chk",
+                                            "resnet18", "inception"))
+    model = tmp_path / "lenet.onnx"
+    assert main(["zoo", "lenet", "-o", str(model), "--width", "0.25"]) == 0
+    assert main(["zoo", "lenet-5", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "lenet" in capsys.readouterr().err
+
+    bundle = tmp_path / "lenet.bundle"
+    assert main(["compile", str(model), "--mobile", "x86-host", "--server", "x86-host", "-o", str(bundle), "--quiet"]) == 0
+    assert "8 cuts" in capsys.readouterr().out
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "lenet" and len(manifest["cuts"]) == 8
+
+    assert main(["verify", str(bundle), str(model)]) == 0
+    assert "8 of 8 cuts reproduce onnxruntime" in capsys.readouterr().out
+
+    # a second compile to the same place needs --force; --tar writes one file
+    assert main(["compile", str(model), "--mobile", "x86-host", "--server", "x86-host", "-o", str(bundle), "--quiet"]) == 2
+    assert "--force" in capsys.readouterr().err
+    tar = tmp_path / "lenet.tar"
+    assert main(["compile", str(model), "--mobile", "aarch64-neon", "--server", "x86-host", "-o", str(tar), "--tar",
+                 "--quiet"]) == 0
+    with tarfile.open(tar) as archive:
+        assert any(n.startswith("artifacts/aarch64-neon/lenet_aarch64-neon_seg") for n in archive.getnames())
