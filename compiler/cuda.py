@@ -35,7 +35,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..runtime.cuda import _ARCH, CudaRuntimeUnavailable, cuda_device_modules, load_cuda_plugin
+from ..runtime.cuda import (
+    _ARCH,
+    CudaRuntimeUnavailable,
+    cuda_device_modules,
+    load_cuda_plugin,
+)
 from ..runtime.errors import NeurosurgeonError
 
 

@@ -14,11 +14,13 @@ from pathlib import Path
 import onnx
 
 from .. import __version__
+from ..cost_models.annotate import side_costs
 from ..runtime.bundle import FORMAT, SCHEMA_MAJOR, SCHEMA_MINOR
 from ..runtime.errors import NeurosurgeonError
 from ..targets import Preset, get_preset
 from .build import artifact_name, build_graph
 from .bundle import check_destination, file_entry, publish, staging_dir, write_manifest
+from .codegen import generate_runtime
 from .frontend import FrozenModel, load_model
 from .layers import LayerGraph, build_layer_graph
 from .partition import Partitioner, PartitionPlan, partition
@@ -36,6 +38,7 @@ class CompileOptions:
     as_tar: bool = False
     force: bool = False
     progress: bool = True
+    measure: bool = True  # time segments whose target runs on the build machine
 
 
 @dataclass
@@ -87,6 +90,16 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
             build_seconds[preset.name] = build_seconds.get(preset.name, 0.0) + built.compile_seconds + built.export_seconds
             artifacts.setdefault(preset.name, []).append({"segment": segment.index, **file_entry(staged, path)})
         manifest = make_manifest(frozen, graph, plan, presets, options, artifacts, build_seconds)
+        write_manifest(staged, manifest)  # the cost stage reads the bundle back through the runtime
+        flops = [segment.flops for segment in plan.segments]
+        manifest["costs"] = {}
+        for side, preset in presets.items():
+            same = next((other for other, p in presets.items() if p == preset and other in manifest["costs"]), None)
+            measured = {"segment_seconds": manifest["costs"][same]["segment_seconds"]} if same else {}
+            manifest["costs"][side] = {**side_costs(staged, side, preset, flops, options.measure and not same), **measured}
+            if same:
+                manifest["costs"][side]["source"] = manifest["costs"][same]["source"]
+        manifest["runtime_files"] = generate_runtime(staged, manifest)
         write_manifest(staged, manifest)
         path = publish(staged, out, options.as_tar)
     return CompileResult(path, manifest, frozen, graph, plan, build_seconds)

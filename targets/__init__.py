@@ -32,6 +32,10 @@ class Preset:
     runtime_libs: tuple[str, ...]
     host: dict | None = None
     emulation: dict | None = field(default=None, compare=False)
+    # Rough speed of TVM's untuned code on this target, for cost estimates until it is measured.
+    nominal_gflops: float = 1.0
+    power_w: float | None = None  # device power while computing (mobile presets)
+    power_source: str | None = None
 
     @property
     def cuda_arch(self) -> str | None:
@@ -56,6 +60,12 @@ class Preset:
             return tvm.target.Target(target)
         return tvm.target.Target(target, host=tvm.target.Target(host))
 
+    def runs_here(self) -> bool:
+        """Whether this machine can execute the preset's artifacts (so their costs can be measured)."""
+        import platform
+
+        return self.device == "cpu" and self.machine == platform.machine()
+
     def to_json(self) -> dict:
         target, host = self.resolved_target()
         return {"name": self.name, "device": self.device, "target": target, "host": host, "machine": self.machine,
@@ -68,7 +78,8 @@ def _presets() -> dict[str, Preset]:
     return {name: Preset(name=name, description=spec["description"], sides=tuple(spec["sides"]), device=spec["device"],
                          target=spec["target"], cxx=spec["cxx"], machine=spec["machine"],
                          runtime_libs=tuple(spec["runtime_libs"]), host=spec.get("host"),
-                         emulation=spec.get("emulation"))
+                         emulation=spec.get("emulation"), nominal_gflops=spec.get("nominal_gflops", 1.0),
+                         power_w=spec.get("power_w"), power_source=spec.get("power_source"))
             for name, spec in raw.items()}
 
 

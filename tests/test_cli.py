@@ -18,12 +18,12 @@ def test_zoo_compile_verify(tmp_path, capsys):
 
     bundle = tmp_path / "lenet.bundle"
     assert main(["compile", str(model), "--mobile", "x86-host", "--server", "x86-host", "-o", str(bundle), "--quiet"]) == 0
-    assert "8 cuts" in capsys.readouterr().out
+    assert "9 cuts" in capsys.readouterr().out
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["model"]["name"] == "lenet" and len(manifest["cuts"]) == 8
+    assert manifest["model"]["name"] == "lenet" and len(manifest["cuts"]) == 9
 
     assert main(["verify", str(bundle), str(model)]) == 0
-    assert "8 of 8 cuts reproduce onnxruntime" in capsys.readouterr().out
+    assert "9 of 9 cuts reproduce onnxruntime" in capsys.readouterr().out
 
     # a second compile to the same place needs --force; --tar writes one file
     assert main(["compile", str(model), "--mobile", "x86-host", "--server", "x86-host", "-o", str(bundle), "--quiet"]) == 2

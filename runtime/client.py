@@ -1,0 +1,191 @@
+"""The device's side of the wire: OIP v2 requests over plain HTTP (http.client, no dependencies),
+with a deadline on every request and, for tests and demos, a transport shaped to a network profile.
+
+Any way the server can fail (refused or dropped connection, no answer by the deadline, an error
+status, a garbled answer) surfaces as one exception, `ServerUnavailable`, so the caller has one
+thing to catch before finishing the request itself.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .errors import NeurosurgeonError
+from .protocol import (
+    HEADER_LENGTH,
+    ProtocolError,
+    decode_infer_response,
+    encode_infer_request,
+)
+
+LOAD_HEADER = "X-Neurosurgeon-Load"
+
+
+class ServerUnavailable(NeurosurgeonError):
+    """The server could not complete this request; `reason` says how it failed."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ShapedLink:
+    """Paces the client's own transfers to a link's bandwidth and adds its latency (half an RTT each
+    way): a token bucket in the transport, so that a loopback connection behaves like Wi-Fi, LTE or 3G."""
+
+    def __init__(self, up_mbps: float, down_mbps: float, rtt_s: float, chunk_bytes: int = 16 * 1024):
+        self.up_mbps, self.down_mbps, self.rtt_s = up_mbps, down_mbps, rtt_s
+        self.chunk_bytes = chunk_bytes
+
+    @classmethod
+    def from_profile(cls, profile) -> "ShapedLink":
+        return cls(profile.up_mbps, profile.down_mbps, profile.rtt_s)
+
+    def one_way_delay(self) -> None:
+        time.sleep(self.rtt_s / 2)
+
+    def pace(self, started: float, sent_bytes: int, mbps: float) -> None:
+        """Sleep until `sent_bytes` since `started` fit within the link's rate."""
+        due = started + sent_bytes * 8 / (mbps * 1e6)
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+
+@dataclass
+class InferAnswer:
+    outputs: dict[str, np.ndarray]
+    parameters: dict
+    seconds: float  # the whole exchange as the device saw it
+    upload_bytes: int
+    download_bytes: int
+
+
+class InferenceClient:
+    def __init__(self, url: str, token: str | None = None, link: ShapedLink | None = None, connect_timeout_s: float = 2.0):
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise NeurosurgeonError(f"server URL {url!r}: expected http://HOST:PORT")
+        self.url = url
+        self._scheme, self._host = parts.scheme, parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._prefix = parts.path.rstrip("/")
+        self.token = token
+        self.link = link
+        self.connect_timeout_s = connect_timeout_s
+        self._conn: http.client.HTTPConnection | None = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=min(timeout, self.connect_timeout_s))
+            self._conn.connect()
+            self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._conn.sock.settimeout(timeout)
+        return self._conn
+
+    def _exchange(self, method: str, path: str, body: bytes, headers: dict[str, str], deadline_s: float
+                  ) -> tuple[int, dict[str, str], bytes, float]:
+        """One request/response within `deadline_s`; the connection is reused while it stays healthy."""
+        started = time.perf_counter()
+        end = started + deadline_s
+
+        def remaining() -> float:
+            left = end - time.perf_counter()
+            if left <= 0:
+                raise socket.timeout("deadline passed")
+            return left
+
+        headers = {**headers, "Content-Length": str(len(body))}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            if self.link:
+                self.link.one_way_delay()
+            conn = self._connection(remaining())
+            conn.putrequest(method, self._prefix + path, skip_accept_encoding=True)
+            for name, value in headers.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            self._send_body(conn, body, remaining)
+            conn.sock.settimeout(remaining())
+            response = conn.getresponse()
+            payload = self._read_body(conn, response, remaining)
+            if self.link:
+                self.link.one_way_delay()
+            if response.getheader("Connection", "").lower() == "close":
+                self.close()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, payload, time.perf_counter() - started
+        except socket.timeout:
+            self.close()
+            raise ServerUnavailable(f"no answer within the {deadline_s:.2f} s deadline") from None
+        except (OSError, http.client.HTTPException) as err:
+            self.close()
+            raise ServerUnavailable(f"connection failed: {type(err).__name__}: {err}") from None
+
+    def _send_body(self, conn, body: bytes, remaining) -> None:
+        if not self.link:
+            conn.send(body)
+            return
+        started = time.perf_counter()
+        view = memoryview(body)
+        for offset in range(0, len(body), self.link.chunk_bytes):
+            conn.sock.settimeout(remaining())
+            conn.send(view[offset:offset + self.link.chunk_bytes])
+            self.link.pace(started, min(offset + self.link.chunk_bytes, len(body)), self.link.up_mbps)
+
+    def _read_body(self, conn, response, remaining) -> bytes:
+        chunks, received, started = [], 0, time.perf_counter()
+        step = self.link.chunk_bytes if self.link else 1 << 20
+        while True:
+            conn.sock.settimeout(remaining())
+            chunk = response.read(step)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+            if self.link:
+                self.link.pace(started, received, self.link.down_mbps)
+        return b"".join(chunks)
+
+    def ready(self, deadline_s: float = 2.0) -> tuple[dict, float]:
+        """The server's load from its ready endpoint, and the round trip it took."""
+        status, _, payload, seconds = self._exchange("GET", "/v2/health/ready", b"", {}, deadline_s)
+        if status != 200:
+            raise ServerUnavailable(f"server not ready (HTTP {status})")
+        try:
+            body = json.loads(payload or b"{}")
+        except json.JSONDecodeError:
+            body = {}
+        return body.get("load", {}), seconds
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline_s: float) -> InferAnswer:
+        body, headers = encode_infer_request(inputs, outputs, binary=True)
+        status, answer_headers, payload, seconds = self._exchange("POST", f"/v2/models/{model}/infer", body, headers, deadline_s)
+        if status != 200:
+            try:
+                message = json.loads(payload).get("error", "")
+            except (json.JSONDecodeError, AttributeError):
+                message = payload[:200].decode(errors="replace")
+            raise ServerUnavailable(f"server answered HTTP {status}: {message}")
+        length = answer_headers.get(HEADER_LENGTH.lower())
+        try:
+            decoded, parameters = decode_infer_response(payload, int(length) if length else None)
+        except (ProtocolError, ValueError) as err:
+            raise ServerUnavailable(f"garbled answer: {err}") from None
+        missing = [name for name in outputs if name not in decoded]
+        if missing:
+            raise ServerUnavailable(f"answer lacks outputs {missing}")
+        return InferAnswer(decoded, parameters, seconds, len(body), len(payload))

@@ -1,0 +1,102 @@
+"""What the device learns from its own requests: link bandwidth and RTT, the server's load, and its
+own segment times. Only the planner reads them, through `conditions()` and `device_times()`."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .planner import Conditions, NetworkProfile
+
+# Transfers smaller than this say more about latency than about bandwidth.
+MIN_BANDWIDTH_SAMPLE_BYTES = 16 * 1024
+
+
+def ewma(old: float, new: float, alpha: float) -> float:
+    return (1 - alpha) * old + alpha * new
+
+
+class NetworkEstimator:
+    """Moving estimates of uplink/downlink bandwidth and RTT, seeded from a network profile."""
+
+    def __init__(self, profile: NetworkProfile, alpha: float = 0.3):
+        self.profile = profile
+        self.alpha = alpha
+        self.up_mbps = profile.up_mbps
+        self.down_mbps = profile.down_mbps
+        self.rtt_s = profile.rtt_s
+        self.samples = 0
+
+    def observe_rtt(self, seconds: float) -> None:
+        """A round trip that moved (almost) no data, e.g. a health probe."""
+        self.rtt_s = ewma(self.rtt_s, max(seconds, 1e-6), self.alpha)
+
+    def observe_transfer(self, up_bytes: int, down_bytes: int, network_s: float) -> None:
+        """A request whose time on the network (its total minus the server's compute) was `network_s`.
+
+        The transfer time beyond one RTT is split between the two directions in proportion to what
+        the current estimates predict for each, and each direction with enough bytes is updated."""
+        transfer_s = network_s - self.rtt_s
+        predicted_up = up_bytes * 8 / (self.up_mbps * 1e6)
+        predicted_down = down_bytes * 8 / (self.down_mbps * 1e6)
+        predicted = predicted_up + predicted_down
+        if predicted <= 0:
+            return
+        if transfer_s <= 0.05 * predicted:  # faster than the RTT estimate allows: the RTT is too high
+            self.observe_rtt(network_s)
+            return
+        scale = transfer_s / predicted
+        if up_bytes >= MIN_BANDWIDTH_SAMPLE_BYTES:
+            self.up_mbps = ewma(self.up_mbps, self.up_mbps / scale, self.alpha)
+        if down_bytes >= MIN_BANDWIDTH_SAMPLE_BYTES:
+            self.down_mbps = ewma(self.down_mbps, self.down_mbps / scale, self.alpha)
+        self.samples += 1
+
+
+class ServerLoadEstimator:
+    """The server's load as it last reported it (on answers and on its health endpoint); a report
+    older than `stale_after_s` decays towards an idle server, since nobody is telling us otherwise."""
+
+    def __init__(self, stale_after_s: float = 10.0):
+        self.stale_after_s = stale_after_s
+        self.queue_length = 0.0
+        self.busy_fraction = 0.0
+        self.mean_service_s = 0.0
+        self.updated = 0.0
+
+    def update(self, load: dict, now: float | None = None) -> None:
+        self.queue_length = float(load.get("queue_length", 0))
+        self.busy_fraction = float(load.get("busy_fraction", 0.0))
+        self.mean_service_s = float(load.get("mean_service_s", self.mean_service_s))
+        self.updated = time.monotonic() if now is None else now
+
+    def wait_s(self, now: float | None = None) -> float:
+        """Expected queueing before a new request starts: each request ahead takes a mean service."""
+        age = (time.monotonic() if now is None else now) - self.updated
+        freshness = max(0.0, 1.0 - age / self.stale_after_s)
+        return freshness * self.queue_length * self.mean_service_s
+
+
+class DeviceTimeEstimator:
+    """The device's own per-segment times, learned from the segments it runs (seeded by the bundle)."""
+
+    def __init__(self, seed_s: np.ndarray, alpha: float = 0.3):
+        self.times = np.array(seed_s, dtype=np.float64)
+        self.alpha = alpha
+        self.observed = np.zeros(len(self.times), dtype=bool)
+
+    def observe(self, segment: int, seconds: float) -> None:
+        # The first measurement replaces the seed outright: the seed may come from another machine.
+        self.times[segment] = seconds if not self.observed[segment] else ewma(self.times[segment], seconds, self.alpha)
+        self.observed[segment] = True
+
+
+def conditions(network: NetworkEstimator, load: ServerLoadEstimator, server_available: bool) -> Conditions:
+    profile = network.profile
+    return Conditions(
+        up_mbps=network.up_mbps, down_mbps=network.down_mbps, rtt_s=network.rtt_s,
+        server_wait_s=load.wait_s(), server_slowdown=1.0, server_available=server_available,
+        upload_power_w=profile.upload_power_w(network.up_mbps),
+        download_power_w=profile.download_power_w(network.down_mbps),
+    )

@@ -1,0 +1,1 @@
+"""Jinja2 templates rendered into each bundle at compile time."""
