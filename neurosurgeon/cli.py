@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = verbs.add_parser("serve", help="serve a bundle's server side over the Open Inference Protocol v2")
+    p.add_argument("bundle", help="bundle folder (its server side built for this machine)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-file", help="require `Authorization: Bearer <first line of this file>`")
+    p.add_argument("--max-body-mb", type=float, default=256, help="largest request body (default 256 MiB)")
+
     p = verbs.add_parser("verify", help="run every cut of a bundle here and compare with onnxruntime on the model")
     p.add_argument("bundle", help="bundle folder (both sides built for this machine, e.g. x86-host)")
     p.add_argument("model", help="the ONNX model the bundle was compiled from")
@@ -46,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="alexnet", help="zoo network (default alexnet)")
     p.add_argument("--input-size", type=int, help="smaller input for a quicker run")
     p.add_argument("--workdir", default=".cache/demo", help="where the model and bundle are kept between runs")
+    p.add_argument("--device-share", type=float, default=0.25, help="CPU share of the emulated device (default 0.25)")
+    p.add_argument("--requests", type=int, default=3, help="auto requests per scenario")
 
     p = verbs.add_parser("zoo", help="write one of the papers' benchmark networks as ONNX")
     p.add_argument("name", nargs="?", help="model name (omit with --list)")
@@ -100,7 +109,14 @@ def cmd_verify(args) -> int:
 def cmd_demo(args) -> int:
     from neurosurgeon.compiler.demo import run_demo
 
-    return run_demo(Path(args.workdir), args.model, args.input_size)
+    return run_demo(Path(args.workdir), args.model, args.input_size, args.device_share, args.requests)
+
+
+def cmd_serve(args) -> int:
+    from neurosurgeon.serve import serve
+
+    serve(args.bundle, host=args.host, port=args.port, token_file=args.token_file, max_body_mb=args.max_body_mb)
+    return 0
 
 
 def cmd_zoo(args) -> int:
@@ -123,7 +139,7 @@ def cmd_zoo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"inspect": cmd_inspect, "compile": cmd_compile, "verify": cmd_verify, "demo": cmd_demo,
+    handler = {"inspect": cmd_inspect, "compile": cmd_compile, "verify": cmd_verify, "demo": cmd_demo, "serve": cmd_serve,
                "zoo": cmd_zoo}[args.verb]
     try:
         return handler(args)

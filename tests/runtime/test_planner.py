@@ -1,0 +1,93 @@
+"""The planner's argmin against a direct transcription of the papers' formulas, and the estimators."""
+
+import numpy as np
+import pytest
+
+from neurosurgeon.runtime.estimators import NetworkEstimator, ServerLoadEstimator, conditions
+from neurosurgeon.runtime.planner import NETWORK_PROFILES, Conditions, Planner, SegmentCosts
+
+
+def random_costs(rng, n=12):
+    return SegmentCosts(device_s=rng.uniform(1e-3, 5e-2, n), server_s=rng.uniform(1e-4, 5e-3, n),
+                        device_power_w=rng.uniform(1, 4, n), upload_bytes=rng.uniform(1e3, 1e6, n + 1),
+                        download_bytes=np.full(n + 1, 4e3) * (np.arange(n + 1) < n))
+
+
+def reference(costs, c, k):
+    """Neurosurgeon's latency and energy of cut k, written out term by term."""
+    n = len(costs.device_s)
+    latency = sum(costs.device_s[:k])
+    energy = sum(costs.device_s[i] * costs.device_power_w[i] for i in range(k))
+    if k < n:
+        t_up = costs.upload_bytes[k] * 8 / (c.up_mbps * 1e6)
+        t_down = costs.download_bytes[k] * 8 / (c.down_mbps * 1e6)
+        latency += c.rtt_s + t_up + c.server_wait_s + c.server_slowdown * sum(costs.server_s[k:]) + t_down
+        energy += t_up * c.upload_power_w + t_down * c.download_power_w
+    return latency, energy
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("network", list(NETWORK_PROFILES))
+def test_planner_matches_the_formulas(seed, network):
+    rng = np.random.default_rng(seed)
+    costs = random_costs(rng)
+    profile = NETWORK_PROFILES[network]
+    c = Conditions(profile.up_mbps, profile.down_mbps, profile.rtt_s, server_wait_s=rng.uniform(0, 0.05),
+                   server_slowdown=rng.uniform(1, 3), upload_power_w=profile.upload_power_w(profile.up_mbps),
+                   download_power_w=profile.download_power_w(profile.down_mbps))
+    planner = Planner(costs)
+    latency, energy = planner.predict(c)
+    expected = [reference(costs, c, k) for k in range(len(costs.upload_bytes))]
+    np.testing.assert_allclose(latency, [e[0] for e in expected], rtol=1e-12)
+    np.testing.assert_allclose(energy, [e[1] for e in expected], rtol=1e-12)
+    assert planner.choose(c, "latency").cut == int(np.argmin([e[0] for e in expected]))
+    assert planner.choose(c, "energy").cut == int(np.argmin([e[1] for e in expected]))
+
+
+def test_budgets_and_an_unavailable_server():
+    # Two 2 s segments on a 0.1 W device; the server is 20x faster; uploading the input takes 1 s.
+    costs = SegmentCosts(device_s=np.array([2.0, 2.0]), server_s=np.array([0.1, 0.1]), device_power_w=np.array([0.1, 0.1]),
+                         upload_bytes=np.array([1e6, 1e3, 0.0]), download_bytes=np.array([10.0, 10.0, 0.0]))
+    c = Conditions(8.0, 8.0, 0.01, upload_power_w=1.0, download_power_w=1.0)
+    planner = Planner(costs)
+    # latency: cut 0 = 0.01 + 1 + 0.2 = 1.21 s, cut 1 = 2 + 0.01 + 0.001 + 0.1 = 2.11 s, cut 2 = 4 s
+    # energy:  cut 0 = 1 J of radio, cut 1 = 0.2 J compute + 0.001 J radio, cut 2 = 0.4 J
+    assert planner.choose(c, "latency").cut == 0
+    assert planner.choose(c, "energy").cut == 1
+    assert planner.choose(c, "latency", max_energy_j=0.5).cut == 1  # battery budget: fastest cut under 0.5 J
+    assert planner.choose(c, "energy", max_latency_s=2.0).cut == 0  # QoS: least energy within 2 s
+    assert planner.choose(c, "energy", max_latency_s=0.5).cut == 1  # nothing fits: best unconstrained
+    assert planner.choose(Conditions(8.0, 8.0, 0.01, server_available=False), "latency").cut == 2
+
+
+def test_a_decision_for_50_cuts_is_fast():
+    import time
+
+    planner = Planner(random_costs(np.random.default_rng(0), n=49))
+    c = Conditions(5.85, 13.76, 0.05, upload_power_w=3.9, download_power_w=2.0)
+    for _ in range(200):
+        planner.choose(c)
+    started = time.perf_counter()
+    for _ in range(2000):
+        planner.choose(c)
+    per_decision = (time.perf_counter() - started) / 2000
+    assert per_decision < 1e-3  # a sanity bound only; bench runtime reports the real figure
+
+
+def test_bandwidth_estimate_follows_the_link():
+    estimator = NetworkEstimator(NETWORK_PROFILES["wifi"])
+    for _ in range(20):  # the link is really 3G-like: 1 Mbps up, 2 Mbps down, 100 ms RTT
+        estimator.observe_rtt(0.1)
+        estimator.observe_transfer(500_000, 20_000, 0.1 + 500_000 * 8 / 1e6 + 20_000 * 8 / 2e6)
+    assert estimator.rtt_s == pytest.approx(0.1, rel=0.05)
+    assert estimator.up_mbps == pytest.approx(1.0, rel=0.1)
+
+
+def test_server_load_report_goes_stale():
+    load = ServerLoadEstimator(stale_after_s=10)
+    load.update({"queue_length": 4, "busy_fraction": 1.0, "mean_service_s": 0.05}, now=100.0)
+    assert load.wait_s(now=100.0) == pytest.approx(0.2)
+    assert load.wait_s(now=105.0) == pytest.approx(0.1)
+    assert load.wait_s(now=120.0) == 0.0
+    c = conditions(NetworkEstimator(NETWORK_PROFILES["lte"]), load, True)
+    assert c.upload_power_w == pytest.approx((438.39 * 5.85 + 1288.04) / 1000)
