@@ -37,11 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = verbs.add_parser("serve", help="serve a bundle's server side over the Open Inference Protocol v2")
-    p.add_argument("bundle", help="bundle folder (its server side built for this machine)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token-file", help="require `Authorization: Bearer <first line of this file>`")
-    p.add_argument("--max-body-mb", type=float, default=256, help="largest request body (default 256 MiB)")
+    from neurosurgeon.serve import add_arguments
+
+    add_arguments(p)
 
     p = verbs.add_parser("verify", help="run every cut of a bundle here and compare with onnxruntime on the model")
     p.add_argument("bundle", help="bundle folder (both sides built for this machine, e.g. x86-host)")
@@ -113,9 +111,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from neurosurgeon.serve import serve
+    from neurosurgeon.serve import serve_from_args
 
-    serve(args.bundle, host=args.host, port=args.port, token_file=args.token_file, max_body_mb=args.max_body_mb)
+    serve_from_args(args)
     return 0
 
 

@@ -120,9 +120,10 @@ class InferenceClient:
                 conn.putheader(name, value)
             conn.endheaders()
             self._send_body(conn, body, remaining)
-            conn.sock.settimeout(remaining())
+            sock = conn.sock  # getresponse() hands the socket to the response when the server will close
+            sock.settimeout(remaining())
             response = conn.getresponse()
-            payload = self._read_body(conn, response, remaining)
+            payload = self._read_body(sock, response, remaining)
             if self.link:
                 self.link.one_way_delay()
             if response.getheader("Connection", "").lower() == "close":
@@ -146,11 +147,13 @@ class InferenceClient:
             conn.send(view[offset:offset + self.link.chunk_bytes])
             self.link.pace(started, min(offset + self.link.chunk_bytes, len(body)), self.link.up_mbps)
 
-    def _read_body(self, conn, response, remaining) -> bytes:
+    def _read_body(self, sock, response, remaining) -> bytes:
         chunks, received, started = [], 0, time.perf_counter()
         step = self.link.chunk_bytes if self.link else 1 << 20
         while True:
-            conn.sock.settimeout(remaining())
+            left = remaining()  # raises once the deadline has passed
+            if sock.fileno() != -1:  # else the response owns it, with the timeout set before
+                sock.settimeout(left)
             chunk = response.read(step)
             if not chunk:
                 break

@@ -101,6 +101,7 @@ class DeviceRuntime:
         self.client = (InferenceClient(server_url, token, ShapedLink.from_profile(profile) if shape_link else None)
                        if server_url else None)
         self._server_down_until = 0.0
+        self.last_failure: str | None = None
         self.n_segments = len(self.bundle.segments)
 
     def warm_up(self) -> None:
@@ -124,22 +125,24 @@ class DeviceRuntime:
         return True
 
     def _mark_down(self, reason: str) -> None:
+        self.last_failure = reason
         self._server_down_until = time.monotonic() + self.retry_after_s
 
-    def decide(self, cut: int | str = "auto") -> tuple[Decision, str]:
+    def decide(self, cut: int | str = "auto") -> tuple[Decision, str, bool]:
+        """The cut for the next request, how it was chosen, and whether the server is thought up."""
         available = self.server_available()
         c = replace(conditions(self.network, self.load, available), server_slowdown=self.server_slowdown)
         if cut == "auto":
-            return self.planner.choose(c, self.objective, self.max_latency_s, self.max_energy_j), "auto"
+            return self.planner.choose(c, self.objective, self.max_latency_s, self.max_energy_j), "auto", available
         k = int(cut)
         if not 0 <= k <= self.n_segments:
             raise NeurosurgeonError(f"cut {k} does not exist; this bundle has cuts 0..{self.n_segments}")
         latency, energy = self.planner.predict(c)
-        return Decision(k, float(latency[k]), float(energy[k]), self.objective), "fixed"
+        return Decision(k, float(latency[k]), float(energy[k]), self.objective), "fixed", available
 
     def infer(self, inputs: dict[str, np.ndarray], cut: int | str = "auto") -> tuple[dict[str, np.ndarray], RequestRecord]:
         env = self._check_inputs(inputs)
-        decision, chosen = self.decide(cut)
+        decision, chosen, available = self.decide(cut)
         k = decision.cut
         started = time.perf_counter()
         device_s = self._run_here(env, range(k))
@@ -151,6 +154,8 @@ class DeviceRuntime:
             try:
                 if self.client is None:
                     raise ServerUnavailable("no server configured")
+                if not available:
+                    raise ServerUnavailable("server marked down after a recent failure")
                 answer = self.client.infer(
                     cut_model_name(self.bundle.name, k), {t.name: fetch(env[t.name]) for t in spec.crossing},
                     [t.name for t in self.bundle.outputs if t.name not in env], self._deadline(decision, k))
@@ -161,7 +166,8 @@ class DeviceRuntime:
                 self._learn_from_answer(answer, k, server_s, network_s)
             except ServerUnavailable as err:
                 reason = err.reason
-                self._mark_down(reason)
+                if available:
+                    self._mark_down(reason)
                 fallback_s = self._run_here(env, range(k, self.n_segments))
         outputs = {t.name: fetch(env[t.name]) for t in self.bundle.outputs}
         total = time.perf_counter() - started
@@ -191,9 +197,9 @@ class DeviceRuntime:
 
     def _learn_from_answer(self, answer, k: int, server_s: float, network_s: float) -> None:
         self.load.update(answer.parameters)
+        self.network.observe_transfer(answer.upload_bytes, answer.download_bytes, network_s)
         if not self.learn:
             return
-        self.network.observe_transfer(answer.upload_bytes, answer.download_bytes, network_s)
         predicted = self.planner.server_time(k)
         if predicted > 0 and server_s > 0:
             self.server_slowdown = ewma(self.server_slowdown, server_s / predicted, 0.3)

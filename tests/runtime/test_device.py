@@ -1,0 +1,229 @@
+"""The request path over loopback with a real server process: correctness at every kind of cut,
+the planner reacting to a shaped link and to server load, and no request lost to a failing server."""
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neurosurgeon.compiler import zoo
+from neurosurgeon.compiler.demo import LoadGenerator
+from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
+from neurosurgeon.compiler.verify import random_inputs, reference_outputs
+from neurosurgeon.runtime.bundle import Bundle
+from neurosurgeon.runtime.device import DeviceRuntime
+from servers import start_server
+
+
+@pytest.fixture(scope="module")
+def alexnet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("device")
+    zoo.save(zoo.build("alexnet", input_size=64, width=0.25), root / "alexnet.onnx")
+    compile_model(root / "alexnet.onnx", root / "bundle", CompileOptions("x86-host", "x86-host", progress=False))
+    bundle = Bundle(root / "bundle")
+    feeds = random_inputs(bundle, seed=3)
+    return root, bundle, feeds, reference_outputs(root / "alexnet.onnx", feeds)
+
+
+@pytest.fixture(scope="module")
+def server(alexnet):
+    with start_server(alexnet[0] / "bundle") as running:
+        yield running
+
+
+def assert_matches(outputs, reference):
+    assert set(outputs) == set(reference)
+    for name in reference:
+        np.testing.assert_allclose(outputs[name], reference[name], rtol=1e-4, atol=1e-5)
+
+
+def slow_device_costs(bundle: Bundle, path: Path, slowdown: float) -> Path:
+    """A costs file describing a device `slowdown` times slower than the server (a phone vs a GPU
+    server); the bundle's measured server times are real."""
+    costs = json.loads(json.dumps(bundle.manifest["costs"]))
+    costs["mobile"]["segment_seconds"] = [slowdown * s for s in costs["server"]["segment_seconds"]]
+    path.write_text(json.dumps(costs))
+    return path
+
+
+def test_every_kind_of_cut_over_the_network_matches_onnxruntime(alexnet, server):
+    _, bundle, feeds, reference = alexnet
+    runtime = DeviceRuntime(bundle, server.url)
+    n = len(bundle.segments)
+    for cut in (0, 1, n // 2, n - 1, n, "auto"):
+        outputs, record = runtime.infer(feeds, cut)
+        assert_matches(outputs, reference)
+        assert not record.fell_back, record.fallback_reason
+        if record.cut < n:
+            assert record.server_s > 0 and record.upload_bytes > record.crossing_bytes  # tensors plus header
+
+
+def test_chosen_cut_moves_towards_the_device_as_bandwidth_falls(alexnet, server, tmp_path):
+    _, bundle, feeds, reference = alexnet
+    costs = slow_device_costs(bundle, tmp_path / "costs.json", slowdown=20)
+    chosen = {}
+    for network in ("wifi", "lte", "3g"):
+        runtime = DeviceRuntime(bundle, server.url, network=network, shape_link=True, learn=False, costs_file=costs)
+        for _ in range(2):  # the second decision uses what the first transfer measured
+            outputs, record = runtime.infer(feeds)
+            assert_matches(outputs, reference)
+        chosen[network] = record.cut
+        assert record.up_mbps < {"wifi": 40, "lte": 12, "3g": 2.5}[network]  # the estimate follows the shaped link
+    assert chosen["wifi"] == 0, chosen  # fast link, fast server: upload the input
+    assert chosen["wifi"] <= chosen["lte"] <= chosen["3g"] and chosen["wifi"] < chosen["3g"], chosen
+
+
+def test_chosen_cut_moves_towards_the_device_as_server_load_rises(alexnet, server, tmp_path):
+    _, bundle, feeds, reference = alexnet
+    costs = slow_device_costs(bundle, tmp_path / "costs.json", slowdown=3)
+    runtime = DeviceRuntime(bundle, server.url, network="wifi", learn=False, costs_file=costs)
+    idle = [runtime.infer(feeds)[1].cut for _ in range(3)]
+    assert idle[-1] < len(bundle.segments), idle
+    with LoadGenerator(server.url, bundle, clients=4, feeds=feeds):
+        runtime.infer(feeds, 0)  # an answer from the busy server carries its load
+        outputs, record = runtime.infer(feeds)
+    assert_matches(outputs, reference)
+    assert record.server_wait_s > 0 and record.cut > idle[-1], (idle, record)
+
+
+def test_closed_port_falls_back(alexnet):
+    _, bundle, feeds, reference = alexnet
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runtime = DeviceRuntime(bundle, f"http://127.0.0.1:{port}")
+    outputs, record = runtime.infer(feeds, 2)
+    assert_matches(outputs, reference)
+    assert record.fell_back and "refused" in record.fallback_reason.lower()
+    # marked down: the next automatic decision runs here without trying the network
+    outputs, record = runtime.infer(feeds)
+    assert record.cut == len(bundle.segments) and not record.fell_back
+    assert_matches(outputs, reference)
+
+
+class _Hanging(threading.Thread):
+    """Accepts connections, reads, never answers."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+
+    def run(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+
+def test_hanging_server_falls_back_at_the_deadline(alexnet):
+    _, bundle, feeds, reference = alexnet
+    hanging = _Hanging()
+    hanging.start()
+    try:
+        runtime = DeviceRuntime(bundle, f"http://127.0.0.1:{hanging.port}", deadline_s=0.5)
+        outputs, record = runtime.infer(feeds, 3)
+    finally:
+        hanging.sock.close()
+    assert_matches(outputs, reference)
+    assert record.fell_back and "deadline" in record.fallback_reason
+    assert 0.5 <= record.total_s < 5
+
+
+def test_server_error_falls_back(alexnet):
+    _, bundle, feeds, reference = alexnet
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"error": "out of GPU memory"}'
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        runtime = DeviceRuntime(bundle, f"http://127.0.0.1:{httpd.server_address[1]}")
+        outputs, record = runtime.infer(feeds, 1)
+    finally:
+        httpd.shutdown()
+    assert_matches(outputs, reference)
+    assert record.fell_back and "HTTP 500: out of GPU memory" in record.fallback_reason
+
+
+def test_server_killed_in_the_middle_of_a_run(alexnet):
+    root, bundle, feeds, reference = alexnet
+    with start_server(root / "bundle") as doomed:
+        runtime = DeviceRuntime(bundle, doomed.url, network="3g", shape_link=True, retry_after_s=0.0)
+        records = []
+        for i in range(5):
+            if i == 2:  # killed while this request's upload is still on the shaped 3G link
+                threading.Timer(0.05, doomed.process.kill).start()
+            outputs, record = runtime.infer(feeds, 0)
+            assert_matches(outputs, reference)
+            records.append(record)
+    assert [r.fell_back for r in records] == [False, False, True, True, True]
+    assert all(r.cut == 0 for r in records)
+
+
+def test_bundle_runs_alone_with_only_numpy_and_tvm_runtime(alexnet, server, tmp_path):
+    """run.py from a copy of the bundle, in a Python that can import numpy and TVM but not this
+    project, onnx, scikit-learn, networkx or jinja2; TVM's compiler library is never loaded."""
+    import shutil
+
+    import tvm
+
+    root, bundle, feeds, reference = alexnet
+    copy = tmp_path / "shipped"
+    shutil.copytree(root / "bundle", copy)
+    site = tmp_path / "site"
+    site.mkdir()
+    packages = Path(tvm.__file__).parent.parent
+    for name in ("tvm", "tvm_ffi", "numpy", "numpy.libs", "ml_dtypes", "typing_extensions.py"):
+        if (packages / name).exists():
+            (site / name).symlink_to(packages / name)
+    np.save(tmp_path / "x.npy", feeds[bundle.inputs[0].name])
+    probe = textwrap.dedent(f"""
+        import runpy, sys
+        for banned in ("neurosurgeon", "onnx", "sklearn", "networkx", "jinja2", "onnxruntime"):
+            try:
+                __import__(banned)
+                raise SystemExit("importable: " + banned)
+            except ImportError:
+                pass
+        sys.argv = ["run.py", "--server", {server.url!r}, "--input", {str(tmp_path / 'x.npy')!r},
+                    "-o", {str(tmp_path / 'y.npy')!r}, "--cut", "5", "--json"]
+        try:
+            runpy.run_path({str(copy / 'run.py')!r}, run_name="__main__")
+        except SystemExit as done:
+            assert not done.code, done.code
+        maps = open("/proc/self/maps").read()
+        print("MAPS", "libtvm_runtime" in maps, "libtvm_compiler" in maps or "libtvm.so" in maps)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["PYTHONPATH"] = str(site)
+    out = subprocess.run([sys.executable, "-S", "-c", probe], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    record = json.loads(out.stdout.splitlines()[0])
+    assert record["cut"] == 5 and not record["fell_back"]
+    assert "MAPS True False" in out.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference[bundle.outputs[0].name], rtol=1e-4, atol=1e-5)
