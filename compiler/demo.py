@@ -197,21 +197,27 @@ def _run(bundle, url, network, costs_file, cut, feeds, requests):
 
 
 def _print_table(bundle: Bundle, rows, reference) -> None:
-    head = ("network", "server load", "chosen cut", "after layer", "uploads", "latency", "cloud-only", "device-only",
-            "vs cloud", "vs device", "max err")
+    head = ("network", "server load", "chosen cut", "after layer", "uploads", "predicted", "latency", "cloud-only",
+            "device-only", "vs cloud", "vs device", "why: estimates used", "max err")
     table = [head]
     for network, load, auto, (_, cloud), (_, device) in rows:
         outputs, record = auto[-1]
         error = max(float(np.max(np.abs(outputs[k] - reference[k]))) for k in reference)
         after = bundle.manifest["cuts"][record.cut]["after_layer"] or "(input)"
+        why = (f"up {record.up_mbps:.1f} Mbps, rtt {record.rtt_s * 1e3:.0f} ms, "
+               f"server queue {record.server_wait_s * 1e3:.0f} ms")
         table.append((network, load, f"{record.cut}" + (" (fell back)" if record.fell_back else ""), after,
-                      human_bytes(record.crossing_bytes), f"{record.total_s * 1e3:.0f} ms", f"{cloud.total_s * 1e3:.0f} ms",
-                      f"{device.total_s * 1e3:.0f} ms", f"{cloud.total_s / record.total_s:.2f}x",
-                      f"{device.total_s / record.total_s:.2f}x", f"{error:.1e}"))
+                      human_bytes(record.crossing_bytes), f"{record.predicted_latency_s * 1e3:.0f} ms",
+                      f"{record.total_s * 1e3:.0f} ms", f"{cloud.total_s * 1e3:.0f} ms", f"{device.total_s * 1e3:.0f} ms",
+                      f"{cloud.total_s / record.total_s:.2f}x", f"{device.total_s / record.total_s:.2f}x", why,
+                      f"{error:.1e}"))
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     for i, r in enumerate(table):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print(f"\nlatency: the last of the auto requests (the estimators learn from the first ones); cloud-only and "
+    print(f"\nchosen cut: the argmin of the predicted latency over all {len(bundle.cuts)} cuts, from the device's "
+          "measured segment times, the server's, and the estimates shown (learned from the requests' own transfers "
+          "and the load the server reports).")
+    print(f"latency: the last of the auto requests (the estimators learn from the first ones); cloud-only and "
           f"device-only run the same request at cut 0 and cut {len(bundle.segments)}; max err vs onnxruntime on the whole model.")

@@ -263,6 +263,50 @@ def _build(device: EmulatedDevice, recipe: dict, key: str, log: _Log) -> None:
     (device.root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+# ---------------------------------------------------------------- bundles
+
+
+class NotEmulatable(EmulationError):
+    """The bundle's device side is not code this emulated aarch64 CPU can run."""
+
+
+def emulation_cpu(bundle_dir: str | Path) -> str:
+    """The qemu CPU model for a bundle's mobile side, or NotEmulatable saying why there is none."""
+    bundle_dir = Path(bundle_dir)
+    try:
+        manifest = json.loads((bundle_dir / "manifest.json").read_text())
+        mobile = manifest["sides"]["mobile"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise NotEmulatable(f"{bundle_dir}: not a bundle folder with a readable manifest ({err})") from None
+    name = mobile.get("name", "?")
+    if mobile.get("machine") != "aarch64":
+        raise NotEmulatable(f"{bundle_dir}: its mobile side is {name}, code for {mobile.get('machine')}, not aarch64; "
+                            "run its run.py with this machine's Python instead")
+    if mobile.get("device") != "cpu":
+        raise NotEmulatable(f"{bundle_dir}: its mobile side is {name}, whose segments run on a {mobile.get('device')} "
+                            "GPU; qemu emulates the ARM CPU only")
+    if not (mobile.get("emulation") or {}).get("cpu"):
+        raise NotEmulatable(f"{bundle_dir}: the mobile preset {name} names no CPU model to emulate")
+    if not (bundle_dir / "run.py").is_file():
+        raise NotEmulatable(f"{bundle_dir}: no run.py (made by an older compiler); recompile the bundle")
+    return mobile["emulation"]["cpu"]
+
+
+def run_bundle(bundle_dir: str | Path, runtime_args: list[str], cpu: str | None = None,
+               device: EmulatedDevice | None = None, timeout: float | None = None,
+               **kwargs) -> subprocess.CompletedProcess:
+    """Run the bundle's own run.py with `runtime_args` under qemu-aarch64 on the emulated device.
+
+    The CPU model is the bundle's (its mobile preset's `emulation.cpu`) unless `cpu` is given. The
+    device is built first if needed. Output is captured as text unless kwargs say otherwise.
+    qemu-user shares this host's network stack, so run.py reaches a server on loopback directly.
+    """
+    default_cpu = emulation_cpu(bundle_dir)  # refuse before spending a device build on it
+    device = device or ensure_device()
+    run_py = Path(bundle_dir).resolve() / "run.py"
+    return device.run([str(run_py), *runtime_args], cpu=cpu or default_cpu, timeout=timeout, **kwargs)
+
+
 # ---------------------------------------------------------------- Debian packages
 
 

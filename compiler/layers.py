@@ -61,13 +61,16 @@ class Layer:
     inputs: list[str] = field(default_factory=list)  # tensors produced outside the layer
     outputs: list[TensorInfo] = field(default_factory=list)  # tensors used outside the layer or as graph outputs
 
+    input_bytes: int = 0  # bytes of the tensors it reads from other layers or the model inputs
+
     @property
     def output_bytes(self) -> int:
         return sum(t.nbytes for t in self.outputs)
 
     def to_json(self) -> dict:
         return {"index": self.index, "name": self.name, "type": self.type, "ops": self.ops, "config": self.config,
-                "flops": self.flops, "inputs": self.inputs, "outputs": [t.to_json() for t in self.outputs]}
+                "flops": self.flops, "inputs": self.inputs, "input_bytes": self.input_bytes,
+                "outputs": [t.to_json() for t in self.outputs]}
 
 
 @dataclass
@@ -133,6 +136,7 @@ def build_layer_graph(frozen: FrozenModel) -> LayerGraph:
             flops=sum(node_flops(nodes[i], frozen) for i in members),
             inputs=inputs,
             outputs=outputs,
+            input_bytes=sum(frozen.tensors[name].nbytes for name in inputs),
         ))
 
     dag = nx.DiGraph()

@@ -39,6 +39,9 @@ class CompileOptions:
     force: bool = False
     progress: bool = True
     measure: bool = True  # time segments whose target runs on the build machine
+    mobile_cost: str | Path | None = None  # fitted cost models (neurosurgeon fit) for each side
+    server_cost: str | Path | None = None
+    mobile_power: str | Path | None = None  # power profile (watts per layer type); defaults ship
 
 
 @dataclass
@@ -91,14 +94,12 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
             artifacts.setdefault(preset.name, []).append({"segment": segment.index, **file_entry(staged, path)})
         manifest = make_manifest(frozen, graph, plan, presets, options, artifacts, build_seconds)
         write_manifest(staged, manifest)  # the cost stage reads the bundle back through the runtime
-        flops = [segment.flops for segment in plan.segments]
-        manifest["costs"] = {}
-        for side, preset in presets.items():
-            same = next((other for other, p in presets.items() if p == preset and other in manifest["costs"]), None)
-            measured = {"segment_seconds": manifest["costs"][same]["segment_seconds"]} if same else {}
-            manifest["costs"][side] = {**side_costs(staged, side, preset, flops, options.measure and not same), **measured}
-            if same:
-                manifest["costs"][side]["source"] = manifest["costs"][same]["source"]
+        measured: dict = {}
+        manifest["costs"] = {
+            side: side_costs(staged, side, preset, manifest, options.measure,
+                             cost_model=options.mobile_cost if side == "mobile" else options.server_cost,
+                             power_profile=options.mobile_power, measured=measured)
+            for side, preset in presets.items()}
         manifest["runtime_files"] = generate_runtime(staged, manifest)
         write_manifest(staged, manifest)
         path = publish(staged, out, options.as_tar)

@@ -137,3 +137,83 @@ def bench_runtime(bundle_path: str | Path, clients: list[int], seconds: float, r
 
 if __name__ == "__main__":
     sys.exit(bench_runtime(sys.argv[1], [1, 2, 4], 5.0, 20, "--json" in sys.argv))
+
+
+def decision_quality(predicted_device: np.ndarray, measured_device: np.ndarray, predicted_server: np.ndarray,
+                     measured_server: np.ndarray, upload_bytes: np.ndarray, download_bytes: np.ndarray,
+                     uplinks_mbps, server_ratios, server_waits_s, rtt_s: float = 0.02) -> dict:
+    """Over a grid of conditions: how often the cut chosen from predictions is the oracle's (chosen from
+    measured times), and how much slower, in measured time, the chosen cut is than the oracle's."""
+    n = len(predicted_device)
+    zeros = np.zeros(n)
+
+    def planner(device, server):
+        return Planner(SegmentCosts(device, server, zeros, upload_bytes, download_bytes))
+
+    same, ratios = 0, []
+    for ratio in server_ratios:
+        predicted = planner(predicted_device, predicted_server / ratio)
+        measured = planner(measured_device, measured_server / ratio)
+        for up in uplinks_mbps:
+            for wait in server_waits_s:
+                c = Conditions(up, up * 2.5, rtt_s, server_wait_s=wait)
+                chosen = predicted.choose(c).cut
+                truth, _ = measured.predict(c)
+                oracle = int(np.argmin(truth))
+                same += chosen == oracle
+                ratios.append(truth[chosen] / truth[oracle])
+    return {"cases": len(ratios), "same_cut_share": same / len(ratios), "mean_ratio": float(np.mean(ratios)),
+            "worst_ratio": float(np.max(ratios))}
+
+
+def bench_decisions(models: list[str], cost_model: str, input_size: int | None, workdir: Path, as_json: bool) -> int:
+    """Cost-model quality on this machine: per-type fit error, per-segment predicted vs measured, and
+    decision quality over uplinks 0.1-100 Mbps, server speed ratios and server loads."""
+    from neurosurgeon.compiler import zoo
+    from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
+    from neurosurgeon.runtime.costmodel import CostModel
+
+    model = CostModel.load(cost_model)
+    grid = {"uplinks_mbps": list(np.geomspace(0.1, 100, 13)), "server_ratios": [1, 4, 16, 64],
+            "server_waits_s": [0.0, 0.05, 0.2]}
+    rows = []
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        size = zoo.min_input_size(name)
+        path = workdir / f"{name}.onnx"
+        zoo.save(zoo.build(name, input_size=None if size is None or input_size is None else max(input_size, size)), path)
+        print(f"  {name}: compiling and measuring its segments", file=sys.stderr)
+        result = compile_model(path, workdir / f"{name}.bundle",
+                               CompileOptions("x86-host", "x86-host", force=True, progress=False,
+                                              mobile_cost=cost_model, server_cost=cost_model))
+        costs = result.manifest["costs"]["mobile"]
+        predicted, measured = np.array(costs["predicted_seconds"]), np.array(costs["measured_seconds"])
+        errors = np.abs(predicted - measured) / measured
+        cuts = result.manifest["cuts"]
+        quality = decision_quality(predicted, measured, predicted, measured,
+                                   np.array([c["upload_bytes"] for c in cuts], dtype=float),
+                                   np.array([c["download_bytes"] for c in cuts], dtype=float), **grid)
+        rows.append({"model": name, "segments": len(predicted), "segment_mape": float(np.mean(errors)),
+                     "segment_worst": float(np.max(errors)), "total_predicted_s": float(predicted.sum()),
+                     "total_measured_s": float(measured.sum()), **quality})
+    result = {"cost_model": cost_model, "types": model.type_errors(), "grid": grid, "models": rows}
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print("per-layer-type regressions (held-out MAPE of the chosen form):")
+    for layer_type, info in sorted(result["types"].items()):
+        print(f"  {layer_type:14s} {info['form']:7s} n={info['n']:<4d} MAPE {info['cv_mape']:.1%}")
+    print(f"\n{'model':10} {'segs':>4} {'seg MAPE':>9} {'worst':>7} {'pred s':>8} {'meas s':>8} "
+          f"{'same cut':>9} {'mean ratio':>11} {'worst ratio':>12}")
+    for r in rows:
+        print(f"{r['model']:10} {r['segments']:>4} {r['segment_mape']:9.1%} {r['segment_worst']:7.0%} "
+              f"{r['total_predicted_s']:8.3f} {r['total_measured_s']:8.3f} {r['same_cut_share']:9.1%} "
+              f"{r['mean_ratio']:11.3f} {r['worst_ratio']:12.3f}")
+    cases = sum(r["cases"] for r in rows)
+    share = sum(r["same_cut_share"] * r["cases"] for r in rows) / cases
+    print(f"\nall models: the predicted cut is the oracle's in {share:.1%} of {cases} cases; worst measured "
+          f"slowdown vs the oracle {max(r['worst_ratio'] for r in rows):.3f}x (goal: >= 95% and < 1.05x)")
+    print(f"grid: uplink {grid['uplinks_mbps'][0]:g}-{grid['uplinks_mbps'][-1]:g} Mbps ({len(grid['uplinks_mbps'])} steps), "
+          f"downlink 2.5x uplink, RTT 20 ms, server {grid['server_ratios']}x faster than this machine, "
+          f"server queueing {grid['server_waits_s']} s")
+    return 0

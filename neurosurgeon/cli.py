@@ -15,6 +15,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="freeze an input's shape (repeat for several inputs), e.g. input=1,3,224,224")
 
 
+def _add_emulate_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--cpu", choices=("cortex-a53", "cortex-a72", "cortex-a76"),
+                   help="CPU model qemu emulates (default: the one the bundle's mobile preset names)")
+    return p
+
+
 def _parser() -> argparse.ArgumentParser:
     from neurosurgeon import __version__
     from neurosurgeon.targets import preset_names
@@ -53,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=".cache/demo", help="where the model and bundle are kept between runs")
     p.add_argument("--device-share", type=float, default=0.25, help="CPU share of the emulated device (default 0.25)")
     p.add_argument("--requests", type=int, default=3, help="auto requests per scenario")
+
+    p = verbs.add_parser("emulate", help="run an aarch64 bundle's run.py under qemu on an emulated device",
+                         usage="neurosurgeon emulate BUNDLE [--cpu CPU] -- [run.py args ...]")
+    p.add_argument("bundle", help="bundle folder whose mobile side is aarch64-neon")
+    _add_emulate_options(p)
+    p.add_argument("runtime_args", nargs=argparse.REMAINDER, metavar="-- run.py args",
+                   help="passed to the bundle's run.py, e.g. -- --server http://127.0.0.1:8000 --cut all")
 
     p = verbs.add_parser("zoo", help="write one of the papers' benchmark networks as ONNX")
     p.add_argument("name", nargs="?", help="model name (omit with --list)")
@@ -117,6 +130,19 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_emulate(args) -> int:
+    from neurosurgeon.compiler.emulate import run_bundle
+
+    runtime_args = args.runtime_args
+    if "--" in runtime_args:  # REMAINDER also took the options between BUNDLE and `--`: they are ours
+        split = runtime_args.index("--")
+        own, runtime_args = runtime_args[:split], runtime_args[split + 1:]
+        _add_emulate_options(argparse.ArgumentParser(prog="neurosurgeon emulate BUNDLE")).parse_args(own, namespace=args)
+    # The device is built on first use (progress on stderr); run.py's output is not captured but
+    # streams straight to this terminal.
+    return run_bundle(args.bundle, runtime_args, cpu=args.cpu, capture_output=False).returncode
+
+
 def cmd_zoo(args) -> int:
     from neurosurgeon.compiler import zoo
 
@@ -138,7 +164,7 @@ def cmd_zoo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"inspect": cmd_inspect, "compile": cmd_compile, "verify": cmd_verify, "demo": cmd_demo, "serve": cmd_serve,
-               "zoo": cmd_zoo}[args.verb]
+               "zoo": cmd_zoo, "emulate": cmd_emulate}[args.verb]
     try:
         return handler(args)
     except NeurosurgeonError as err:

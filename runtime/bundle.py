@@ -21,6 +21,7 @@ FORMAT = "neurosurgeon-bundle"
 SCHEMA_MAJOR = 1
 SCHEMA_MINOR = 0
 MANIFEST = "manifest.json"
+LOAD_MODEL_FILE = "server-load.json"  # the server's fitted load model, beside the manifest
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +131,7 @@ class DeviceRuntime:
     def decide(self, cut: int | str = "auto") -> tuple[Decision, str, bool]:
         """The cut for the next request, how it was chosen, and whether the server is thought up."""
         available = self.server_available()
-        c = replace(conditions(self.network, self.load, available), server_slowdown=self.server_slowdown)
+        c = conditions(self.network, self.load, available, self.server_slowdown)
         if cut == "auto":
             return self.planner.choose(c, self.objective, self.max_latency_s, self.max_energy_j), "auto", available
         k = int(cut)
@@ -267,16 +267,20 @@ def main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv: li
     parser.add_argument("-o", "--output", help="write the outputs here (.npy, or .npz for several)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="latency")
     parser.add_argument("--network", default="wifi", help="network profile seeding the estimates: wifi, lte, 3g")
-    parser.add_argument("--cut", default="auto", help="auto, or a cut index to force")
+    parser.add_argument("--cut", default="auto",
+                        help="auto, a cut index to force, or all: one request at each cut 0..S in order")
     parser.add_argument("--token-file", help="file whose first line is the server's bearer token")
     parser.add_argument("--shape", action="store_true", help="shape this client's transfers to the network profile")
     parser.add_argument("--deadline", type=float, help="seconds to wait for the server before finishing here")
     parser.add_argument("--max-latency", type=float, help="latency budget in seconds (with --objective energy)")
     parser.add_argument("--max-energy", type=float, help="mobile energy budget in joules (with --objective latency)")
     parser.add_argument("--costs", help="per-segment costs measured on this device (JSON)")
-    parser.add_argument("--requests", type=int, default=1, help="repeat the request N times")
+    parser.add_argument("--requests", type=int, default=1, help="repeat the request (with --cut all: the sweep) N times")
     parser.add_argument("--json", action="store_true", help="print one JSON record per request")
     args = parser.parse_args(argv)
+    sweep = args.cut == "all"
+    if sweep and args.output and not args.output.endswith(".npz"):
+        parser.error("--cut all saves every cut's outputs: give -o FILE.npz")
     try:
         bundle = Bundle(bundle_dir)
         if expected_bundle_id and bundle.manifest["identity"]["bundle_id"] != expected_bundle_id:
@@ -287,11 +291,17 @@ def main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv: li
                                 max_latency_s=args.max_latency, max_energy_j=args.max_energy, costs_file=args.costs)
         runtime.warm_up()
         inputs = read_inputs(bundle, args.input)
+        cuts = range(runtime.n_segments + 1) if sweep else [args.cut]
+        saved = {}
         for _ in range(args.requests):
-            outputs, record = runtime.infer(inputs, args.cut)
-            print(json.dumps(asdict(record)) if args.json else describe(record, bundle), flush=True)
+            for cut in cuts:
+                outputs, record = runtime.infer(inputs, cut)
+                print(json.dumps(asdict(record)) if args.json else describe(record, bundle), flush=True)
+                # A sweep keeps every cut's outputs apart; otherwise the last request's are saved.
+                saved.update({f"cut{record.cut:03d}/{name}": value for name, value in outputs.items()}
+                             if sweep else outputs)
         if args.output:
-            write_outputs(outputs, args.output)
+            write_outputs(saved, args.output)
     except (NeurosurgeonError, ValueError) as err:
         print(f"run.py: error: {err}", file=sys.stderr)
         return 2

@@ -63,19 +63,23 @@ class ServerLoadEstimator:
         self.queue_length = 0.0
         self.busy_fraction = 0.0
         self.mean_service_s = 0.0
+        self.expected_wait_s: float | None = None  # the server's own prediction, where it makes one
         self.updated = 0.0
 
     def update(self, load: dict, now: float | None = None) -> None:
         self.queue_length = float(load.get("queue_length", 0))
         self.busy_fraction = float(load.get("busy_fraction", 0.0))
         self.mean_service_s = float(load.get("mean_service_s", self.mean_service_s))
+        wait = load.get("expected_wait_s")
+        self.expected_wait_s = float(wait) if wait is not None else None
         self.updated = time.monotonic() if now is None else now
 
     def wait_s(self, now: float | None = None) -> float:
         """Expected queueing before a new request starts: each request ahead takes a mean service."""
         age = (time.monotonic() if now is None else now) - self.updated
         freshness = max(0.0, 1.0 - age / self.stale_after_s)
-        return freshness * self.queue_length * self.mean_service_s
+        wait = self.expected_wait_s if self.expected_wait_s is not None else self.queue_length * self.mean_service_s
+        return freshness * wait
 
 
 class DeviceTimeEstimator:
@@ -92,11 +96,12 @@ class DeviceTimeEstimator:
         self.observed[segment] = True
 
 
-def conditions(network: NetworkEstimator, load: ServerLoadEstimator, server_available: bool) -> Conditions:
+def conditions(network: NetworkEstimator, load: ServerLoadEstimator, server_available: bool,
+               server_slowdown: float = 1.0) -> Conditions:
     profile = network.profile
     return Conditions(
         up_mbps=network.up_mbps, down_mbps=network.down_mbps, rtt_s=network.rtt_s,
-        server_wait_s=load.wait_s(), server_slowdown=1.0, server_available=server_available,
+        server_wait_s=load.wait_s(), server_slowdown=server_slowdown, server_available=server_available,
         upload_power_w=profile.upload_power_w(network.up_mbps),
         download_power_w=profile.download_power_w(network.down_mbps),
     )

@@ -90,54 +90,50 @@ class Decision:
 
 
 class Planner:
+    """Both predictions are linear in a few condition-dependent terms, so each is one small
+    matrix-vector product over columns prepared once per bundle:
+
+        latency = [device prefix | upload bits | download bits | server suffix | offloads] @
+                  [1, 1/B_up, 1/B_down, slowdown, RTT + wait]
+        energy  = [device energy prefix | upload bits | download bits] @ [1, P_up/B_up, P_down/B_down]
+    """
+
     def __init__(self, costs: SegmentCosts):
         self.costs = costs
         self.n_segments = len(costs.device_s)
         n_cuts = self.n_segments + 1
-        self._power = np.asarray(costs.device_power_w, dtype=np.float64)
-        self.update_device_times(costs.device_s)
+        offloads = (np.arange(n_cuts) < self.n_segments).astype(np.float64)
+        upload_bits = np.asarray(costs.upload_bytes, dtype=np.float64) * 8 * offloads
+        download_bits = np.asarray(costs.download_bytes, dtype=np.float64) * 8 * offloads
+        if not (len(upload_bits) == len(download_bits) == n_cuts):
+            raise ValueError(f"costs describe {self.n_segments} segments but {len(costs.upload_bytes)} cuts")
         server = np.asarray(costs.server_s, dtype=np.float64)
-        self._server_suffix = np.concatenate((np.cumsum(server[::-1])[::-1], [0.0]))
-        self._upload_bits = np.asarray(costs.upload_bytes, dtype=np.float64) * 8
-        self._download_bits = np.asarray(costs.download_bytes, dtype=np.float64) * 8
-        self._offloads = (np.arange(n_cuts) < self.n_segments).astype(np.float64)
-        if not (len(self._upload_bits) == len(self._download_bits) == n_cuts):
-            raise ValueError(f"costs describe {self.n_segments} segments but {len(self._upload_bits)} cuts")
-        self._latency = np.empty(n_cuts)
-        self._energy = np.empty(n_cuts)
-        self._scratch = np.empty(n_cuts)
+        server_suffix = np.concatenate((np.cumsum(server[::-1])[::-1], [0.0]))
+        self._power = np.asarray(costs.device_power_w, dtype=np.float64)
+        self._latency_terms = np.column_stack([np.zeros(n_cuts), upload_bits, download_bits, server_suffix, offloads])
+        self._energy_terms = np.column_stack([np.zeros(n_cuts), upload_bits, download_bits])
+        self.update_device_times(costs.device_s)
 
     def update_device_times(self, device_s: np.ndarray) -> None:
         """New per-segment device times (e.g. as the device measured them); O(segments)."""
         device = np.asarray(device_s, dtype=np.float64)
-        self._device_prefix = np.concatenate(([0.0], np.cumsum(device)))
-        self._device_energy_prefix = np.concatenate(([0.0], np.cumsum(device * self._power)))
+        self._latency_terms[1:, 0] = np.cumsum(device)
+        self._energy_terms[1:, 0] = np.cumsum(device * self._power)
 
     def device_time(self, cut: int) -> float:
         """Predicted time of the device's share of `cut`."""
-        return float(self._device_prefix[cut])
+        return float(self._latency_terms[cut, 0])
 
     def server_time(self, cut: int) -> float:
         """Predicted compute time of the server's share of `cut`, on an idle server."""
-        return float(self._server_suffix[cut])
+        return float(self._latency_terms[cut, 3])
 
     def predict(self, c: Conditions) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted latency (s) and mobile energy (J) of every cut, in preallocated arrays."""
-        up, down, lat, energy, tmp = self._upload_bits, self._download_bits, self._latency, self._energy, self._scratch
-        np.multiply(up, 1.0 / (c.up_mbps * 1e6), out=lat)  # upload time
-        np.multiply(lat, c.upload_power_w, out=energy)
-        np.multiply(down, 1.0 / (c.down_mbps * 1e6), out=tmp)  # download time
-        lat += tmp
-        tmp *= c.download_power_w
-        energy += tmp
-        np.multiply(self._server_suffix, c.server_slowdown, out=tmp)
-        lat += tmp
-        lat += c.rtt_s + c.server_wait_s
-        lat *= self._offloads
-        energy *= self._offloads
-        lat += self._device_prefix
-        energy += self._device_energy_prefix
-        return lat, energy
+        """Predicted latency (s) and mobile energy (J) of every cut."""
+        up, down = 1.0 / (c.up_mbps * 1e6), 1.0 / (c.down_mbps * 1e6)
+        latency = self._latency_terms @ np.array((1.0, up, down, c.server_slowdown, c.rtt_s + c.server_wait_s))
+        energy = self._energy_terms @ np.array((1.0, c.upload_power_w * up, c.download_power_w * down))
+        return latency, energy
 
     def choose(self, c: Conditions, objective: str = "latency", max_latency_s: float | None = None,
                max_energy_j: float | None = None) -> Decision:
@@ -145,7 +141,7 @@ class Planner:
         With no feasible cut, the best unconstrained one is returned."""
         if not c.server_available:
             k = self.n_segments
-            return Decision(k, float(self._device_prefix[k]), float(self._device_energy_prefix[k]), objective)
+            return Decision(k, self.device_time(k), float(self._energy_terms[k, 0]), objective)
         latency, energy = self.predict(c)
         score = latency if objective == "latency" else energy
         if max_latency_s is not None or max_energy_j is not None:

@@ -24,9 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle, SegmentExecutor, fetch
-from .protocol import (DATATYPES, HEADER_LENGTH, ProtocolError, cut_model_name, decode_infer_request,
-                       encode_infer_response, parse_header_length)
+from .bundle import LOAD_MODEL_FILE, Bundle, SegmentExecutor, fetch
+from .errors import BundleError
+from .protocol import (
+    DATATYPES,
+    HEADER_LENGTH,
+    ProtocolError,
+    cut_model_name,
+    decode_infer_request,
+    encode_infer_response,
+    parse_header_length,
+)
 from .tensors import TensorInfo
 
 __all__ = ["InferenceServer", "LOAD_HEADER", "PLATFORM"]
@@ -155,6 +163,7 @@ class InferenceServer:
             self._worker.shutdown()
             raise
         self._meter = LoadMeter()
+        self._load_model = read_load_model(self.bundle)
         self._pending = 0  # requests handed to the worker and not answered yet; only the event loop touches it
 
     def _load_segments(self) -> SegmentExecutor:
@@ -164,9 +173,12 @@ class InferenceServer:
         return executor
 
     def load(self) -> dict:
-        """The server's current load, as every answer reports it."""
+        """The server's current load, as every answer reports it, with the queueing wait a new
+        request should expect (cost_models/server_load.py: wait = alpha * queue * mean_service + beta)."""
+        mean = self._meter.mean_service_s
+        alpha, beta = self._load_model
         return {"queue_length": self._pending, "busy_fraction": round(self._meter.busy_fraction(), 4),
-                "mean_service_s": self._meter.mean_service_s}
+                "mean_service_s": mean, "expected_wait_s": round(alpha * self._pending * mean + beta, 6)}
 
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)
@@ -324,6 +336,18 @@ class InferenceServer:
         # Close the connection: the rest of the body is never read, so it cannot carry another request.
         return HTTPError(f"request body of {size} exceeds this server's limit of {self.max_body_bytes} bytes", 413,
                          {"Connection": "close"})
+
+
+def read_load_model(bundle: Bundle) -> tuple[float, float]:
+    """(alpha, beta) fitted by `neurosurgeon profile --server-load`, or a single FIFO worker's (1, 0)."""
+    path = bundle.path / LOAD_MODEL_FILE
+    if not path.is_file():
+        return 1.0, 0.0
+    try:
+        model = json.loads(path.read_text())
+        return float(model["alpha"]), float(model["beta"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise BundleError(f"{path}: malformed server load model ({err})") from None
 
 
 def served_models(bundle: Bundle) -> dict[str, ServedModel]:

@@ -1,0 +1,132 @@
+"""The ARM side for real: an aarch64 bundle's own generated run.py runs under qemu-aarch64 against
+the x86 server on loopback, completes a request at every cut and matches onnxruntime; with the
+server gone, the same process finishes every request on the emulated device."""
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from neurosurgeon.cli import main
+from neurosurgeon.compiler import emulate, zoo
+from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
+from neurosurgeon.compiler.verify import random_inputs, reference_outputs
+from neurosurgeon.runtime.bundle import Bundle
+from servers import start_server
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None
+                       or shutil.which("qemu-aarch64") is None,
+                       reason="the emulated device needs a Debian-based host with qemu-user"),
+]
+
+# Small enough that one process sweeping every cut under qemu takes seconds, not minutes.
+MODELS = {"alexnet": {"input_size": 64, "width": 0.25}, "inception": {"input_size": 32, "width": 0.125}}
+
+
+@pytest.fixture(scope="module")
+def device():
+    return emulate.ensure_device(progress=True)  # the user's cache: built once, then reused
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def compiled(request, tmp_path_factory):
+    """(folder, bundle, input file, onnxruntime's outputs) for an aarch64-neon / x86-host bundle."""
+    name = request.param
+    root = tmp_path_factory.mktemp(name)
+    zoo.save(zoo.build(name, **MODELS[name]), root / f"{name}.onnx")
+    compile_model(root / f"{name}.onnx", root / "bundle", CompileOptions("aarch64-neon", "x86-host", progress=False))
+    bundle = Bundle(root / "bundle")
+    feeds = random_inputs(bundle, seed=5)
+    np.save(root / "x.npy", feeds[bundle.inputs[0].name])
+    return root, bundle, root / "x.npy", reference_outputs(root / f"{name}.onnx", feeds)
+
+
+def run_emulated(device, bundle, args, out):
+    """run.py under qemu with `args`; its JSON records, its outputs by cut, and the wall time."""
+    start = time.perf_counter()
+    result = emulate.run_bundle(bundle.path, [*args, "-o", str(out), "--json"], device=device, timeout=600)
+    wall = time.perf_counter() - start
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    saved = np.load(out)
+    outputs = {}
+    for key in saved.files:
+        cut, name = key.split("/", 1)
+        outputs.setdefault(int(cut.removeprefix("cut")), {})[name] = saved[key]
+    return records, outputs, wall
+
+
+def assert_matches(outputs, reference):
+    assert set(outputs) == set(reference)
+    for name in reference:
+        np.testing.assert_allclose(outputs[name], reference[name], rtol=1e-4, atol=1e-5)
+
+
+def test_every_cut_over_loopback_then_without_the_server(device, compiled):
+    root, bundle, x, reference = compiled
+    n = len(bundle.segments)
+    with start_server(bundle.path) as server:
+        records, outputs, wall = run_emulated(device, bundle, ["--server", server.url, "--cut", "all", "--input", str(x)],
+                                              root / "online.npz")
+    assert [r["cut"] for r in records] == list(range(n + 1)) and sorted(outputs) == list(range(n + 1))
+    for record in records:
+        assert not record["fell_back"], record
+        if record["cut"] < n:  # the server did the rest: it reported compute, and tensors plus a header went up
+            assert record["server_s"] > 0 and record["upload_bytes"] > record["crossing_bytes"], record
+        else:
+            assert record["upload_bytes"] == 0
+        assert_matches(outputs[record["cut"]], reference)
+    requests = sum(r["total_s"] for r in records)
+    print(f"\n{bundle.name}: {n + 1} cuts over loopback under qemu in {wall:.1f} s "
+          f"(requests {requests:.1f} s, {requests / (n + 1) * 1e3:.0f} ms each; start-up and exit {wall - requests:.1f} s)")
+
+    # The server is gone now: every request that would offload finishes on the emulated device.
+    records, outputs, wall = run_emulated(device, bundle, ["--server", server.url, "--cut", "all", "--input", str(x),
+                                                           "--deadline", "2"], root / "offline.npz")
+    assert [r["cut"] for r in records] == list(range(n + 1))
+    assert "refused" in records[0]["fallback_reason"].lower()
+    for record in records[:-1]:
+        # after the first refusal the runtime marks the server down and stops dialling it for a while
+        assert record["fell_back"] and ("refused" in record["fallback_reason"].lower()
+                                        or "marked down" in record["fallback_reason"]), record
+        assert record["upload_bytes"] == 0 and record["fallback_s"] > 0
+    assert not records[-1]["fell_back"]  # device-only: nothing to send
+    assert sorted(outputs) == list(range(n + 1))
+    for values in outputs.values():  # the segments the server would have run ran under emulation
+        assert_matches(values, reference)
+    print(f"{bundle.name}: {n + 1} cuts with the server gone under qemu in {wall:.1f} s")
+
+
+@pytest.mark.parametrize("compiled", ["alexnet"], indirect=True)
+def test_emulate_verb_runs_the_bundle_on_the_device(compiled, device, capfd):
+    _, bundle, x, reference = compiled
+    n = len(bundle.segments)
+    # --cpu between BUNDLE and `--` is the verb's own option; what follows `--` is run.py's
+    assert main(["emulate", str(bundle.path), "--cpu", "cortex-a53", "--", "--cut", str(n), "--input", str(x),
+                 "--json"]) == 0
+    record = json.loads(capfd.readouterr().out.splitlines()[-1])
+    assert record["cut"] == n and not record["fell_back"]
+
+    assert main(["emulate", str(bundle.path), "--", "--cut", str(n + 1)]) == 2  # run.py's exit code comes back
+    assert f"cuts 0..{n}" in capfd.readouterr().err
+
+
+def test_emulate_verb_refuses_bundles_that_are_not_aarch64_cpu(tmp_path, capfd):
+    compile_model(zoo.build("lenet", width=0.25), tmp_path / "x86.bundle",
+                  CompileOptions("x86-host", "x86-host", progress=False), name="lenet")
+    assert main(["emulate", str(tmp_path / "x86.bundle"), "--", "--cut", "0"]) == 2
+    err = capfd.readouterr().err
+    assert "mobile side is x86-host" in err and "x86_64, not aarch64" in err
+
+    # A Jetson bundle's segments are CUDA code: qemu cannot run them. Only the manifest matters here.
+    from neurosurgeon.targets import get_preset
+
+    jetson = tmp_path / "jetson.bundle"
+    jetson.mkdir()
+    (jetson / "manifest.json").write_text(json.dumps({"sides": {"mobile": get_preset("jetson-orin").to_json()}}))
+    with pytest.raises(emulate.NotEmulatable, match="jetson-orin.*cuda GPU; qemu emulates the ARM CPU only"):
+        emulate.run_bundle(jetson, ["--cut", "0"])
