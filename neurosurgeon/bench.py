@@ -135,10 +135,6 @@ def bench_runtime(bundle_path: str | Path, clients: list[int], seconds: float, r
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(bench_runtime(sys.argv[1], [1, 2, 4], 5.0, 20, "--json" in sys.argv))
-
-
 def decision_quality(predicted_device: np.ndarray, measured_device: np.ndarray, predicted_server: np.ndarray,
                      measured_server: np.ndarray, upload_bytes: np.ndarray, download_bytes: np.ndarray,
                      uplinks_mbps, server_ratios, server_waits_s, rtt_s: float = 0.02) -> dict:
@@ -202,7 +198,8 @@ def bench_decisions(models: list[str], cost_model: str, input_size: int | None, 
         return 0
     print("per-layer-type regressions (held-out MAPE of the chosen form):")
     for layer_type, info in sorted(result["types"].items()):
-        print(f"  {layer_type:14s} {info['form']:7s} n={info['n']:<4d} MAPE {info['cv_mape']:.1%}")
+        mape = "n/a" if info["cv_mape"] is None else f"{info['cv_mape']:.1%}"
+        print(f"  {layer_type:14s} {info['form']:7s} n={info['n']:<4d} MAPE {mape}")
     print(f"\n{'model':10} {'segs':>4} {'seg MAPE':>9} {'worst':>7} {'pred s':>8} {'meas s':>8} "
           f"{'same cut':>9} {'mean ratio':>11} {'worst ratio':>12}")
     for r in rows:

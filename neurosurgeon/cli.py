@@ -67,6 +67,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("runtime_args", nargs=argparse.REMAINDER, metavar="-- run.py args",
                    help="passed to the bundle's run.py, e.g. -- --server http://127.0.0.1:8000 --cut all")
 
+    p = verbs.add_parser("fit", help="fit per-layer-type cost regressions to a profile")
+    from neurosurgeon.cost_models import fit_cli
+
+    fit_cli.add_arguments(p)
+
+    p = verbs.add_parser("bench", help="benchmarks that print tables (runtime, decisions)")
+    benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    b = benches.add_parser("runtime", help="decision time, request overhead, server requests/s")
+    b.add_argument("bundle", help="bundle folder built for this machine (x86-host on both sides)")
+    b.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4], help="concurrent clients (default 1 2 4)")
+    b.add_argument("--seconds", type=float, default=5.0, help="seconds per client count (default 5)")
+    b.add_argument("--repeats", type=int, default=20, help="requests per cut for the overhead (default 20)")
+    b.add_argument("--json", action="store_true")
+    b = benches.add_parser("decisions", help="cost-model error and decision quality vs an oracle")
+    b.add_argument("--cost-model", required=True, help="a cost model fitted here (neurosurgeon fit)")
+    b.add_argument("--models", nargs="+", default=["alexnet", "vgg16", "deepface", "lenet", "asr", "pos", "ner", "chk",
+                                                   "resnet18", "inception"])
+    b.add_argument("--input-size", type=int, help="cap image models' input size (faster)")
+    b.add_argument("--workdir", default=".cache/bench-decisions")
+    b.add_argument("--json", action="store_true")
+
     p = verbs.add_parser("zoo", help="write one of the papers' benchmark networks as ONNX")
     p.add_argument("name", nargs="?", help="model name (omit with --list)")
     p.add_argument("-o", "--output", metavar="ONNX", help="output file (default NAME.onnx)")
@@ -143,6 +164,20 @@ def cmd_emulate(args) -> int:
     return run_bundle(args.bundle, runtime_args, cpu=args.cpu, capture_output=False).returncode
 
 
+def cmd_fit(args) -> int:
+    from neurosurgeon.cost_models import fit_cli
+
+    return fit_cli.run(args)
+
+
+def cmd_bench(args) -> int:
+    from neurosurgeon import bench
+
+    if args.bench == "runtime":
+        return bench.bench_runtime(args.bundle, args.clients, args.seconds, args.repeats, args.json)
+    return bench.bench_decisions(args.models, args.cost_model, args.input_size, Path(args.workdir), args.json)
+
+
 def cmd_zoo(args) -> int:
     from neurosurgeon.compiler import zoo
 
@@ -163,7 +198,7 @@ def cmd_zoo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"inspect": cmd_inspect, "compile": cmd_compile, "verify": cmd_verify, "demo": cmd_demo, "serve": cmd_serve,
+    handler = {"inspect": cmd_inspect, "compile": cmd_compile, "verify": cmd_verify, "demo": cmd_demo, "serve": cmd_serve, "bench": cmd_bench, "fit": cmd_fit,
                "zoo": cmd_zoo, "emulate": cmd_emulate}[args.verb]
     try:
         return handler(args)

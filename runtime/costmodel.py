@@ -46,7 +46,10 @@ def safe_log(x: float) -> float:
 
 COSTMODEL_FORMAT = "neurosurgeon-costmodel"
 COSTMODEL_VERSION = 1
-FORMS = ("linear", "log", "tree")
+# Each regression form and the coefficients it carries besides "features".
+FORM_FIELDS = {"linear": ("intercept", "coef"), "log": ("intercept", "coef"),
+               "tree": ("init", "learning_rate", "trees")}
+FORMS = tuple(FORM_FIELDS)
 # Predictions are clamped into [MIN_SECONDS, MAX_SECONDS]: the planner sums and compares them, so a
 # negative intercept, an exp() overflow or a NaN must not reach it.
 MIN_SECONDS = 1e-7
@@ -102,14 +105,19 @@ class CostModel:
         if doc.get("version") != COSTMODEL_VERSION:
             raise CostModelError(f"{source}: cost model version {doc.get('version')!r}; "
                                  f"this runtime reads version {COSTMODEL_VERSION}")
-        entries = {**doc.get("types", {}), "fallback": doc.get("fallback")}
-        for name, entry in entries.items():
+        types = doc.get("types", {})
+        if not isinstance(types, dict):
+            raise CostModelError(f"{source}: 'types' must map layer types to regressions")
+        for name, entry in {**types, "fallback": doc.get("fallback")}.items():
             if not isinstance(entry, dict) or entry.get("form") not in FORMS or not entry.get("features"):
                 raise CostModelError(f"{source}: the {name!r} regression is malformed (form must be one of "
                                      f"{', '.join(FORMS)}, with features)")
+            missing = [key for key in FORM_FIELDS[entry["form"]] if key not in entry]
+            if missing:
+                raise CostModelError(f"{source}: the {name!r} {entry['form']} regression lacks {', '.join(missing)}")
         self.doc = doc
         self.source = source
-        self.types: dict[str, dict] = doc.get("types", {})
+        self.types: dict[str, dict] = types
         self.fallback: dict = doc["fallback"]
         self.per_segment_overhead_s = float(doc.get("per_segment_overhead_s", 0.0))
         self.target = doc.get("target", {})
@@ -128,6 +136,16 @@ class CostModel:
         except ValueError as err:
             raise CostModelError(f"{path}: not JSON ({err})") from None
         return cls(doc, str(path))
+
+    def describe(self) -> str:
+        hardware = self.doc.get("hardware", {})
+        return (f"{self.target.get('name', '?')} on {hardware.get('cpu', hardware.get('machine', '?'))}, "
+                f"{len(self.types)} layer types")
+
+    def type_errors(self) -> dict[str, dict]:
+        """Per layer type: the chosen form, its held-out MAPE and how many samples it was fitted on."""
+        return {name: {"form": entry["form"], "cv_mape": entry.get("cv_mape"), "n": entry.get("n", 0)}
+                for name, entry in {**self.types, "(fallback)": self.fallback}.items()}
 
     def entry(self, layer_type: str) -> dict:
         """The regression that predicts `layer_type`: its own, or the fallback."""
