@@ -18,10 +18,7 @@ _TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 def generate_runtime(staged: Path, manifest: dict) -> list[dict]:
     """Write run.py and the runtime package into the bundle; return their manifest entries."""
-    package = staged / RUNTIME_PACKAGE
-    package.mkdir()
-    for source in sorted(_RUNTIME_SOURCE.glob("*.py")):
-        shutil.copyfile(source, package / source.name)
+    package_files = copy_runtime(staged)
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), undefined=jinja2.StrictUndefined,
                                      keep_trailing_newline=True)
     run_py = staged / "run.py"
@@ -30,4 +27,13 @@ def generate_runtime(staged: Path, manifest: dict) -> list[dict]:
         server=manifest["sides"]["server"]["name"], version=__version__,
         bundle_id=manifest["identity"]["bundle_id"], n_cuts=len(manifest["cuts"])))
     run_py.chmod(0o755)
-    return [file_entry(staged, path) for path in [run_py, *sorted(package.glob("*.py"))]]
+    return [file_entry(staged, path) for path in [run_py, *package_files]]
+
+
+def copy_runtime(root: Path) -> list[Path]:
+    """Copy runtime/*.py into `root` as the package `neurosurgeon_runtime`; return the files, sorted."""
+    package = root / RUNTIME_PACKAGE
+    package.mkdir()
+    for source in sorted(_RUNTIME_SOURCE.glob("*.py")):
+        shutil.copyfile(source, package / source.name)
+    return sorted(package.glob("*.py"))

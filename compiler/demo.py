@@ -186,7 +186,7 @@ def _calibrate(bundle: Bundle, workdir: Path) -> Path:
 
 
 def _run(bundle, url, network, costs_file, cut, feeds, requests):
-    runtime = DeviceRuntime(bundle, url, network=network, shape_link=True, costs_file=costs_file)
+    runtime = DeviceRuntime(bundle, url, network=network, shape_link=True, costs=costs_file)
     runtime.warm_up()
     results = []
     for _ in range(requests):

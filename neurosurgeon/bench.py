@@ -162,6 +162,26 @@ def decision_quality(predicted_device: np.ndarray, measured_device: np.ndarray, 
             "worst_ratio": float(np.max(ratios))}
 
 
+def _time_whole_model(frozen, path: Path, repeats: int = 3) -> float:
+    """Median seconds of the whole model built as one (monolithic) artifact, for the additivity check."""
+    import tvm
+
+    from neurosurgeon.compiler.build import build_graph
+    from neurosurgeon.targets import get_preset
+
+    build_graph(frozen.model, frozen.inputs, get_preset("x86-host"), path, "whole model")
+    function = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())["main"]
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.standard_normal(t.shape).astype(t.dtype)) for t in frozen.inputs]
+    function(*args)
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function(*args)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
 def bench_decisions(models: list[str], cost_model: str, input_size: int | None, workdir: Path, as_json: bool) -> int:
     """Cost-model quality on this machine: per-type fit error, per-segment predicted vs measured, and
     decision quality over uplinks 0.1-100 Mbps, server speed ratios and server loads."""
@@ -182,6 +202,7 @@ def bench_decisions(models: list[str], cost_model: str, input_size: int | None, 
         result = compile_model(path, workdir / f"{name}.bundle",
                                CompileOptions("x86-host", "x86-host", force=True, progress=False,
                                               mobile_cost=cost_model, server_cost=cost_model))
+        whole_s = _time_whole_model(result.frozen, workdir / f"{name}_whole.so")
         costs = result.manifest["costs"]["mobile"]
         predicted, measured = np.array(costs["predicted_seconds"]), np.array(costs["measured_seconds"])
         errors = np.abs(predicted - measured) / measured
@@ -191,7 +212,8 @@ def bench_decisions(models: list[str], cost_model: str, input_size: int | None, 
                                    np.array([c["download_bytes"] for c in cuts], dtype=float), **grid)
         rows.append({"model": name, "segments": len(predicted), "segment_mape": float(np.mean(errors)),
                      "segment_worst": float(np.max(errors)), "total_predicted_s": float(predicted.sum()),
-                     "total_measured_s": float(measured.sum()), **quality})
+                     "total_measured_s": float(measured.sum()), "whole_model_s": whole_s,
+                     "chain_over_whole": float(measured.sum()) / whole_s, **quality})
     result = {"cost_model": cost_model, "types": model.type_errors(), "grid": grid, "models": rows}
     if as_json:
         print(json.dumps(result, indent=1))
@@ -200,12 +222,14 @@ def bench_decisions(models: list[str], cost_model: str, input_size: int | None, 
     for layer_type, info in sorted(result["types"].items()):
         mape = "n/a" if info["cv_mape"] is None else f"{info['cv_mape']:.1%}"
         print(f"  {layer_type:14s} {info['form']:7s} n={info['n']:<4d} MAPE {mape}")
-    print(f"\n{'model':10} {'segs':>4} {'seg MAPE':>9} {'worst':>7} {'pred s':>8} {'meas s':>8} "
-          f"{'same cut':>9} {'mean ratio':>11} {'worst ratio':>12}")
+    print(f"\n{'model':10} {'segs':>4} {'seg MAPE':>9} {'worst':>7} {'pred s':>8} {'meas s':>8} {'whole s':>8} "
+          f"{'chain/whole':>11} {'same cut':>9} {'mean ratio':>11} {'worst ratio':>12}")
     for r in rows:
         print(f"{r['model']:10} {r['segments']:>4} {r['segment_mape']:9.1%} {r['segment_worst']:7.0%} "
-              f"{r['total_predicted_s']:8.3f} {r['total_measured_s']:8.3f} {r['same_cut_share']:9.1%} "
-              f"{r['mean_ratio']:11.3f} {r['worst_ratio']:12.3f}")
+              f"{r['total_predicted_s']:8.3f} {r['total_measured_s']:8.3f} {r['whole_model_s']:8.3f} "
+              f"{r['chain_over_whole']:10.2f}x {r['same_cut_share']:9.1%} {r['mean_ratio']:11.3f} {r['worst_ratio']:12.3f}")
+    print("seg MAPE: per-segment predicted vs measured; chain/whole: the measured segments' sum over the "
+          "monolithic build's time (how far from additive layers are once compiled together)")
     cases = sum(r["cases"] for r in rows)
     share = sum(r["same_cut_share"] * r["cases"] for r in rows) / cases
     print(f"\nall models: the predicted cut is the oracle's in {share:.1%} of {cases} cases; worst measured "

@@ -20,6 +20,7 @@ import numpy as np
 from .bundle import Bundle, SegmentExecutor, fetch
 from .client import InferenceClient, ServerUnavailable, ShapedLink
 from .errors import BundleError, NeurosurgeonError
+from .measured import load_measured, measure_bundle
 from .estimators import (
     DeviceTimeEstimator,
     NetworkEstimator,
@@ -53,22 +54,47 @@ class RequestRecord:
     server_wait_s: float
 
 
-def load_costs(bundle: Bundle, costs_file: str | Path | None = None) -> SegmentCosts:
-    """The planner's inputs from the manifest's `costs` section, or from a costs file with the same
-    layout (e.g. measured on the real device with `neurosurgeon profile --bundle`)."""
-    costs = json.loads(Path(costs_file).read_text()) if costs_file else bundle.manifest.get("costs")
-    if not costs:
-        raise BundleError(f"{bundle.path}: the manifest has no costs; the planner has nothing to decide with")
+COST_CHOICES = ("default", "measured", "predicted")
+
+
+def load_costs(bundle: Bundle, costs: str | Path | None = None) -> SegmentCosts:
+    """The planner's inputs. `costs` picks per-segment times: "default" (measurements made on this
+    machine with `--measure` / `profile --bundle` where present, else the manifest's choice),
+    "measured", "predicted", or a costs file with the manifest's layout."""
+    choice = str(costs) if costs else "default"
+    if choice in COST_CHOICES:
+        sides = bundle.manifest.get("costs")
+        if not sides:
+            raise BundleError(f"{bundle.path}: the manifest has no costs; the planner has nothing to decide with")
+        sides = {side: dict(entry) for side, entry in sides.items()}
+        for side, entry in sides.items():
+            record = load_measured(bundle, side)
+            if record:
+                entry["measured_seconds"], entry["measured_source"] = record["segment_seconds"], record["source"]
+                if choice == "default":
+                    entry["segment_seconds"], entry["source"] = record["segment_seconds"], record["source"]
+            if choice != "default":
+                if f"{choice}_seconds" not in entry:
+                    raise BundleError(f"{bundle.path}: no {choice} costs for the {side} side "
+                                      f"(have: {', '.join(k[:-8] for k in entry if k.endswith('_seconds') and k != 'segment_seconds') or 'none'})")
+                entry["segment_seconds"], entry["source"] = entry[f"{choice}_seconds"], entry[f"{choice}_source"]
+        where = bundle.path
+    else:
+        where = Path(choice)
+        try:
+            sides = json.loads(where.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise BundleError(f"{where}: cannot read costs ({err})") from None
     n = len(bundle.segments)
     try:
-        mobile, server = costs["mobile"], costs["server"]
+        mobile, server = sides["mobile"], sides["server"]
         device_s = np.asarray(mobile["segment_seconds"], dtype=np.float64)
         server_s = np.asarray(server["segment_seconds"], dtype=np.float64)
         power = np.broadcast_to(np.asarray(mobile.get("power_w", 0.0), dtype=np.float64), (n,)).copy()
     except (KeyError, TypeError, ValueError) as err:
-        raise BundleError(f"{costs_file or bundle.path}: malformed costs ({err})") from None
+        raise BundleError(f"{where}: malformed costs ({err})") from None
     if len(device_s) != n or len(server_s) != n:
-        raise BundleError(f"{costs_file or bundle.path}: costs for {len(device_s)}/{len(server_s)} segments, bundle has {n}")
+        raise BundleError(f"{where}: costs for {len(device_s)}/{len(server_s)} segments, bundle has {n}")
     return SegmentCosts(
         device_s=device_s, server_s=server_s, device_power_w=power,
         upload_bytes=np.array([c.upload_bytes for c in bundle.cuts], dtype=np.float64),
@@ -82,12 +108,12 @@ class DeviceRuntime:
                  network: str = "wifi", objective: str = "latency", shape_link: bool = False,
                  deadline_s: float | None = None, learn: bool = True, retry_after_s: float = 5.0,
                  max_latency_s: float | None = None, max_energy_j: float | None = None,
-                 costs_file: str | Path | None = None):
+                 costs: str | Path | None = None):
         if objective not in OBJECTIVES:
             raise NeurosurgeonError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
         self.executor = SegmentExecutor(self.bundle, "mobile")
-        self.costs = load_costs(self.bundle, costs_file)
+        self.costs = load_costs(self.bundle, costs)
         self.planner = Planner(self.costs)
         profile = network_profile(network)
         self.network = NetworkEstimator(profile)
@@ -274,7 +300,10 @@ def main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv: li
     parser.add_argument("--deadline", type=float, help="seconds to wait for the server before finishing here")
     parser.add_argument("--max-latency", type=float, help="latency budget in seconds (with --objective energy)")
     parser.add_argument("--max-energy", type=float, help="mobile energy budget in joules (with --objective latency)")
-    parser.add_argument("--costs", help="per-segment costs measured on this device (JSON)")
+    parser.add_argument("--costs", default="default",
+                        help="per-segment times: default, measured, predicted, or a costs JSON file")
+    parser.add_argument("--measure", action="store_true",
+                        help="first time this device's segments and keep them in the bundle (measured/mobile.json)")
     parser.add_argument("--requests", type=int, default=1, help="repeat the request (with --cut all: the sweep) N times")
     parser.add_argument("--json", action="store_true", help="print one JSON record per request")
     args = parser.parse_args(argv)
@@ -287,8 +316,11 @@ def main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv: li
             raise BundleError(f"{bundle_dir}: manifest is for bundle {bundle.manifest['identity']['bundle_id']}, "
                               f"this run.py was generated for {expected_bundle_id}")
         token = Path(args.token_file).read_text().strip().splitlines()[0] if args.token_file else None
+        if args.measure:
+            path = measure_bundle(bundle, "mobile")
+            print(f"measured this device's {len(bundle.segments)} segments: {path}", file=sys.stderr)
         runtime = DeviceRuntime(bundle, args.server, token, args.network, args.objective, args.shape, args.deadline,
-                                max_latency_s=args.max_latency, max_energy_j=args.max_energy, costs_file=args.costs)
+                                max_latency_s=args.max_latency, max_energy_j=args.max_energy, costs=args.costs)
         runtime.warm_up()
         inputs = read_inputs(bundle, args.input)
         cuts = range(runtime.n_segments + 1) if sweep else [args.cut]

@@ -71,7 +71,7 @@ def test_chosen_cut_moves_towards_the_device_as_bandwidth_falls(alexnet, server,
     costs = slow_device_costs(bundle, tmp_path / "costs.json", slowdown=20)
     chosen = {}
     for network in ("wifi", "lte", "3g"):
-        runtime = DeviceRuntime(bundle, server.url, network=network, shape_link=True, learn=False, costs_file=costs)
+        runtime = DeviceRuntime(bundle, server.url, network=network, shape_link=True, learn=False, costs=costs)
         for _ in range(2):  # the second decision uses what the first transfer measured
             outputs, record = runtime.infer(feeds)
             assert_matches(outputs, reference)
@@ -84,7 +84,7 @@ def test_chosen_cut_moves_towards_the_device_as_bandwidth_falls(alexnet, server,
 def test_chosen_cut_moves_towards_the_device_as_server_load_rises(alexnet, server, tmp_path):
     _, bundle, feeds, reference = alexnet
     costs = slow_device_costs(bundle, tmp_path / "costs.json", slowdown=3)
-    runtime = DeviceRuntime(bundle, server.url, network="wifi", learn=False, costs_file=costs)
+    runtime = DeviceRuntime(bundle, server.url, network="wifi", learn=False, costs=costs)
     idle = [runtime.infer(feeds)[1].cut for _ in range(3)]
     assert idle[-1] < len(bundle.segments), idle
     with LoadGenerator(server.url, bundle, clients=4, feeds=feeds):
