@@ -33,23 +33,34 @@ def artifact_name(model_name: str, preset: Preset, segment: int | None) -> str:
     return f"{model_name}_{preset.name}_{suffix}.so"
 
 
-def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset, out_path: Path,
-                what: str) -> BuiltArtifact:
-    """Import, compile and export one graph. `what` names it in errors ("segment 3 (conv2..relu2)")."""
-    import tvm
+def import_graph(model: onnx.ModelProto, inputs: list[TensorInfo], what: str):
+    """The graph as a Relax IRModule with its weights as constants (what both builds and tuning start from)."""
     from tvm.relax.frontend.onnx import from_onnx
 
-    started = time.perf_counter()
     try:
         with warnings.catch_warnings():  # TVM warns for every ONNX name it sanitises ("conv1.weight")
             warnings.simplefilter("ignore")
-            mod = from_onnx(model, shape_dict={t.name: list(t.shape) for t in inputs},
-                            dtype_dict={t.name: t.dtype for t in inputs}, keep_params_in_input=False)
+            return from_onnx(model, shape_dict={t.name: list(t.shape) for t in inputs},
+                             dtype_dict={t.name: t.dtype for t in inputs}, keep_params_in_input=False)
     except Exception as err:
         raise BuildError(f"{what}: TVM's ONNX importer failed: {_first_line(err)}") from None
+
+
+def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset, out_path: Path,
+                what: str, tuning: Path | None = None) -> BuiltArtifact:
+    """Import, compile and export one graph. `what` names it in errors ("segment 3 (conv2..relu2)").
+    `tuning`: a tuning folder (neurosurgeon tune) whose schedules to apply; None compiles untuned."""
+    import tvm
+
+    started = time.perf_counter()
+    mod = import_graph(model, inputs, what)
     target = preset.tvm_target()
     try:
-        if preset.device == "cuda":
+        if tuning is not None:
+            from .tuning import compile_tuned
+
+            executable = compile_tuned(mod, preset, tuning)
+        elif preset.device == "cuda":
             from .cuda import compile_cuda
 
             executable = compile_cuda(mod, target)

@@ -182,6 +182,15 @@ def _time_whole_model(frozen, path: Path, repeats: int = 3) -> float:
     return statistics.median(samples)
 
 
+def _capped(zoo, name: str, cap: int | None):
+    """The zoo model at its default size, or at `cap` if that is smaller (never below its minimum)."""
+    model = zoo.build(name)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if cap is None or zoo.min_input_size(name) is None or dims[-1].dim_value <= cap:
+        return model
+    return zoo.build(name, input_size=max(cap, zoo.min_input_size(name)))
+
+
 def bench_decisions(models: list[str], cost_model: str, input_size: int | None, workdir: Path, as_json: bool) -> int:
     """Cost-model quality on this machine: per-type fit error, per-segment predicted vs measured, and
     decision quality over uplinks 0.1-100 Mbps, server speed ratios and server loads."""
@@ -195,9 +204,8 @@ def bench_decisions(models: list[str], cost_model: str, input_size: int | None, 
     rows = []
     workdir.mkdir(parents=True, exist_ok=True)
     for name in models:
-        size = zoo.min_input_size(name)
         path = workdir / f"{name}.onnx"
-        zoo.save(zoo.build(name, input_size=None if size is None or input_size is None else max(input_size, size)), path)
+        zoo.save(_capped(zoo, name, input_size), path)
         print(f"  {name}: compiling and measuring its segments", file=sys.stderr)
         result = compile_model(path, workdir / f"{name}.bundle",
                                CompileOptions("x86-host", "x86-host", force=True, progress=False,

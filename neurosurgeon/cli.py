@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("demo", help="compile a zoo network, then run every cut against onnxruntime")
     p.add_argument("--model", default="alexnet", help="zoo network (default alexnet)")
-    p.add_argument("--input-size", type=int, help="smaller input for a quicker run")
+    p.add_argument("--input-size", type=int, default=112,
+                   help="input size (default 112: untuned TVM code is slow, see README; 0 = the model's own)")
     p.add_argument("--workdir", default=".cache/demo", help="where the model and bundle are kept between runs")
     p.add_argument("--device-share", type=float, default=0.25, help="CPU share of the emulated device (default 0.25)")
     p.add_argument("--requests", type=int, default=3, help="auto requests per scenario")
@@ -151,7 +152,7 @@ def cmd_verify(args) -> int:
 def cmd_demo(args) -> int:
     from neurosurgeon.compiler.demo import run_demo
 
-    return run_demo(Path(args.workdir), args.model, args.input_size, args.device_share, args.requests)
+    return run_demo(Path(args.workdir), args.model, args.input_size or None, args.device_share, args.requests)
 
 
 def cmd_serve(args) -> int:
