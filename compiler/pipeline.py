@@ -42,6 +42,7 @@ class CompileOptions:
     mobile_cost: str | Path | None = None  # fitted cost models (neurosurgeon fit) for each side
     server_cost: str | Path | None = None
     mobile_power: str | Path | None = None  # power profile (watts per layer type); defaults ship
+    tuning: str | Path | None = None  # a tuning folder (neurosurgeon tune), applied to the side(s) of its preset
 
 
 @dataclass
@@ -77,6 +78,7 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
     for preset in presets.values():
         check_toolchain(preset)
     check_destination(out, options.force)
+    tuning = _tuning_for(options.tuning, presets)
     frozen, graph, plan = analyse(model, options.input_shapes, options.partitioner, name)
 
     # Identical presets on both sides share one set of artifacts: every weight is stored once per target.
@@ -89,7 +91,7 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
             path = staged / "artifacts" / preset.name / artifact_name(frozen.name, preset, segment.index)
             what = (f"segment {segment.index} (layers {segment.layer_names[0]}..{segment.layer_names[-1]}) "
                     f"for {preset.name}")
-            built = build_graph(segment.model, segment.inputs, preset, path, what)
+            built = build_graph(segment.model, segment.inputs, preset, path, what, tuning.get(preset.name))
             build_seconds[preset.name] = build_seconds.get(preset.name, 0.0) + built.compile_seconds + built.export_seconds
             artifacts.setdefault(preset.name, []).append({"segment": segment.index, **file_entry(staged, path)})
         manifest = make_manifest(frozen, graph, plan, presets, options, artifacts, build_seconds)
@@ -120,6 +122,10 @@ def make_manifest(frozen: FrozenModel, graph: LayerGraph, plan: PartitionPlan, p
         "tool_version": __version__,
         "tvm_version": tvm.__version__,
     }
+    if options.tuning is not None:
+        from .tuning import tuning_identity
+
+        identity["options"]["tuning"] = tuning_identity(options.tuning)
     identity["bundle_id"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return {
         "format": FORMAT,
@@ -141,6 +147,19 @@ def make_manifest(frozen: FrozenModel, graph: LayerGraph, plan: PartitionPlan, p
         "artifacts": artifacts,
         "build": {"seconds": {k: round(v, 3) for k, v in build_seconds.items()}},
     }
+
+
+def _tuning_for(tuning: str | Path | None, presets: dict[str, Preset]) -> dict[str, Path]:
+    """Preset name -> tuning folder: a folder holds one preset's schedules and applies to that side only."""
+    if tuning is None:
+        return {}
+    from .tuning import read_tuning_info
+
+    preset = read_tuning_info(tuning)["preset"]
+    if preset not in {p.name for p in presets.values()}:
+        raise NeurosurgeonError(f"{tuning}: tuned for {preset}, but the bundle builds "
+                                f"{' and '.join(sorted({p.name for p in presets.values()}))}")
+    return {preset: Path(tuning)}
 
 
 def _progress(items: list, enabled: bool, label: str):

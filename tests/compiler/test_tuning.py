@@ -1,0 +1,151 @@
+"""Tuning: distinct workloads across segments, a database that compiles apply, reuse across models,
+the budget, and targets that cannot be timed here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from neurosurgeon.compiler.pipeline import CompileOptions, analyse, compile_model
+from neurosurgeon.compiler.tuning import TuningError, read_tuning_info, segment_workloads, tune
+from neurosurgeon.compiler.verify import verify_bundle
+from neurosurgeon.runtime.errors import NeurosurgeonError
+
+
+def conv_net(channels: list[int], size: int = 16, seed: int = 0, name: str = "convnet") -> onnx.ModelProto:
+    """x -> (conv 3x3 + relu) per entry of `channels` -> global average pool. Same channels at the
+    same depth give the same workloads, whatever the seed (weights are arguments, not code)."""
+    rng = np.random.default_rng(seed)
+    nodes, weights, previous, width = [], [], "x", 3
+    for i, out in enumerate(channels):
+        w = numpy_helper.from_array((rng.standard_normal((out, width, 3, 3)) / np.sqrt(9 * width)).astype(np.float32),
+                                    f"w{i}")
+        b = numpy_helper.from_array((rng.standard_normal(out) * 0.1).astype(np.float32), f"b{i}")
+        weights += [w, b]
+        nodes.append(helper.make_node("Conv", [previous, f"w{i}", f"b{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
+        previous, width = f"r{i}", out
+    nodes.append(helper.make_node("GlobalAveragePool", [previous], ["y"], name="pool"))
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width, 1, 1])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_workloads_are_deduplicated_across_segments():
+    # conv1 and conv2 have the same shape (8 -> 8 channels): one workload, called by two segments.
+    _, _, plan = analyse(conv_net([8, 8, 8]), name="convnet")
+    workloads = segment_workloads(plan, "x86-host")
+    convs = [w for w in workloads if "conv2d" in w.name]
+    assert len(convs) == 2  # 3 -> 8, and 8 -> 8 twice
+    shared = next(w for w in convs if w.weight == 2)
+    assert shared.graphs == ["segment 2", "segment 4"]
+    assert len({w.key for w in workloads}) == len(workloads)
+
+
+def test_bad_arguments_leave_nothing_on_disk(tmp_path):
+    model = conv_net([4])
+    with pytest.raises(TuningError, match="budget"):
+        tune(model, "x86-host", tmp_path / "t", budget_s=0)
+    with pytest.raises(NeurosurgeonError, match="unknown target preset"):
+        tune(model, "no-such-preset", tmp_path / "t", budget_s=10)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("not a tuning folder")
+    with pytest.raises(TuningError, match="not a tuning folder"):
+        tune(model, "x86-host", tmp_path / "other", budget_s=10)
+    assert not (tmp_path / "t").exists()
+    with pytest.raises(TuningError, match="tuning.json is missing"):
+        compile_model(model, tmp_path / "b", CompileOptions("x86-host", "x86-host", tuning=tmp_path / "other"))
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_tune_then_compile_applies_and_reuses(tmp_path):
+    model = conv_net([8, 8])
+    folder = tmp_path / "x86-host.tuning"
+    report = tune(model, "x86-host", folder, budget_s=120, trials_per_task=2, progress=False, name="convnet")
+    assert report.measured and report.complete and report.tuned == report.tasks and report.skipped == 0
+    info = read_tuning_info(folder)
+    assert info["measured"] is True and info["preset"] == "x86-host"
+    assert all(task["trials"] == 2 and task["best_us"] > 0 for task in info["tasks"].values())
+    assert (folder / "database_tuning_record.json").stat().st_size > 0
+
+    untuned, tuned = tmp_path / "untuned", tmp_path / "tuned"
+    options = dict(progress=False, measure=False)
+    compile_model(model, untuned, CompileOptions("x86-host", "x86-host", **options), name="convnet")
+    result = compile_model(model, tuned, CompileOptions("x86-host", "x86-host", tuning=folder, **options),
+                           name="convnet")
+    identity = result.manifest["identity"]["options"]["tuning"]
+    assert identity["dir"] == "x86-host.tuning" and identity["measured"] is True
+    assert len(identity["database_sha256"]) == 64
+    # The conv segments are built from the tuned schedules: different code than the untuned build.
+    conv_artifact = "artifacts/x86-host/convnet_x86-host_seg000.so"
+    assert (tuned / conv_artifact).read_bytes() != (untuned / conv_artifact).read_bytes()
+    checks = verify_bundle(tuned, model)
+    assert len(checks) == len(result.plan.cuts) and all(c.ok for c in checks)
+
+    # Another model (other weights, one more conv of a shape already tuned, a new first conv)
+    # tunes only the workload it does not share.
+    other = conv_net([8, 8, 8], seed=1)
+    again = tune(other, "x86-host", folder, budget_s=120, trials_per_task=2, progress=False, name="other")
+    assert again.tasks == report.tasks  # 3 -> 8 conv, 8 -> 8 conv, relu, pool: all known already
+    assert again.skipped == again.tasks and again.tuned == 0 and again.trials == 0
+    wider = conv_net([16, 8], seed=2)
+    third = tune(wider, "x86-host", folder, budget_s=120, trials_per_task=2, progress=False, name="wider")
+    assert third.skipped >= 1 and 1 <= third.tuned < third.tasks  # the new convs (3->16, 16->8), relu/pool shapes
+    info = read_tuning_info(folder)
+    assert [run["model"] for run in info["runs"]] == ["convnet", "other", "wider"]
+    assert info["runs"][1]["trials"] == 0
+
+
+@pytest.mark.slow
+def test_budget_stops_between_tasks_and_a_rerun_resumes(tmp_path):
+    model = conv_net([4, 8, 12, 16, 20, 24, 28, 32])  # 17 workloads, about a second each
+    folder = tmp_path / "t"
+    budget = 8
+    first = tune(model, "x86-host", folder, budget_s=budget, trials_per_task=2, progress=False, name="convnet")
+    assert not first.complete and first.remaining > 0 and first.tuned > 0
+    assert first.seconds < budget + 5  # a task starts only if it is expected to fit; one may run a little over
+    done = {k for k, t in read_tuning_info(folder)["tasks"].items() if t["trials"] == 2}
+    assert len(done) == first.tuned
+    second = tune(model, "x86-host", folder, budget_s=300, trials_per_task=2, progress=False, name="convnet")
+    assert second.complete and second.skipped == len(done) and second.tuned == second.tasks - len(done)
+
+
+@pytest.mark.slow
+def test_targets_that_do_not_run_here_are_tuned_without_measurement(tmp_path):
+    model = conv_net([8, 8])
+    folder = tmp_path / "aarch64-neon.tuning"
+    report = tune(model, "aarch64-neon", folder, budget_s=120, progress=False, name="convnet")
+    assert not report.measured and report.complete
+    info = read_tuning_info(folder)
+    assert info["measured"] is False and "best_us" not in json.dumps(info["tasks"])
+    bundle = tmp_path / "b"
+    result = compile_model(model, bundle, CompileOptions("aarch64-neon", "x86-host", tuning=folder, progress=False,
+                                                         measure=False), name="convnet")
+    assert result.manifest["identity"]["options"]["tuning"]["measured"] is False
+    # The x86 side is not the folder's preset: it is built untuned, so one folder cannot leak into another target.
+    with pytest.raises(NeurosurgeonError, match="tuned for aarch64-neon"):
+        compile_model(model, tmp_path / "c", CompileOptions("x86-host", "x86-host", tuning=folder, progress=False))
+    shutil.rmtree(bundle)
+
+
+def test_tune_command(tmp_path, capsys):
+    import argparse
+
+    from neurosurgeon.compiler import tune_cli
+
+    model = tmp_path / "net.onnx"
+    onnx.save(conv_net([4]), model)
+    parser = argparse.ArgumentParser()
+    tune_cli.add_arguments(parser)
+    args = parser.parse_args([str(model), "--target", "aarch64-neon", "--budget", "60", "-o", str(tmp_path / "t"),
+                              "--trials-per-task", "1", "--quiet"])
+    assert tune_cli.run(args) == 0
+    out = capsys.readouterr().out
+    assert "3 workloads: 3 tuned" in out and "measured: false" in out
+    assert read_tuning_info(tmp_path / "t")["runs"][0]["model"] == "net"
