@@ -118,6 +118,25 @@ def measure(name: str, folder: Path, budget: float, trials: int | None, repeats:
             "cut_ms": [round(c * 1e3, 2) for c in cuts], "onnxruntime_ms": ort_s * 1e3}
 
 
+def table(rows: list[dict]) -> str:
+    header = (f"{'model':9} {'tasks':>5} {'tuned':>5} {'tune s':>7} {'untuned':>9} {'tuned mono':>10} "
+              f"{'cuts min/median/max':>22} {'ORT':>8} {'speed-up':>8} {'bundle/mono':>11} {'bundle/ORT':>10}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['model']:9} {r['workloads']:>5} {r['tuned_workloads']:>5} {r['tuning_s_total']:7.0f} "
+                     f"{r['untuned_ms']:7.1f}ms {r['tuned_mono_ms']:8.1f}ms "
+                     f"{r['cut_min_ms']:6.1f}/{r['cut_median_ms']:6.1f}/{r['cut_max_ms']:6.1f}ms "
+                     f"{r['onnxruntime_ms']:6.1f}ms {r['untuned_ms'] / r['cut_median_ms']:7.1f}x "
+                     f"{r['cut_median_ms'] / r['tuned_mono_ms']:10.2f}x {r['cut_median_ms'] / r['onnxruntime_ms']:9.2f}x")
+    lines.append(f"\nTimes are medians of in-process runs on this machine ({PRESET}, TVM_NUM_THREADS="
+                 f"{os.environ['TVM_NUM_THREADS']}, onnxruntime {THREADS} threads), batch 1. tasks = distinct "
+                 "workloads of the segments and the whole model; tune s = tuning time spent on them (all runs). "
+                 "cuts = the bundle run end to end at each cut (device segments, then server segments). "
+                 "speed-up = untuned monolithic / median cut; bundle/mono = median cut / tuned monolithic (same "
+                 "database); bundle/ORT = median cut / onnxruntime.")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["alexnet", "resnet18"])
@@ -134,21 +153,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    header = (f"{'model':9} {'tasks':>5} {'tuned':>5} {'tune s':>7} {'untuned':>9} {'tuned mono':>10} "
-              f"{'cuts min/median/max':>22} {'ORT':>8} {'speed-up':>8} {'bundle/mono':>11} {'bundle/ORT':>10}")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['model']:9} {r['workloads']:>5} {r['tuned_workloads']:>5} {r['tuning_s_total']:7.0f} "
-              f"{r['untuned_ms']:7.1f}ms {r['tuned_mono_ms']:8.1f}ms "
-              f"{r['cut_min_ms']:6.1f}/{r['cut_median_ms']:6.1f}/{r['cut_max_ms']:6.1f}ms {r['onnxruntime_ms']:6.1f}ms "
-              f"{r['untuned_ms'] / r['cut_median_ms']:7.1f}x {r['cut_median_ms'] / r['tuned_mono_ms']:10.2f}x "
-              f"{r['cut_median_ms'] / r['onnxruntime_ms']:9.2f}x")
-    print(f"\nTimes are medians of in-process runs on this machine ({PRESET}, TVM_NUM_THREADS="
-          f"{os.environ['TVM_NUM_THREADS']}, onnxruntime {THREADS} threads), batch 1. tasks = distinct workloads of "
-          "the segments and the whole model; tune s = tuning time spent on them (all runs). cuts = the bundle run end to "
-          "end at each cut (device segments, then server segments). speed-up = untuned monolithic / median cut; "
-          "bundle/mono = median cut / tuned monolithic (same database); bundle/ORT = median cut / onnxruntime.")
+    print(table(rows))
     return 0
 
 

@@ -44,7 +44,7 @@ class RequestRecord:
     download_bytes: int
     device_s: float
     network_s: float
-    server_s: float  # the server's compute, as it reported it
+    server_s: float  # time inside the server (queueing and compute), as it reported it
     total_s: float
     fell_back: bool
     fallback_reason: str | None
@@ -187,9 +187,11 @@ class DeviceRuntime:
                     [t.name for t in self.bundle.outputs if t.name not in env], self._deadline(decision, k))
                 env.update(answer.outputs)
                 upload, download = answer.upload_bytes, answer.download_bytes
-                server_s = float(answer.parameters.get("compute_s", 0.0))
+                compute_s = float(answer.parameters.get("compute_s", 0.0))
+                # Time inside the server (queueing included) is not network time.
+                server_s = float(answer.parameters.get("server_s", compute_s))
                 network_s = max(answer.seconds - server_s, 0.0)
-                self._learn_from_answer(answer, k, server_s, network_s)
+                self._learn_from_answer(answer, k, compute_s, network_s)
             except ServerUnavailable as err:
                 reason = err.reason
                 if available:
@@ -221,14 +223,14 @@ class DeviceRuntime:
         remote = decision.latency_s - self.planner.device_time(k)
         return max(2.0, 4.0 * remote)
 
-    def _learn_from_answer(self, answer, k: int, server_s: float, network_s: float) -> None:
+    def _learn_from_answer(self, answer, k: int, compute_s: float, network_s: float) -> None:
         self.load.update(answer.parameters)
         self.network.observe_transfer(answer.upload_bytes, answer.download_bytes, network_s)
         if not self.learn:
             return
         predicted = self.planner.server_time(k)
-        if predicted > 0 and server_s > 0:
-            self.server_slowdown = ewma(self.server_slowdown, server_s / predicted, 0.3)
+        if predicted > 0 and compute_s > 0:
+            self.server_slowdown = ewma(self.server_slowdown, compute_s / predicted, 0.3)
 
     def _check_inputs(self, inputs: dict[str, np.ndarray]) -> dict:
         env = {}

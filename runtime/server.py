@@ -274,6 +274,7 @@ class InferenceServer:
         if encoding not in (None, "identity"):
             raise HTTPError(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed", 415)
         body = await self._read_body(scope, receive)
+        received = time.perf_counter()  # from here on the request is in the server, not on the network
         inputs, requested, parameters = decode_infer_request(body, parse_header_length(header(scope, HEADER_LENGTH)))
         check_inputs(model, inputs)
         wanted = requested_outputs(model, requested, parameters)
@@ -283,7 +284,8 @@ class InferenceServer:
                 self._worker, self._compute, model, inputs)
         finally:
             self._pending -= 1
-        answer = {**self.load(), "compute_s": compute_s, "server_segments": len(self.bundle.segments) - model.cut}
+        answer = {**self.load(), "compute_s": compute_s, "server_s": round(time.perf_counter() - received, 6),
+                  "server_segments": len(self.bundle.segments) - model.cut}
         body, headers = encode_infer_response(model.name, {name: outputs[name] for name in wanted},
                                               {name for name, binary in wanted.items() if binary},
                                               parameters=answer, model_version=MODEL_VERSION)
