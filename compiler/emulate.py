@@ -34,6 +34,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runtime.bundle import sha256_file
 from ..runtime.errors import NeurosurgeonError
 
 # Bump when the build steps change what lands on the device for the same recipe.
@@ -246,7 +247,7 @@ def _build(device: EmulatedDevice, recipe: dict, key: str, log: _Log) -> None:
     for wheel in wheels:
         unpack_wheel(wheel, device.site_packages, recipe["wheels"]["prune"])
     prune(device.site_packages, recipe["wheels"]["prune"])
-    wheel_files = {w.name: _sha256(w) for w in wheels}
+    wheel_files = {w.name: sha256_file(w) for w in wheels}
     shutil.rmtree(work)
 
     # The smoke test runs with bytecode writing on: it leaves .pyc files for exactly the modules a
@@ -506,14 +507,6 @@ def tree_size(root: Path) -> int:
                 seen.add((st.st_dev, st.st_ino))
                 total += st.st_size
     return total
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _mb(n: int) -> str:
