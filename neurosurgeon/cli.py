@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--server-cost", metavar="JSON", help="cost model fitted on the server")
     p.add_argument("--mobile-power", metavar="JSON", help="power profile, watts per layer type (defaults ship)")
     p.add_argument("--no-measure", action="store_true", help="do not time segments whose target runs here")
+    p.add_argument("--tuning", metavar="DIR", help="apply a tuning folder made by `neurosurgeon tune`")
 
     p = verbs.add_parser("serve", help="serve a bundle's server side over the Open Inference Protocol v2")
     from neurosurgeon.serve import add_arguments
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_emulate_options(p)
     p.add_argument("runtime_args", nargs=argparse.REMAINDER, metavar="-- run.py args",
                    help="passed to the bundle's run.py, e.g. -- --server http://127.0.0.1:8000 --cut all")
+
+    p = verbs.add_parser("tune", help="tune a model's segment workloads into a database compile --tuning applies")
+    from neurosurgeon.compiler import tune_cli
+
+    tune_cli.add_arguments(p)
 
     p = verbs.add_parser("profile", help="profile layer types on a target, or time a bundle's own segments")
     from neurosurgeon.cost_models import profile_cli
@@ -129,7 +135,8 @@ def cmd_compile(args) -> int:
 
     options = CompileOptions(mobile=args.mobile, server=args.server, input_shapes=parse_input_shapes(args.input_shape),
                              as_tar=args.tar, force=args.force, progress=not args.quiet, measure=not args.no_measure,
-                             mobile_cost=args.mobile_cost, server_cost=args.server_cost, mobile_power=args.mobile_power)
+                             mobile_cost=args.mobile_cost, server_cost=args.server_cost, mobile_power=args.mobile_power,
+                             tuning=args.tuning)
     result = compile_model(args.model, Path(args.output), options)
     m = result.manifest
     total = sum(e["bytes"] for files in m["artifacts"].values() for e in files)
@@ -175,6 +182,12 @@ def cmd_emulate(args) -> int:
     return run_bundle(args.bundle, runtime_args, cpu=args.cpu, capture_output=False).returncode
 
 
+def cmd_tune(args) -> int:
+    from neurosurgeon.compiler import tune_cli
+
+    return tune_cli.run(args)
+
+
 def cmd_profile(args) -> int:
     from neurosurgeon.cost_models import profile_cli
 
@@ -215,7 +228,7 @@ def cmd_zoo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"inspect": cmd_inspect, "compile": cmd_compile, "verify": cmd_verify, "demo": cmd_demo, "serve": cmd_serve, "bench": cmd_bench, "fit": cmd_fit, "profile": cmd_profile,
+    handler = {"inspect": cmd_inspect, "compile": cmd_compile, "verify": cmd_verify, "demo": cmd_demo, "serve": cmd_serve, "bench": cmd_bench, "fit": cmd_fit, "profile": cmd_profile, "tune": cmd_tune,
                "zoo": cmd_zoo, "emulate": cmd_emulate}[args.verb]
     try:
         return handler(args)
