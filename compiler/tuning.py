@@ -572,7 +572,9 @@ def tune(model: str | Path | onnx.ModelProto, preset_name: str, out_dir: str | P
     bar = _progress_bar(progress, f"tuning {preset.name}")
     try:
         with _quiet_meta_schedule(), tempfile.TemporaryDirectory(prefix="neurosurgeon-tune-") as logs:
-            for number, goal in enumerate(rounds):
+            # One more pass at the last goal: as refined tasks get faster, a task left at its first
+            # round's trials can grow past REFINE_SHARE of the total and become worth refining.
+            for number, goal in enumerate(rounds + rounds[-1:]):
                 goals = _goals(workloads, info, rounds, measured)
                 jobs = [w for w in workloads if info["tasks"][w.key]["trials"] < min(goal, goals[w.key])]
                 # Heaviest first (measured time, else FLOPs): what the budget leaves out costs least.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,9 @@ class SegmentExecutor:
     before they are loaded (loading a shared object runs its code) and loaded once, on first use."""
 
     def __init__(self, bundle: Bundle, side: str):
+        # TVM's x86 thread pool assumes half the cores are hyper-threads and would use one core of
+        # two: give tuned (parallel) kernels every core this process may run on, unless told otherwise.
+        os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
         import tvm
         import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode (TVM_USE_RUNTIME_LIB=1)
 
