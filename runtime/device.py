@@ -127,7 +127,6 @@ class DeviceRuntime:
         self.client = (InferenceClient(server_url, token, ShapedLink.from_profile(profile) if shape_link else None)
                        if server_url else None)
         self._server_down_until = 0.0
-        self.last_failure: str | None = None
         self.n_segments = len(self.bundle.segments)
 
     def warm_up(self) -> None:
@@ -143,15 +142,14 @@ class DeviceRuntime:
         if self._server_down_until:  # it failed before: a cheap probe before offloading again
             try:
                 load, seconds = self.client.ready(deadline_s=max(0.5, 4 * self.network.rtt_s))
-            except ServerUnavailable as err:
-                self._mark_down(err.reason)
+            except ServerUnavailable:
+                self._mark_down()
                 return False
             self.load.update(load)
             self._server_down_until = 0.0
         return True
 
-    def _mark_down(self, reason: str) -> None:
-        self.last_failure = reason
+    def _mark_down(self) -> None:
         self._server_down_until = time.monotonic() + self.retry_after_s
 
     def decide(self, cut: int | str = "auto") -> tuple[Decision, str, bool]:
@@ -195,7 +193,7 @@ class DeviceRuntime:
             except ServerUnavailable as err:
                 reason = err.reason
                 if available:
-                    self._mark_down(reason)
+                    self._mark_down()
                 fallback_s = self._run_here(env, range(k, self.n_segments))
         outputs = {t.name: fetch(env[t.name]) for t in self.bundle.outputs}
         total = time.perf_counter() - started
