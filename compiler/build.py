@@ -47,9 +47,11 @@ def import_graph(model: onnx.ModelProto, inputs: list[TensorInfo], what: str):
 
 
 def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset, out_path: Path,
-                what: str, tuning: Path | None = None) -> BuiltArtifact:
+                what: str, tuning: Path | None = None, kernels: str = "blas") -> BuiltArtifact:
     """Import, compile and export one graph. `what` names it in errors ("segment 3 (conv2..relu2)").
-    `tuning`: a tuning folder (neurosurgeon tune) whose schedules to apply; None compiles untuned."""
+    `tuning`: a tuning folder (neurosurgeon tune) whose schedules to apply; None compiles untuned.
+    `kernels` (CPU targets): "blas" offloads GEMMs to the runtime's BLAS, "tvm" generates every
+    kernel, "naive" is TVM's default pipeline (compiler/kernels.py)."""
     import tvm
 
     started = time.perf_counter()
@@ -59,14 +61,19 @@ def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset
         if tuning is not None:
             from .tuning import compile_tuned
 
-            executable = compile_tuned(mod, preset, tuning)
+            executable = compile_tuned(mod, preset, tuning, kernels)
         elif preset.device == "cuda":
             from .cuda import compile_cuda
 
             executable = compile_cuda(mod, target)
-        else:
+        elif kernels == "naive":
             with target:
                 executable = tvm.compile(mod, target=target)
+        else:
+            from .kernels import cpu_pipeline
+
+            with target:
+                executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, kernels))
     except NeurosurgeonError:
         raise
     except Exception as err:

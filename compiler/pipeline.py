@@ -17,11 +17,13 @@ from .. import __version__
 from ..cost_models.annotate import side_costs
 from ..runtime.bundle import FORMAT, SCHEMA_MAJOR, SCHEMA_MINOR
 from ..runtime.errors import NeurosurgeonError
+from ..runtime.kernels import EXTERNS
 from ..targets import Preset, get_preset
 from .build import artifact_name, build_graph
 from .bundle import check_destination, file_entry, publish, staging_dir, write_manifest
 from .codegen import generate_runtime
 from .frontend import FrozenModel, load_model
+from .kernels import KERNEL_CHOICES
 from .layers import LayerGraph, build_layer_graph
 from .partition import Partitioner, PartitionPlan, partition
 
@@ -43,6 +45,7 @@ class CompileOptions:
     server_cost: str | Path | None = None
     mobile_power: str | Path | None = None  # power profile (watts per layer type); defaults ship
     tuning: str | Path | None = None  # a tuning folder (neurosurgeon tune), applied to the side(s) of its preset
+    kernels: str = "blas"  # CPU builds: blas (GEMMs to the runtime's BLAS), tvm, or naive (compiler/kernels.py)
 
 
 @dataclass
@@ -78,6 +81,8 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
     for preset in presets.values():
         check_toolchain(preset)
     check_destination(out, options.force)
+    if options.kernels not in KERNEL_CHOICES:
+        raise NeurosurgeonError(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, not {options.kernels!r}")
     tuning = _tuning_for(options.tuning, presets)
     frozen, graph, plan = analyse(model, options.input_shapes, options.partitioner, name)
 
@@ -91,7 +96,8 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
             path = staged / "artifacts" / preset.name / artifact_name(frozen.name, preset, segment.index)
             what = (f"segment {segment.index} (layers {segment.layer_names[0]}..{segment.layer_names[-1]}) "
                     f"for {preset.name}")
-            built = build_graph(segment.model, segment.inputs, preset, path, what, tuning.get(preset.name))
+            built = build_graph(segment.model, segment.inputs, preset, path, what, tuning.get(preset.name),
+                                options.kernels)
             build_seconds[preset.name] = build_seconds.get(preset.name, 0.0) + built.compile_seconds + built.export_seconds
             artifacts.setdefault(preset.name, []).append({"segment": segment.index, **file_entry(staged, path)})
         manifest = make_manifest(frozen, graph, plan, presets, options, artifacts, build_seconds)
@@ -118,7 +124,7 @@ def make_manifest(frozen: FrozenModel, graph: LayerGraph, plan: PartitionPlan, p
         "model_name": frozen.name,
         "sides": {side: {"preset": s["name"], "target": s["target"], "host": s["host"]} for side, s in sides.items()},
         "options": {"input_shapes": {k: list(v) for k, v in options.input_shapes.items()},
-                    "partitioner": plan.partitioner},
+                    "partitioner": plan.partitioner, "kernels": options.kernels},
         "tool_version": __version__,
         "tvm_version": tvm.__version__,
     }
@@ -145,6 +151,8 @@ def make_manifest(frozen: FrozenModel, graph: LayerGraph, plan: PartitionPlan, p
         "cuts": [cut.to_json() for cut in plan.cuts],
         "segments": [segment.to_json() for segment in plan.segments],
         "artifacts": artifacts,
+        # functions the artifacts call that the runtime provides (runtime/kernels.py)
+        "externs": list(EXTERNS) if options.kernels == "blas" and any(p.device != "cuda" for p in presets.values()) else [],
         "build": {"seconds": {k: round(v, 3) for k, v in build_seconds.items()}},
     }
 

@@ -47,7 +47,7 @@ __all__ = ["TuneReport", "TuningError", "Workload", "compile_tuned", "database_s
            "read_tuning_info", "segment_workloads", "tune", "tuned_pipeline", "tuning_identity"]
 
 FORMAT = "neurosurgeon-tuning"
-VERSION = 1
+VERSION = 2  # 2: CPU workloads come from compiler/kernels.py's pipeline (GEMMs offloaded, batch norms folded)
 INFO = "tuning.json"
 WORKLOAD_FILE = "database_workload.json"  # MetaSchedule's own names, so its tools read the folder too
 RECORD_FILE = "database_tuning_record.json"
@@ -99,32 +99,39 @@ class TuneReport:
 # Passes shared by task extraction and the tuned build: the keys must match exactly.
 
 
-def _default_passes(target) -> tuple[list, list, list]:
-    """TVM's backend pipeline for `target`, split where MetaSchedule's database applies: (up to fused
-    TIR functions, the default schedules that follow on GPUs, lowering). Taken from TVM's own pass
-    lists so that extraction and the tuned build agree. (For CPUs, tvm.compile's "default" is the
-    generic pipeline, which does not fuse; the CPU backend pipeline used here does, as tuning needs.)"""
-    backend = importlib.import_module(  # the package omits dataflow_lower_passes from its exports
-        f"tvm.relax.backend.{'cuda' if target.kind.name == 'cuda' else 'cpu_generic'}.pipeline")
+def _default_passes(target, kernels: str = "blas") -> tuple[list, list, list]:
+    """The backend pipeline for `target`, split where MetaSchedule's database applies: (up to fused
+    TIR functions, the default schedules that follow on GPUs, lowering). CPUs get our pipeline
+    (compiler/kernels.py: GEMM offload per `kernels`, fusion); GPUs TVM's own pass lists, so that
+    extraction and the tuned build agree."""
+    if target.kind.name != "cuda":
+        from .kernels import cpu_phases
+
+        return cpu_phases(target, kernels)
+    backend = importlib.import_module("tvm.relax.backend.cuda.pipeline")  # dataflow_lower_passes is not exported
     legalize = backend.legalize_passes(target)
     fused = 1 + [p.info.name for p in legalize].index("FuseTIR")
     return (backend.library_dispatch_passes(target) + legalize[:fused], legalize[fused:],
             backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
 
 
-def _fusion_passes(target) -> list:
+def _fusion_passes(target, kernels: str = "blas") -> list:
     """The passes up to fused TIR, before any schedule: what tasks are extracted from."""
-    return _default_passes(target)[0]
+    return _default_passes(target, kernels)[0]
 
 
-def tuned_pipeline(target):
-    """The default Relax pipeline for `target` with the current MetaSchedule database applied right
-    after fusion. Functions without a record keep the default: dlight rules on GPUs, naive loops on
-    CPUs."""
+def tuned_pipeline(target, kernels: str = "blas"):
+    """The default pipeline for `target` with the current MetaSchedule database applied right after
+    fusion. Functions without a record keep the default: dlight rules on GPUs, our ParallelLoops
+    rule on CPUs (compiler/kernels.py)."""
     import tvm
     from tvm import relax
 
-    fusion, default_schedules, lower = _default_passes(target)
+    if target.kind.name != "cuda":
+        from .kernels import cpu_pipeline
+
+        return cpu_pipeline(target, kernels, apply_database=True)
+    fusion, default_schedules, lower = _default_passes(target, kernels)
 
     @tvm.transform.module_pass(opt_level=0, name="NeurosurgeonTunedPipeline")
     def pipeline(mod, _ctx):
@@ -136,13 +143,16 @@ def tuned_pipeline(target):
     return pipeline
 
 
-def compile_tuned(mod, preset: Preset, tuning_dir: str | Path):
-    """tvm.compile a Relax module for `preset` with the tuning folder's schedules applied."""
+def compile_tuned(mod, preset: Preset, tuning_dir: str | Path, kernels: str = "blas"):
+    """tvm.compile a Relax module for `preset` with the tuning folder's schedules applied. `kernels`
+    must be what the folder was tuned with: the fused functions (and so the records' keys) differ."""
     import tvm
 
     info = read_tuning_info(tuning_dir)
     if info["preset"] != preset.name:
         raise TuningError(f"{tuning_dir}: tuned for {info['preset']}, cannot apply it to a {preset.name} build")
+    if preset.device != "cuda" and info.get("kernels", "blas") != kernels:
+        raise TuningError(f"{tuning_dir}: tuned with --kernels {info['kernels']}, this build uses --kernels {kernels}")
     target = preset.tvm_target()
     with _database(Path(tuning_dir)):
         if preset.device == "cuda":
@@ -150,14 +160,15 @@ def compile_tuned(mod, preset: Preset, tuning_dir: str | Path):
 
             return compile_cuda(mod, target, pipeline=tuned_pipeline(target))
         with target:
-            return tvm.compile(mod, target=target, relax_pipeline=tuned_pipeline(target))
+            return tvm.compile(mod, target=target, relax_pipeline=tuned_pipeline(target, kernels))
 
 
 # ---------------------------------------------------------------------------------------------
 # Workloads
 
 
-def extract_workloads(graphs: list[tuple[str, onnx.ModelProto, list]], preset: Preset) -> list[Workload]:
+def extract_workloads(graphs: list[tuple[str, onnx.ModelProto, list]], preset: Preset,
+                      kernels: str = "blas") -> list[Workload]:
     """The distinct fused TIR functions that building `graphs` ((label, model, inputs) each) for
     `preset` produces, deduplicated by structural hash, with their call counts summed."""
     import tvm
@@ -171,7 +182,7 @@ def extract_workloads(graphs: list[tuple[str, onnx.ModelProto, list]], preset: P
     for label, model, inputs in graphs:
         mod = import_graph(model, inputs, label)
         with target:
-            mod = tvm.transform.Sequential(_fusion_passes(target))(mod)
+            mod = tvm.transform.Sequential(_fusion_passes(target, kernels))(mod)
         for task in ms.relax_integration.extract_tasks(mod, target):
             func_mod = task.dispatched[0]
             key = f"{tvm_ffi.structural_hash(func_mod) & (2**64 - 1):016x}"
@@ -184,11 +195,11 @@ def extract_workloads(graphs: list[tuple[str, onnx.ModelProto, list]], preset: P
     return list(found.values())
 
 
-def segment_workloads(plan_or_segments, preset: Preset | str) -> list[Workload]:
+def segment_workloads(plan_or_segments, preset: Preset | str, kernels: str = "blas") -> list[Workload]:
     """The distinct workloads of a partition plan's segments (or of a list of segments) for a preset."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     segments = getattr(plan_or_segments, "segments", plan_or_segments)
-    return extract_workloads([(f"segment {s.index}", s.model, s.inputs) for s in segments], preset)
+    return extract_workloads([(f"segment {s.index}", s.model, s.inputs) for s in segments], preset, kernels)
 
 
 def _flops(mod) -> float:
@@ -237,6 +248,10 @@ def read_tuning_info(tuning_dir: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TuningError(f"{path}: not valid JSON ({err})") from None
     if info.get("format") != FORMAT or info.get("version") != VERSION:
+        if info.get("format") == FORMAT and isinstance(info.get("version"), int) and info["version"] < VERSION:
+            raise TuningError(f"{path}: made by an older neurosurgeon (tuning format v{info['version']}, this one "
+                              f"reads v{VERSION}: CPU builds now offload GEMMs and fold batch norms, so the "
+                              "workloads differ); tune again into a new folder")
         raise TuningError(f"{path}: not a {FORMAT} v{VERSION} file")
     return info
 
@@ -263,7 +278,7 @@ def _write_info(out_dir: Path, info: dict) -> None:
     os.replace(tmp, out_dir / INFO)  # atomic: an interrupted run never leaves a torn file
 
 
-def _open_info(out_dir: Path, preset: Preset, measured: bool) -> dict:
+def _open_info(out_dir: Path, preset: Preset, measured: bool, kernels: str = "blas") -> dict:
     """The folder's tuning.json, or a new one (written on first use); refuses another preset's folder."""
     import tvm
 
@@ -276,6 +291,8 @@ def _open_info(out_dir: Path, preset: Preset, measured: bool) -> dict:
         if info["tvm_version"] != tvm.__version__:
             raise TuningError(f"{out_dir}: tuned with TVM {info['tvm_version']}, this is TVM {tvm.__version__}; "
                               "schedules may not apply: use another folder")
+        if preset.device != "cuda" and info.get("kernels") != kernels:
+            raise TuningError(f"{out_dir}: tuned with --kernels {info.get('kernels')}, not {kernels}; use another folder")
         return info
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise TuningError(f"{out_dir}: exists and is not a tuning folder; refusing to write into it")
@@ -283,6 +300,7 @@ def _open_info(out_dir: Path, preset: Preset, measured: bool) -> dict:
         raise TuningError(f"{out_dir.parent}: no such folder")
     return {"format": FORMAT, "version": VERSION, "preset": preset.name, "target": target, "host": host,
             "tvm_version": tvm.__version__, "measured": measured,
+            "kernels": kernels if preset.device != "cuda" else None,
             "method": ("MetaSchedule: random candidates for every task, then evolutionary search on the tasks "
                        "that take the time; timed in-process on this machine" if measured else
                        "MetaSchedule, random valid schedules (candidates built, not timed: no device here)"),
@@ -504,7 +522,7 @@ def _goals(workloads: list[Workload], info: dict, rounds: list[int], measured: b
 
 def tune(model: str | Path | onnx.ModelProto, preset_name: str, out_dir: str | Path, budget_s: float,
          input_shapes: dict | None = None, trials_per_task: int | None = None, progress: bool = True,
-         whole_model: bool = False, name: str | None = None) -> TuneReport:
+         whole_model: bool = False, name: str | None = None, kernels: str = "blas") -> TuneReport:
     """Tune the distinct workloads of `model`'s segments for a preset into `out_dir`, within `budget_s`.
 
     Rounds: every task first gets a few random candidates (a task with no record would stay naive),
@@ -525,13 +543,13 @@ def tune(model: str | Path | onnx.ModelProto, preset_name: str, out_dir: str | P
     if trials < 1:
         raise TuningError(f"trials per task must be at least 1, got {trials}")
     out_dir = Path(out_dir)
-    info = _open_info(out_dir, preset, measured)  # refuse a wrong folder before any work
+    info = _open_info(out_dir, preset, measured, kernels)  # refuse a wrong folder before any work
 
     frozen, _graph, plan = analyse(model, input_shapes, name=name)
     graphs = [(f"segment {s.index}", s.model, s.inputs) for s in plan.segments]
     if whole_model:
         graphs.append(("whole model", frozen.model, frozen.inputs))
-    workloads = extract_workloads(graphs, preset)
+    workloads = extract_workloads(graphs, preset, kernels)
 
     _load_tensor_intrinsics(preset)
     _count_cpus_without_psutil()

@@ -118,16 +118,18 @@ class GraphBuilder:
 
     # -- layers -----------------------------------------------------------------------------
     def conv(self, x: str, name: str, out_ch: int, kernel: int, stride: int = 1, pad: int = 0,
-             bias: bool = True, gain: float = 2.0) -> str:
+             bias: bool = True, gain: float = 2.0, groups: int = 1) -> str:
+        """``groups`` = in channels = ``out_ch`` is a depthwise convolution."""
         n, c, h, w = self.shapes[x]
-        inputs = [x, self._weight(f"{name}.weight", (out_ch, c, kernel, kernel),
-                                  c * kernel * kernel, gain)]
+        inputs = [x, self._weight(f"{name}.weight", (out_ch, c // groups, kernel, kernel),
+                                  c // groups * kernel * kernel, gain)]
         if bias:
             inputs.append(self._bias(f"{name}.bias", out_ch))
         shape = (n, out_ch, _window_out(h, kernel, stride, pad, pad),
                  _window_out(w, kernel, stride, pad, pad))
+        extra = {"group": groups} if groups != 1 else {}
         return self._node("Conv", name, inputs, shape, kernel_shape=[kernel, kernel],
-                          strides=[stride, stride], pads=[pad] * 4)
+                          strides=[stride, stride], pads=[pad] * 4, **extra)
 
     def maxpool(self, x: str, name: str, kernel: int, stride: int,
                 pads: tuple[int, int, int, int] = (0, 0, 0, 0)) -> str:
@@ -177,6 +179,11 @@ class GraphBuilder:
         # Opset >= 11 Clip takes its bounds as inputs, not attributes.
         lo = self._const(f"{name}.min", lambda rng: np.array(-1.0))
         hi = self._const(f"{name}.max", lambda rng: np.array(1.0))
+        return self._node("Clip", name, [x, lo, hi], self.shapes[x])
+
+    def relu6(self, x: str, name: str) -> str:
+        lo = self._const(f"{name}.min", lambda rng: np.array(0.0))
+        hi = self._const(f"{name}.max", lambda rng: np.array(6.0))
         return self._node("Clip", name, [x, lo, hi], self.shapes[x])
 
     def dropout(self, x: str, name: str) -> str:
@@ -312,6 +319,33 @@ def _resnet18(g: GraphBuilder) -> list[str]:
     return [g.softmax(g.fc(x, "fc", 1000, gain=1.0), "softmax", out="output")]
 
 
+def _inverted_residual(g: GraphBuilder, x: str, p: str, expand: int, out_ch: int, stride: int) -> str:
+    in_ch = g.shapes[x][1]
+    hidden = in_ch * expand
+    y = x
+    if expand != 1:
+        y = g.relu6(g.batchnorm(g.conv(y, f"{p}.expand", hidden, 1, bias=False), f"{p}.expand_bn"),
+                    f"{p}.expand_relu6")
+    y = g.relu6(g.batchnorm(g.conv(y, f"{p}.dw", hidden, 3, stride, 1, bias=False, groups=hidden),
+                            f"{p}.dw_bn"), f"{p}.dw_relu6")
+    y = g.batchnorm(g.conv(y, f"{p}.project", out_ch, 1, bias=False, gain=1.0), f"{p}.project_bn",
+                    gamma=(0.2, 0.4) if stride == 1 and in_ch == out_ch else (0.8, 1.2))
+    return g.add(y, x, f"{p}.add") if stride == 1 and in_ch == out_ch else y
+
+
+def _mobilenetv2(g: GraphBuilder) -> list[str]:
+    x = g.relu6(g.batchnorm(g.conv(INPUT_NAME, "conv1", g.ch(32), 3, 2, 1, bias=False), "bn1"), "relu6_1")
+    block = 0
+    for expand, c, repeats, stride in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
+        for i in range(repeats):
+            x = _inverted_residual(g, x, f"block{block}", expand, g.ch(c), stride if i == 0 else 1)
+            block += 1
+    x = g.relu6(g.batchnorm(g.conv(x, "conv_last", g.ch(1280), 1, bias=False), "bn_last"), "relu6_last")
+    x = g.dropout(g.flatten(g.global_avgpool(x, "avgpool"), "flatten"), "dropout")
+    return [g.softmax(g.fc(x, "fc", 1000, gain=1.0), "softmax", out="output")]
+
+
 def _inception_module(g: GraphBuilder, x: str, p: str, c1: int, c3r: int, c3: int, c5r: int,
                       c5: int, pool_proj: int) -> str:
     def conv_relu(t: str, name: str, c: int, k: int) -> str:
@@ -377,6 +411,10 @@ _SPECS: dict[str, _Spec] = {
     "resnet18": _Spec("ResNet-18 DAG: conv 7x7 + BN + ReLU + max-pool, 4 stages of 2 basic "
                       "blocks with residual Add (1x1 conv + BN downsample), global average "
                       "pool, fc 1000, softmax", _resnet18, (3, 224, 224)),
+    "mobilenetv2": _Spec("MobileNetV2 DAG: conv 3x3/2 + BN + ReLU6, 17 inverted residual blocks "
+                         "(1x1 expand, 3x3 depthwise, 1x1 linear projection, residual Add where shapes "
+                         "match), conv 1x1 1280, global average pool, fc 1000, softmax",
+                         _mobilenetv2, (3, 224, 224)),
     "inception": _Spec("GoogLeNet-style DAG: stem, inception modules 3a, 3b, 4a (4 branches "
                        "joined by Concat), global average pool, fc 1000, softmax as 'output'; "
                        "auxiliary classifier after 3a as second output 'aux'",

@@ -1,3 +1,5 @@
 """neurosurgeon: ahead-of-time partition compiler for DNN inference split between device and server."""
 
 __version__ = "0.1.0"
+
+from .runtime import __name__ as _runtime  # noqa: E402,F401  (sets OpenBLAS's thread spin before numpy loads)

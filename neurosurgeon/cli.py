@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mobile-power", metavar="JSON", help="power profile, watts per layer type (defaults ship)")
     p.add_argument("--no-measure", action="store_true", help="do not time segments whose target runs here")
     p.add_argument("--tuning", metavar="DIR", help="apply a tuning folder made by `neurosurgeon tune`")
+    p.add_argument("--kernels", choices=("blas", "tvm", "naive"), default="blas",
+                   help="CPU builds: blas (default) hands convolutions (as im2col + GEMM) and fully connected "
+                        "layers to the BLAS numpy ships, which the device runtime calls; tvm generates every "
+                        "kernel with neurosurgeon's schedules; naive is TVM's default pipeline")
 
     p = verbs.add_parser("serve", help="serve a bundle's server side over the Open Inference Protocol v2")
     from neurosurgeon.serve import add_arguments
@@ -88,8 +92,22 @@ def _parser() -> argparse.ArgumentParser:
 
     fit_cli.add_arguments(p)
 
-    p = verbs.add_parser("bench", help="benchmarks that print tables (runtime, decisions)")
+    p = verbs.add_parser("bench", help="benchmarks that print tables (speed, runtime, decisions)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    b = benches.add_parser("speed", help="our generated code vs onnxruntime on this CPU, medians and ratios")
+    b.add_argument("model", help="ONNX model file, or the name of a zoo model (neurosurgeon zoo --list)")
+    b.add_argument("--target", default="x86-host", metavar="PRESET", help="a preset that runs here (default x86-host)")
+    b.add_argument("--tuning", metavar="DIR", help="also time a build with this tuning folder (neurosurgeon tune)")
+    b.add_argument("--threads", type=int, help="threads for TVM, BLAS and onnxruntime (default: every usable core)")
+    b.add_argument("--kernels", choices=("blas", "tvm", "naive"), default="blas", help="the untuned build's kernels")
+    b.add_argument("--steps", action="store_true", help="also time TVM's default pipeline and ours without BLAS")
+    b.add_argument("--cuts", action="store_true", help="also build the bundle and time every cut end to end "
+                                                       "against the monolithic build")
+    b.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds (default 15)")
+    b.add_argument("--input-shape", action="append", metavar="NAME=D1,D2,...")
+    b.add_argument("--input-size", type=int, help="zoo models: input height = width")
+    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--json", action="store_true")
     b = benches.add_parser("runtime", help="decision time, request overhead, server requests/s")
     b.add_argument("bundle", help="bundle folder built for this machine (x86-host on both sides)")
     b.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4], help="concurrent clients (default 1 2 4)")
@@ -136,7 +154,7 @@ def cmd_compile(args) -> int:
     options = CompileOptions(mobile=args.mobile, server=args.server, input_shapes=parse_input_shapes(args.input_shape),
                              as_tar=args.tar, force=args.force, progress=not args.quiet, measure=not args.no_measure,
                              mobile_cost=args.mobile_cost, server_cost=args.server_cost, mobile_power=args.mobile_power,
-                             tuning=args.tuning)
+                             tuning=args.tuning, kernels=args.kernels)
     result = compile_model(args.model, Path(args.output), options)
     m = result.manifest
     total = sum(e["bytes"] for files in m["artifacts"].values() for e in files)
@@ -201,11 +219,36 @@ def cmd_fit(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.bench == "speed":
+        return cmd_bench_speed(args)
     from neurosurgeon import bench
 
     if args.bench == "runtime":
         return bench.bench_runtime(args.bundle, args.clients, args.seconds, args.repeats, args.json)
     return bench.bench_decisions(args.models, args.cost_model, args.input_size, Path(args.workdir), args.json)
+
+
+def cmd_bench_speed(args) -> int:
+    from neurosurgeon.compiler.speed import SpeedOptions, apply_threads
+
+    apply_threads(args.threads)  # before anything imports numpy (OpenBLAS reads its thread count once)
+    import json
+
+    from neurosurgeon.compiler import zoo
+    from neurosurgeon.compiler.frontend import parse_input_shapes
+    from neurosurgeon.compiler.speed import bench_speed, speed_table
+
+    model, name = args.model, None
+    if not Path(args.model).exists() and args.model in zoo.MODELS:
+        model, name = zoo.build(args.model, input_size=args.input_size), args.model
+    elif args.input_size is not None:
+        raise NeurosurgeonError("--input-size applies to zoo models; use --input-shape NAME=DIMS for a file")
+    options = SpeedOptions(target=args.target, tuning=args.tuning, threads=args.threads, steps=args.steps,
+                           cuts=args.cuts, repeats=args.repeats, input_shapes=parse_input_shapes(args.input_shape),
+                           kernels=args.kernels, progress=not args.quiet)
+    result = bench_speed(model, options, name=name)
+    print(json.dumps(result, indent=1) if args.json else speed_table(result))
+    return 0
 
 
 def cmd_zoo(args) -> int:

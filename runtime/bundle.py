@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import kernels
 from .errors import BundleError
 from .tensors import TensorInfo
 
 FORMAT = "neurosurgeon-bundle"
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1  # 1.1: "externs", functions the artifacts call that the runtime provides
 MANIFEST = "manifest.json"
 LOAD_MODEL_FILE = "server-load.json"  # the server's fitted load model, beside the manifest
 
@@ -117,6 +118,13 @@ class SegmentExecutor:
 
             load_cuda_runtime()  # raises CudaRuntimeUnavailable, naming the missing library, where there is no driver
         self.device = tvm.cuda(0) if preset["device"] == "cuda" else tvm.cpu(0)
+        externs = bundle.manifest.get("externs", [])
+        lacking = kernels.missing(externs)
+        if lacking:
+            raise BundleError(f"{bundle.path}: the artifacts call {', '.join(lacking)}, which this runtime does not "
+                              "provide; run the bundle with the runtime it ships (run.py) or update neurosurgeon")
+        if externs:
+            kernels.register()
         self._functions: dict[int, object] = {}
 
     def load(self, segment: int):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import kernels
 from .bundle import Bundle, SegmentExecutor, sha256_file
 from .errors import NeurosurgeonError
 
@@ -229,6 +230,7 @@ def _load(tvm, kit_dir: Path, entry: dict, device):
     if actual != entry["sha256"]:
         raise ProfileError(f"{path}: sha256 {actual[:16]}... does not match kit.json's {entry['sha256'][:16]}...; "
                            "refusing to load a modified artifact")
+    kernels.register()  # CPU microbenchmarks call the runtime's GEMM, as bundles do
     module = tvm.runtime.load_module(str(path))
     return tvm.runtime.vm.VirtualMachine(module, device)["main"]
 

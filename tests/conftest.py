@@ -1,4 +1,7 @@
+import os
 import sys
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the runtime sets it (runtime/__init__.py)
 from pathlib import Path
 
 import pytest

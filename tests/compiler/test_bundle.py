@@ -28,8 +28,9 @@ def bundle_dir(tmp_path_factory):
 
 def test_manifest_describes_model_cuts_segments_and_files(bundle_dir):
     manifest = json.loads((bundle_dir / "out" / "manifest.json").read_text())
-    assert manifest["format"] == "neurosurgeon-bundle" and manifest["schema_version"] == [1, 0]
+    assert manifest["format"] == "neurosurgeon-bundle" and manifest["schema_version"] == [1, 1]
     assert "compatibility" in manifest
+    assert manifest["externs"] == ["neurosurgeon.sgemm"] and manifest["identity"]["options"]["kernels"] == "blas"
     identity = manifest["identity"]
     assert identity["model_sha256"] == sha256_file(bundle_dir / "residual.onnx")
     assert identity["sides"]["mobile"]["preset"] == "x86-host" and identity["options"]["input_shapes"] == {"x": [1, 3, 8, 8]}

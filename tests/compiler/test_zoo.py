@@ -12,21 +12,25 @@ from neurosurgeon.compiler import zoo
 IMAGE_MODELS = ["alexnet", "vgg16", "deepface", "lenet", "resnet18", "inception"]
 VECTOR_MODELS = ["asr", "pos", "ner", "chk"]
 ALL_MODELS = ["alexnet", "vgg16", "deepface", "lenet", "asr", "pos", "ner", "chk", "resnet18",
-              "inception"]
+              "mobilenetv2", "inception"]
 CLASSES = {"alexnet": 1000, "vgg16": 1000, "deepface": 4030, "lenet": 10, "asr": 1706,
-           "pos": 45, "ner": 17, "chk": 23, "resnet18": 1000, "inception": 1000}
+           "pos": 45, "ner": 17, "chk": 23, "resnet18": 1000, "mobilenetv2": 1000,
+           "inception": 1000}
 SENNA = {"pos", "ner", "chk"}  # raw tag scores, no softmax
 DEFAULT_INPUT = {"alexnet": [1, 3, 224, 224], "vgg16": [1, 3, 224, 224],
                  "deepface": [1, 3, 152, 152], "lenet": [1, 1, 28, 28], "asr": [1, 440],
                  "pos": [1, 250], "ner": [1, 250], "chk": [1, 250],
-                 "resnet18": [1, 3, 224, 224], "inception": [1, 3, 224, 224]}
+                 "resnet18": [1, 3, 224, 224], "mobilenetv2": [1, 3, 224, 224], "inception": [1, 3, 224, 224]}
 MIN_INPUT_SIZE = {"alexnet": 63, "vgg16": 32, "deepface": 72, "lenet": 16, "resnet18": 1,
-                  "inception": 1}
+                  "mobilenetv2": 1, "inception": 1}
 # Weights plus BN statistics and Clip bounds; resnet18 and vgg16 equal torchvision's counts
 # (plus BN running statistics for resnet18).
 PARAMS = {"alexnet": 62_378_344, "vgg16": 138_357_544, "deepface": 45_509_246,
           "lenet": 431_080, "asr": 25_380_522, "pos": 88_847, "ner": 80_419, "chk": 82_225,
-          "resnet18": 11_699_112, "inception": 1_823_024}
+          "resnet18": 11_699_112, "inception": 1_823_024,
+          # torchvision's 3,504,872 plus BN running mean and variance (17,056 channels, x2) and the
+          # 70 scalar bounds of the 35 ReLU6 Clips
+          "mobilenetv2": 3_504_872 + 2 * 17_056 + 70}
 # Feature map shapes at the paper's input sizes (AlexNet: Caffe's 227-input shapes).
 KNOWN_SHAPES = {
     "alexnet": {"conv1": [1, 96, 55, 55], "pool1": [1, 96, 27, 27], "pool5": [1, 256, 6, 6]},

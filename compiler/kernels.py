@@ -1,0 +1,394 @@
+"""Fast CPU code without tuning: what a CPU build does on top of TVM's default Relax pipeline.
+
+TVM 0.27 has no rule-based CPU schedules for convolution or matmul, so its untuned output is naive,
+single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
+
+1. `OffloadGemm` (Relax, before legalization): convolutions (groups=1, batch 1) become im2col + GEMM
+   and matmuls with a constant right-hand side become GEMM, the GEMM an external call
+   `neurosurgeon.sgemm` that the runtime serves from numpy's BLAS (runtime/kernels.py). Constant
+   weights are reshaped / transposed here, at compile time: Gemm's transB transpose used to be
+   re-done at every call. A 1x1 stride-1 convolution needs no im2col: its input already is the
+   GEMM operand.
+2. TVM's CPU backend passes: legalize, fold constants, fuse (bias + relu + the next layer's
+   im2col or pooling into one loop nest), as tvm.compile's generic CPU pipeline does not.
+3. `ParallelLoops`, a schedule rule of ours for every fused function MetaSchedule has no record
+   for: inline injective producers, parallelise the outer spatial loops over TVM's thread pool,
+   vectorise the innermost spatial loop of elementwise blocks, and move the reduction loops of
+   windowed reductions (pooling, depthwise convolution) outside a vectorised innermost spatial
+   loop.
+
+`kernels="tvm"` skips step 1 (everything TVM-generated, with our schedules); `kernels="naive"` is
+TVM's default pipeline, kept for measuring what each step gains (bench/speed_bench.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..runtime.kernels import SGEMM
+
+__all__ = ["KERNEL_CHOICES", "cpu_pipeline", "offload_gemm", "parallel_loops_rule"]
+
+KERNEL_CHOICES = ("blas", "tvm", "naive")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. GEMM offload
+
+
+def _static_shape(expr) -> tuple[int, ...] | None:
+    from tvm import relax
+
+    sinfo = expr.ty
+    if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
+        return None
+    try:
+        return tuple(int(d) for d in sinfo.shape.values)
+    except (TypeError, AttributeError):
+        return None
+
+
+def _im2col_te(data, kernel: tuple[int, int], strides, padding, dilation, out_hw: tuple[int, int]):
+    """cols[c, y, x, oy, ox] = padded input[0, c, oy*sh + y*dh, ox*sw + x*dw] (batch 1)."""
+    from tvm import te, tirx
+
+    _, channels, height, width = (int(d) for d in data.shape)
+    kh, kw = kernel
+    sh, sw = strides
+    top, left, bottom, right = padding
+    dh, dw = dilation
+    oh, ow = out_hw
+    if any(padding):
+        source = te.compute(
+            (channels, height + top + bottom, width + left + right),
+            lambda c, i, j: tirx.if_then_else(
+                tirx.all(i >= top, i < height + top, j >= left, j < width + left),
+                data[0, c, i - top, j - left], tirx.const(0.0, data.dtype)),
+            name="pad")
+    else:
+        source = te.compute((channels, height, width), lambda c, i, j: data[0, c, i, j], name="unbatch")
+    return te.compute((channels, kh, kw, oh, ow),
+                      lambda c, y, x, i, j: source[c, i * sh + y * dh, j * sw + x * dw], name="im2col")
+
+
+def _constant(builder, expr):
+    """The numpy value of `expr` if it is a constant or a variable bound to one, else None."""
+    import tvm
+    from tvm import relax
+
+    while isinstance(expr, relax.Var):
+        bound = builder.lookup_binding(expr)
+        if bound is None:
+            return None
+        expr = bound
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return expr.value.numpy()
+    return None
+
+
+def _bound_call(builder, expr, op_name: str):
+    """The call `expr` is bound to, if it is a call of `op_name`."""
+    import tvm
+    from tvm import relax
+
+    while isinstance(expr, relax.Var):
+        bound = builder.lookup_binding(expr)
+        if bound is None:
+            return None
+        expr = bound
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name:
+        return expr
+    return None
+
+
+def offload_gemm():
+    """The Relax pass of step 1 (see the module docstring)."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Offload(relax.PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.mod_ = mod
+            self.conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+            self.matmul = tvm.ir.Op.get("relax.matmul")
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not isinstance(call.op, tvm.ir.Op):
+                return call
+            rewritten = None
+            if call.op.same_as(self.conv2d):
+                rewritten = self._conv2d(call)
+            elif call.op.same_as(self.matmul):
+                rewritten = self._matmul(call)
+            return call if rewritten is None else rewritten
+
+        def _sgemm(self, a, b, out_shape):
+            """out = a @ b as the runtime's sgemm sees them: a as [M, K] (its last axis is K), b as
+            [K, N] and out as [M, N], whatever their shapes (row-major views, no copies)."""
+            return relax.call_dps_packed(SGEMM, [a, b], relax.TensorType(tuple(out_shape), "float32"))
+
+        def _conv2d(self, call):
+            attrs = call.attrs
+            data, weight = call.args
+            data_shape, out_shape = _static_shape(data), _static_shape(call)
+            kernel = _constant(self, weight)
+            if (data_shape is None or out_shape is None or kernel is None or data_shape[0] != 1
+                    or int(attrs.groups) != 1 or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
+                    or attrs.out_layout != "NCHW" or str(data.ty.dtype) != "float32"
+                    or kernel.dtype != np.float32):
+                return None
+            out_channels, channels, kh, kw = kernel.shape
+            _, _, oh, ow = out_shape
+            strides = tuple(int(s) for s in attrs.strides)
+            padding = tuple(int(p) for p in attrs.padding)
+            dilation = tuple(int(d) for d in attrs.dilation)
+            weight_2d = relax.const(np.ascontiguousarray(kernel.reshape(out_channels, channels * kh * kw)))
+            if (kh, kw) == (1, 1) and strides == (1, 1) and not any(padding):
+                cols = data  # [1, C, H, W] is the [C, H*W] operand already
+            else:
+                cols = self.builder_.emit_te(_im2col_te, data, (kh, kw), strides, padding, dilation, (oh, ow),
+                                             primfunc_name_hint="im2col")
+            return self._sgemm(weight_2d, cols, out_shape)
+
+        def _matmul(self, call):
+            lhs, rhs = call.args
+            lhs_shape, out_shape = _static_shape(lhs), _static_shape(call)
+            if lhs_shape is None or out_shape is None or str(lhs.ty.dtype) != "float32":
+                return None
+            weight = _constant(self, rhs)
+            if weight is None:  # Gemm with transB: permute_dims of a constant, folded here
+                permuted = _bound_call(self, rhs, "relax.permute_dims")
+                if permuted is None:
+                    return None
+                source = _constant(self, permuted.args[0])
+                if source is None or source.ndim != 2:
+                    return None
+                axes = permuted.attrs.axes
+                weight = source.T if axes is None or [int(a) for a in axes] == [1, 0] else source
+            if weight.ndim != 2 or weight.dtype != np.float32 or str(call.attrs.out_dtype or "") not in ("", "float32", "void", "None"):
+                return None
+            if lhs_shape[-1] != weight.shape[0]:
+                return None
+            return self._sgemm(lhs, relax.const(np.ascontiguousarray(weight)), out_shape)
+
+    @tvm.transform.module_pass(opt_level=0, name="NeurosurgeonOffloadGemm")
+    def offload(mod, _ctx):
+        rewriter = _Offload(mod)
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+
+    return offload
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Schedules for what is left
+
+
+def _lanes(target) -> int:
+    """float32 lanes of the target's widest vector unit (LLVM splits wider vectors, so err high)."""
+    triple = str(target.attrs.get("mtriple", "")) if "mtriple" in target.attrs else ""
+    if triple.startswith("aarch64") or triple.startswith("arm"):
+        return 4
+    mcpu = str(target.attrs.get("mcpu", "")) if "mcpu" in target.attrs else ""
+    features = " ".join(str(f) for f in target.attrs.get("mattr", [])) if "mattr" in target.attrs else ""
+    if "avx512" in features or mcpu in ("skylake-avx512", "cascadelake", "icelake-server", "sapphirerapids",
+                                       "znver4", "znver5", "icelake-client", "tigerlake", "cooperlake"):
+        return 16
+    return 8
+
+
+def parallel_loops_rule(threads_hint: int = 8):
+    """Step 3's schedule rule (a dlight ScheduleRule)."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.analysis import normalize_prim_func  # loops one-to-one with block iterators
+    from tvm.s_tir.dlight.base import ScheduleRule
+
+    class ParallelLoops(ScheduleRule):
+        def apply(self, func, target, _tunable):
+            if not isinstance(func, tirx.PrimFunc):
+                return None
+            sch = s_tir.Schedule(func)
+            _inline_producers(sch)
+            lanes = _lanes(target)
+            infos = normalize_prim_func(sch)  # loops one-to-one with block iterators, or None
+            if infos is None:
+                return None
+            for info in infos:
+                try:
+                    _schedule_block(sch, info.block_rv, [it.kind == "S" for it in info.iters], lanes, threads_hint)
+                except Exception:  # noqa: BLE001,S112 - a block this rule cannot improve keeps its loops
+                    continue
+            return sch
+
+        def is_target_available(self, target) -> bool:
+            return target.kind.name == "llvm"
+
+    return ParallelLoops()
+
+
+def _inline_producers(sch) -> None:
+    """Inline every injective block into its consumers (or into its producer) where TVM allows it."""
+    changed = True
+    while changed:
+        changed = False
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        if len(blocks) <= 1:
+            return
+        outputs = {str(sch.get(b).name_hint) for b in sch.get_output_blocks(sch.get_sblock("root"))}
+        for block in blocks:
+            stmt = sch.get(block)
+            if any(int(v.iter_type) != 0 for v in stmt.iter_vars) or stmt.name_hint in outputs:
+                continue
+            try:
+                sch.compute_inline(block)
+                changed = True
+                break
+            except Exception:  # noqa: BLE001,S112 - not inlinable (e.g. read by a reduction's init)
+                continue
+        if changed:
+            continue
+        for block in blocks:
+            stmt = sch.get(block)
+            if any(int(v.iter_type) != 0 for v in stmt.iter_vars) or stmt.name_hint not in outputs:
+                continue
+            try:
+                sch.reverse_compute_inline(block)
+                changed = True
+                break
+            except Exception:  # noqa: BLE001,S112 - not inlinable
+                continue
+
+
+def _extent(sch, loop) -> int | None:
+    try:
+        return int(sch.get(loop).extent)
+    except TypeError:
+        return None
+
+
+def _schedule_block(sch, block, spatial: list[bool], lanes: int, threads_hint: int) -> None:
+    """Parallelise and vectorise one block whose loops map one-to-one to its iterators (`spatial`:
+    which are data-parallel)."""
+    loops = sch.get_loops(block)
+    if not loops or len(loops) != len(spatial):
+        return
+    n_spatial = 0
+    while n_spatial < len(loops) and spatial[n_spatial]:
+        n_spatial += 1
+    if n_spatial == 0:
+        return
+    extents = [_extent(sch, loop) for loop in loops]
+    if any(e is None for e in extents):
+        return
+    reduction = n_spatial < len(loops)
+    # Windowed reductions (pool, depthwise conv): spatial..., reduce..., bring the last spatial loop
+    # inside the reductions so it can be vectorised: out[.., w] += in[.., w*s + k].
+    vector_loop = None
+    if reduction and n_spatial >= 2 and all(not s for s in spatial[n_spatial:]) and extents[n_spatial - 1] >= lanes:
+        inner = loops[n_spatial - 1]
+        sch.reorder(*loops[n_spatial:], inner)
+        loops = sch.get_loops(block)
+        sch.decompose_reduction(block, loops[n_spatial - 1])
+        loops = sch.get_loops(block)
+        vector_loop = loops[-1]
+        n_parallel_candidates = n_spatial - 1
+    elif not reduction:
+        vector_loop = loops[-1] if extents[-1] >= 2 else None
+        n_parallel_candidates = n_spatial - 1 if vector_loop is not None else n_spatial
+    else:
+        n_parallel_candidates = n_spatial
+    # Parallel: fuse leading spatial loops until there is enough work for the pool.
+    take, work = 0, 1
+    while take < n_parallel_candidates and work < 4 * threads_hint:
+        work *= extents[take]
+        take += 1
+    if take == 0 and vector_loop is not None and n_spatial == 1 and not reduction:
+        # a single long loop: split it for both
+        outer, inner = sch.split(loops[0], factors=[None, lanes * 8])
+        sch.parallel(outer)
+        _vectorize(sch, inner, lanes)
+        return
+    if take:
+        fused = sch.fuse(*loops[:take]) if take > 1 else loops[0]
+        if work >= 2:
+            sch.parallel(fused)
+    if vector_loop is not None:
+        _vectorize(sch, vector_loop, lanes)
+
+
+def _vectorize(sch, loop, lanes: int) -> None:
+    extent = _extent(sch, loop)
+    if extent is None or extent < 2:
+        return
+    if extent <= lanes * 4:
+        sch.vectorize(loop)
+    elif extent % lanes == 0:
+        _, inner = sch.split(loop, factors=[None, lanes])
+        sch.vectorize(inner)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def _with_host_code(mod):
+    """A graph whose every operator went to BLAS (a lone 1x1 convolution) compiles to no kernel at
+    all, and TVM then exports the module's data with a host (x86) object even for aarch64, which the
+    cross linker refuses. A one-element copy kernel keeps the target's code generator in play."""
+    from tvm import te, tirx
+
+    if any(isinstance(f, tirx.PrimFunc) for f in mod.functions.values()):
+        return mod
+    src = te.placeholder((1,), "float32", name="src")
+    dst = te.compute((1,), lambda i: src[i], name="dst")
+    mod = mod.clone() if hasattr(mod, "clone") else mod
+    mod["neurosurgeon_copy1"] = te.create_prim_func([src, dst]).with_attr("global_symbol", "neurosurgeon_copy1")
+    return mod
+
+
+def cpu_phases(target, kernels: str = "blas") -> tuple[list, list, list]:
+    """(passes up to fused TIR functions, passes after scheduling, lowering) for a CPU target."""
+    import importlib
+
+    backend = importlib.import_module("tvm.relax.backend.cpu_generic.pipeline")
+    legalize = backend.legalize_passes(target)
+    fused = 1 + [p.info.name for p in legalize].index("FuseTIR")
+    from tvm import relax
+
+    first = []
+    if kernels != "naive":  # batch norms into the convolutions before them (then their weights are constants again)
+        first = [relax.transform.FoldBatchnormToConv2D(), relax.transform.FoldConstant()]
+    if kernels == "blas":
+        first.append(offload_gemm())
+    return (first + backend.library_dispatch_passes(target) + legalize[:fused], legalize[fused:],
+            backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
+
+
+def cpu_pipeline(target, kernels: str = "blas", apply_database: bool = False):
+    """A relax_pipeline for tvm.compile: phases above, with MetaSchedule's current database applied
+    first (if asked) and our rule for every function it has no record for."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight
+
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, not {kernels!r}")
+    fusion, after, lower = cpu_phases(target, kernels)
+
+    @tvm.transform.module_pass(opt_level=0, name="NeurosurgeonCPUPipeline")
+    def pipeline(mod, _ctx):
+        with target:
+            mod = tvm.transform.Sequential(fusion)(mod)
+            if apply_database:
+                mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            if kernels != "naive":
+                mod = dlight.ApplyDefaultSchedule(parallel_loops_rule())(mod)
+            mod = _with_host_code(mod)
+            return tvm.transform.Sequential(after + lower)(mod)
+
+    return pipeline
