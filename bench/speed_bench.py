@@ -1,16 +1,15 @@
-"""Speed of generated code on this machine (x86-host): does chaining tuned segments keep the speed of
-a monolithic tuned build? For each model: tune (segments' and whole model's workloads, one shared
-folder), then time, in this process and as medians,
-  - the untuned monolithic build (TVM's default pipeline),
-  - the tuned monolithic build (the same database),
-  - the tuned bundle at every cut (segments [0, k) then [k, S), tensors handed over in memory),
-  - onnxruntime on the whole model, with as many threads as TVM (every core here).
-A benchmark, not a test: it prints a table (and JSON with --json).
+"""Our generated code against onnxruntime on this CPU: the table issue 6 asks for.
 
-    python bench/speed_bench.py [--models alexnet resnet18] [--budget 600] [--trials-per-task 32]
+For each model (AlexNet, ResNet-18, MobileNetV2, VGG-16 at 224x224 by default) it tunes with a stated
+budget into one shared tuning folder (x86-host; a second run reuses it and tunes only what is
+missing), then runs `neurosurgeon bench speed MODEL --tuning DIR --threads N --json` for each thread
+count, one process each (thread counts are fixed when a process loads its BLAS), and prints:
+onnxruntime, TVM's default pipeline (--steps), our build without BLAS, our untuned build, our tuned
+build, their ratios to onnxruntime, and the tuning time. With --cuts it also times every cut of the
+tuned bundle against the tuned monolithic build. A benchmark, not a test.
 
-The tuning folder (--workdir, default .cache/speed-bench/x86-host.tuning) is kept: a second run
-re-uses it and tunes nothing it already has, so its --budget only covers what is missing.
+    python bench/speed_bench.py [--models alexnet resnet18 mobilenetv2 vgg16] [--threads 1 2]
+                                [--budget 300] [--steps] [--cuts] [--plot speed.png] [--json]
 """
 
 from __future__ import annotations
@@ -18,147 +17,124 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import statistics
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from neurosurgeon.compiler import zoo
-from neurosurgeon.compiler.build import build_graph
-from neurosurgeon.compiler.pipeline import CompileOptions, analyse, compile_model
-from neurosurgeon.compiler.tuning import read_tuning_info, tune
-from neurosurgeon.compiler.verify import run_cut
-from neurosurgeon.runtime.bundle import Bundle, SegmentExecutor
-from neurosurgeon.targets import get_preset
-
-PRESET = "x86-host"
-# TVM's thread pool takes x86 cores for hyper-threads and uses half of them unless told; compare
-# like with like: TVM and onnxruntime both on every core here (2 on the reference machine).
-THREADS = len(os.sched_getaffinity(0))
-os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS = ["alexnet", "resnet18", "mobilenetv2", "vgg16"]
 
 
-def median_seconds(run, repeats: int, warmup_s: float = 2.0, max_seconds: float = 20.0) -> float:
-    """Median wall time of `run()` after at least `warmup_s` (and two runs) of warm-up: the first runs
-    of a freshly loaded model are up to 1.5x slower (page faults on the weights, caches, the thread
-    pool). Fewer repeats for very slow code (the untuned builds)."""
-    spent, runs = time.perf_counter(), 0
-    while runs < 2 or time.perf_counter() - spent < warmup_s:
-        run()
-        runs += 1
-    times: list[float] = []
-    spent = time.perf_counter()
-    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - spent < max_seconds):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def neurosurgeon(*args: str, quiet: bool) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "neurosurgeon.cli", *args]
+    return subprocess.run(cmd, check=True, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None)
 
 
-def time_monolithic(model, inputs, feeds, workdir: Path, tuning: Path | None, repeats: int) -> tuple[float, float]:
-    import tvm
-    import tvm.runtime.vm
+def tune(model: str, folder: Path, budget: float, quiet: bool) -> float:
+    from neurosurgeon.compiler import zoo
 
-    path = workdir / f"whole-{'tuned' if tuning else 'untuned'}.so"
-    built = build_graph(model, inputs, get_preset(PRESET), path, "whole model", tuning=tuning)
-    vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu(0))
-    main = vm["main"]
-    args = [tvm.runtime.tensor(feeds[t.name]) for t in inputs]
-    return median_seconds(lambda: main(*args), repeats), built.compile_seconds
-
-
-def time_onnxruntime(model, feeds, repeats: int) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return median_seconds(lambda: session.run(None, feeds), repeats)
+    onnx_path = folder.parent / f"{model}.onnx"
+    if not onnx_path.exists():
+        zoo.save(zoo.build(model), onnx_path)
+    started = time.perf_counter()
+    out = neurosurgeon("tune", str(onnx_path), "--target", "x86-host", "--budget", str(budget), "-o", str(folder),
+                       "--whole-model", *(["--quiet"] if quiet else []), quiet=quiet)
+    print(out.stdout.strip(), file=sys.stderr)
+    return time.perf_counter() - started
 
 
-def time_cuts(bundle_path: Path, feeds, repeats: int) -> list[float]:
-    bundle = Bundle(bundle_path)
-    device, server = SegmentExecutor(bundle, "mobile"), SegmentExecutor(bundle, "server")
-    for index in range(len(bundle.segments)):
-        device.load(index)
-        server.load(index)
-    median_seconds(lambda: run_cut(bundle, device, server, 0, feeds), 1, warmup_s=3.0)  # warms every segment
-    return [median_seconds(lambda: run_cut(bundle, device, server, cut, feeds), repeats, warmup_s=0.1)
-            for cut in range(len(bundle.cuts))]
+def measure(model: str, folder: Path, threads: int, steps: bool, cuts: bool, repeats: int, quiet: bool) -> dict:
+    onnx_path = folder.parent / f"{model}.onnx"
+    out = neurosurgeon("bench", "speed", str(onnx_path), "--tuning", str(folder), "--threads", str(threads), "--json",
+                       "--repeats", str(repeats), *(["--steps"] if steps else []), *(["--cuts"] if cuts else []),
+                       *(["--quiet"] if quiet else []), quiet=quiet)
+    return json.loads(out.stdout)
 
 
-def measure(name: str, folder: Path, budget: float, trials: int | None, repeats: int, progress: bool) -> dict:
-    model = zoo.build(name)
-    frozen, _graph, plan = analyse(model, name=name)
-    rng = np.random.default_rng(0)
-    feeds = {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in frozen.inputs}
-
-    report = tune(model, PRESET, folder, budget, trials_per_task=trials, progress=progress, whole_model=True, name=name)
-    print(report.summary(), file=sys.stderr)
-    workdir = Path(tempfile.mkdtemp(prefix="ns-speed-"))
-    try:
-        untuned_s, _ = time_monolithic(frozen.model, frozen.inputs, feeds, workdir, None, repeats)
-        tuned_s, _ = time_monolithic(frozen.model, frozen.inputs, feeds, workdir, folder, repeats)
-        started = time.perf_counter()
-        compile_model(model, workdir / "bundle", CompileOptions(PRESET, PRESET, tuning=folder, progress=progress,
-                                                                measure=False), name=name)
-        bundle_compile_s = time.perf_counter() - started
-        cuts = time_cuts(workdir / "bundle", feeds, repeats)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    ort_s = time_onnxruntime(frozen.model, feeds, repeats)
-    tasks = read_tuning_info(folder)["tasks"]
-    mine = [t for t in tasks.values() if name in t["models"]]
-    return {"model": name, "segments": len(plan.segments), "cuts": len(plan.cuts), "workloads": report.tasks,
-            "tuned_workloads": sum(1 for t in mine if t["trials"] > 0),
-            "tuning_s_total": round(sum(t["seconds"] for t in mine), 1), "tuning_s_this_run": round(report.seconds, 1),
-            "trials_per_task": read_tuning_info(folder)["runs"][-1]["trials_per_task"],
-            "bundle_compile_s": round(bundle_compile_s, 1), "untuned_ms": untuned_s * 1e3, "tuned_mono_ms": tuned_s * 1e3,
-            "cut_min_ms": min(cuts) * 1e3, "cut_median_ms": statistics.median(cuts) * 1e3, "cut_max_ms": max(cuts) * 1e3,
-            "cut_ms": [round(c * 1e3, 2) for c in cuts], "onnxruntime_ms": ort_s * 1e3}
-
-
-def table(rows: list[dict]) -> str:
-    header = (f"{'model':9} {'tasks':>5} {'tuned':>5} {'tune s':>7} {'untuned':>9} {'tuned mono':>10} "
-              f"{'cuts min/median/max':>22} {'ORT':>8} {'speed-up':>8} {'bundle/mono':>11} {'bundle/ORT':>10}")
+def table(results: list[dict]) -> str:
+    labels = ["onnxruntime", "TVM default pipeline", "ours, no BLAS", "ours, untuned", "ours, tuned"]
+    present = [label for label in labels if any(label in {r["label"] for r in res["rows"]} for res in results)]
+    short = {"onnxruntime": "ORT", "TVM default pipeline": "TVM default", "ours, no BLAS": "no BLAS",
+             "ours, untuned": "untuned", "ours, tuned": "tuned"}
+    header = f"{'model':12} {'thr':>3} " + " ".join(f"{short[label]:>20}" for label in present) + f" {'tuning':>14}"
     lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(f"{r['model']:9} {r['workloads']:>5} {r['tuned_workloads']:>5} {r['tuning_s_total']:7.0f} "
-                     f"{r['untuned_ms']:7.1f}ms {r['tuned_mono_ms']:8.1f}ms "
-                     f"{r['cut_min_ms']:6.1f}/{r['cut_median_ms']:6.1f}/{r['cut_max_ms']:6.1f}ms "
-                     f"{r['onnxruntime_ms']:6.1f}ms {r['untuned_ms'] / r['cut_median_ms']:7.1f}x "
-                     f"{r['cut_median_ms'] / r['tuned_mono_ms']:10.2f}x {r['cut_median_ms'] / r['onnxruntime_ms']:9.2f}x")
-    lines.append(f"\nTimes are medians of in-process runs on this machine ({PRESET}, TVM_NUM_THREADS="
-                 f"{os.environ['TVM_NUM_THREADS']}, onnxruntime {THREADS} threads), batch 1. tasks = distinct "
-                 "workloads of the segments and the whole model; tune s = tuning time spent on them (all runs). "
-                 "cuts = the bundle run end to end at each cut (device segments, then server segments). "
-                 "speed-up = untuned monolithic / median cut; bundle/mono = median cut / tuned monolithic (same "
-                 "database); bundle/ORT = median cut / onnxruntime.")
+    for res in results:
+        rows = {r["label"]: r for r in res["rows"]}
+        cells = []
+        for label in present:
+            r = rows.get(label)
+            if r is None:
+                cells.append("")
+            elif label == "onnxruntime":
+                cells.append(f"{r['median_ms']:.1f}ms")
+            else:
+                cells.append(f"{r['median_ms']:.1f}ms ({r['ratio_to_onnxruntime']:.2f}x)")
+        tuning = res.get("tuning", {})
+        tuned = f"{tuning.get('seconds', 0):.0f}s {tuning.get('tuned_workloads', 0)}/{tuning.get('workloads', 0)}"
+        lines.append(f"{res['model']:12} {res['threads']:>3} " + " ".join(c.rjust(20) for c in cells) + f" {tuned:>14}")
+    if any("cuts" in res for res in results):
+        lines.append("\nevery cut end to end vs the tuned monolithic build (min / median / max):")
+        for res in results:
+            if "cuts" in res:
+                c = res["cuts"]
+                lines.append(f"  {res['model']:12} {res['threads']} threads: {c['ratio_min']:.2f}x / "
+                             f"{c['ratio_median']:.2f}x / {c['ratio_max']:.2f}x over {len(c['cut_ms'])} cuts")
+    lines.append("\nMedians of interleaved rounds, batch 1, 224x224; ratio = median / onnxruntime's median in the "
+                 "same run. tuning = seconds of tuning recorded for the model's workloads, tuned/total workloads.")
     return "\n".join(lines)
+
+
+def plot(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [label for label in ("TVM default pipeline", "ours, no BLAS", "ours, untuned", "ours, tuned")
+              if any(label in {r["label"] for r in res["rows"]} for res in results)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(results)), 4))
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
+        ys = [next((r["ratio_to_onnxruntime"] for r in res["rows"] if r["label"] == label), float("nan")) for res in results]
+        ax.bar([x + i * width for x in range(len(results))], ys, width, label=label)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(3.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_yscale("log")
+    ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(results))])
+    ax.set_xticklabels([f"{r['model']}\n{r['threads']} thr" for r in results])
+    ax.set_ylabel("time / onnxruntime (log)")
+    ax.set_title("Generated code vs onnxruntime, same CPU, batch 1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["alexnet", "resnet18"])
-    parser.add_argument("--budget", type=float, default=600, help="tuning seconds per model (default 600)")
-    parser.add_argument("--trials-per-task", type=int, help="default: tune's default for a measured target")
-    parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement (median kept)")
-    parser.add_argument("--workdir", default=".cache/speed-bench", help="keeps the tuning folder between runs")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--budget", type=float, default=300, help="tuning seconds per model (default 300)")
+    parser.add_argument("--steps", action="store_true", help="also time TVM's default pipeline and ours without BLAS")
+    parser.add_argument("--cuts", action="store_true", help="also time every cut of the tuned bundle")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--workdir", default=".cache/speed-bench", help="keeps models and the tuning folder")
+    parser.add_argument("--plot", help="write a bar chart of the ratios here (PNG)")
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    folder = Path(args.workdir) / f"{PRESET}.tuning"
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    rows = [measure(name, folder, args.budget, args.trials_per_task, args.repeats, not args.quiet) for name in args.models]
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    print(table(rows))
+    os.chdir(ROOT)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    folder = workdir / "x86-host.tuning"
+    results = []
+    for model in args.models:
+        tune(model, folder, args.budget, args.quiet)
+        for threads in args.threads:
+            results.append(measure(model, folder, threads, args.steps, args.cuts, args.repeats, args.quiet))
+    if args.plot:
+        plot(results, args.plot)
+    print(json.dumps(results, indent=1) if args.json else table(results))
     return 0
 
 

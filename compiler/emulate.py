@@ -26,9 +26,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -306,6 +308,61 @@ def run_bundle(bundle_dir: str | Path, runtime_args: list[str], cpu: str | None 
     device = device or ensure_device()
     run_py = Path(bundle_dir).resolve() / "run.py"
     return device.run([str(run_py), *runtime_args], cpu=cpu or default_cpu, timeout=timeout, **kwargs)
+
+
+class RPCServerProcess:
+    """The runtime's RPC server (runtime/rpc_server.py) running on the emulated device."""
+
+    def __init__(self, process: subprocess.Popen, port: int, runtime_dir: tempfile.TemporaryDirectory):
+        self.process, self.port, self._runtime_dir = process, port, runtime_dir
+        self.address = f"127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._runtime_dir.cleanup()
+
+    def __enter__(self) -> RPCServerProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_rpc_server(port: int, cpu: str = "cortex-a72", device: EmulatedDevice | None = None,
+                     timeout: float = 180.0) -> RPCServerProcess:
+    """Start the runtime's RPC server under qemu on the emulated device, listening on 127.0.0.1:`port`
+    (qemu-user shares this host's network), with a copy of runtime/ as the device has it in a
+    bundle; return once it listens. `neurosurgeon tune --target aarch64-neon --rpc 127.0.0.1:PORT`
+    then times candidate kernels as aarch64 code on it (emulated: the times mean nothing for speed,
+    the path is the one a real board takes)."""
+    from .codegen import copy_runtime
+
+    device = device or ensure_device()
+    runtime_dir = tempfile.TemporaryDirectory(prefix="neurosurgeon-rpc-runtime-")
+    copy_runtime(Path(runtime_dir.name))
+    cmd, env = device.command(["-m", "neurosurgeon_runtime.rpc_server", "--host", "127.0.0.1", "--port", str(port)],
+                              cpu, env={"PYTHONPATH": runtime_dir.name})
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    server = RPCServerProcess(process, port, runtime_dir)
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if "listening on" in line:
+            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # drain the log
+            return server
+    server.stop()
+    raise EmulationError(f"the emulated RPC server did not start within {timeout:.0f} s: " + " | ".join(lines[-5:]))
 
 
 # ---------------------------------------------------------------- Debian packages

@@ -87,9 +87,14 @@ class TuneReport:
     trials: int  # trials run in this run
     seconds: float
     complete: bool
+    measured_on: str | None = None  # "here", "rpc://HOST:PORT", or None
+    unmeasured_reason: str | None = None
 
     def summary(self) -> str:
-        how = "measured here" if self.measured else "NOT measured (no device here: random valid schedules)"
+        if self.measured:
+            how = "measured here" if self.measured_on in (None, "here") else f"measured on the device at {self.measured_on}"
+        else:
+            how = f"NOT measured ({self.unmeasured_reason or 'no device here'}: random valid schedules)"
         state = "complete" if self.complete else f"{self.remaining} tasks left (run again to resume)"
         return (f"{self.out_dir}: {self.preset}, {self.tasks} workloads: {self.tuned} tuned ({self.trials} trials), "
                 f"{self.skipped} already in the database; {state}; {self.seconds:.0f} s; {how}")
@@ -268,7 +273,8 @@ def tuning_identity(tuning_dir: str | Path) -> dict:
     """What a bundle's manifest records about the tuning it was compiled with."""
     info = read_tuning_info(tuning_dir)
     return {"dir": Path(tuning_dir).resolve().name, "preset": info["preset"],
-            "database_sha256": database_sha256(tuning_dir), "measured": info["measured"]}
+            "database_sha256": database_sha256(tuning_dir), "measured": info["measured"],
+            "measured_on": info.get("measured_on"), "unmeasured_reason": info.get("unmeasured_reason")}
 
 
 def _write_info(out_dir: Path, info: dict) -> None:
@@ -278,7 +284,8 @@ def _write_info(out_dir: Path, info: dict) -> None:
     os.replace(tmp, out_dir / INFO)  # atomic: an interrupted run never leaves a torn file
 
 
-def _open_info(out_dir: Path, preset: Preset, measured: bool, kernels: str = "blas") -> dict:
+def _open_info(out_dir: Path, preset: Preset, measured: bool, kernels: str = "blas", measured_on: str | None = None,
+               unmeasured_reason: str | None = None) -> dict:
     """The folder's tuning.json, or a new one (written on first use); refuses another preset's folder."""
     import tvm
 
@@ -293,16 +300,24 @@ def _open_info(out_dir: Path, preset: Preset, measured: bool, kernels: str = "bl
                               "schedules may not apply: use another folder")
         if preset.device != "cuda" and info.get("kernels") != kernels:
             raise TuningError(f"{out_dir}: tuned with --kernels {info.get('kernels')}, not {kernels}; use another folder")
+        if info["measured"] != measured:
+            had = f"measured ({info.get('measured_on') or 'here'})" if info["measured"] else "without measurement"
+            now = f"measured ({measured_on})" if measured else f"without measurement ({unmeasured_reason})"
+            raise TuningError(f"{out_dir}: was tuned {had}, this run would tune {now}; one folder holds one kind "
+                              "of schedules: use another folder")
         return info
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise TuningError(f"{out_dir}: exists and is not a tuning folder; refusing to write into it")
     if not out_dir.parent.is_dir():
         raise TuningError(f"{out_dir.parent}: no such folder")
     return {"format": FORMAT, "version": VERSION, "preset": preset.name, "target": target, "host": host,
-            "tvm_version": tvm.__version__, "measured": measured,
+            "tvm_version": tvm.__version__, "measured": measured, "measured_on": measured_on,
+            "unmeasured_reason": None if measured else unmeasured_reason,
             "kernels": kernels if preset.device != "cuda" else None,
             "method": ("MetaSchedule: random candidates for every task, then evolutionary search on the tasks "
-                       "that take the time; timed in-process on this machine" if measured else
+                       "that take the time; " + ("timed in-process on this machine" if measured_on == "here" else
+                                                 f"timed on the device through TVM RPC ({measured_on})")
+                       if measured else
                        "MetaSchedule, random valid schedules (candidates built, not timed: no device here)"),
             "tasks": {}, "runs": []}
 
@@ -335,7 +350,7 @@ def _load_tensor_intrinsics(preset: Preset) -> None:
         importlib.import_module(f"{name}.{sub}")
 
 
-def _tuning_target(preset: Preset, measured: bool):
+def _tuning_target(preset: Preset, measured: bool, cores: int | None = None):
     """The preset's target plus the limits MetaSchedule's rules size schedules by and refuse to guess.
     CPUs: the core count, this machine's where it is timed here, else the preset's `num-cores` or 4,
     the big-core count of typical phone and single-board SoCs (a Raspberry Pi 4 has 4 Cortex-A72).
@@ -347,7 +362,7 @@ def _tuning_target(preset: Preset, measured: bool):
         target = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152, "registers_per_block": 65536,
                   **target}
     else:
-        target = {**target, "num-cores": _cores_here() if measured else int(target.get("num-cores", 4))}
+        target = {**target, "num-cores": cores or int(target.get("num-cores", 4))}
     return tvm.target.Target(target, host=tvm.target.Target(host) if host else None)
 
 
@@ -369,10 +384,54 @@ def _count_cpus_without_psutil() -> None:
                                      lambda logical=True: _cores_here(), override=True)
 
 
-def _make_builder_and_runner(measured: bool, device: str):
+class _RemoteDevice:
+    """A TVM RPC session to a device (runtime/rpc_server.py running there), reconnected on failure."""
+
+    def __init__(self, address: str, preset: Preset, timeout_s: float = 10.0):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise TuningError(f"--rpc {address!r}: expected HOST:PORT")
+        self.address, self.host, self.port, self.preset, self.timeout_s = address, host, int(port), preset, timeout_s
+        self.session = None
+        self.connect()
+
+    def alive(self) -> bool:
+        try:
+            self.device().exist  # a round trip
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def connect(self):
+        import tvm.rpc
+
+        # The device's server takes one session at a time: drop the old one before asking for a new one.
+        self.session = None
+        import gc
+
+        gc.collect()
+        try:
+            self.session = tvm.rpc.connect(self.host, self.port, session_timeout=0)
+            device = self.device()
+            if not device.exist:
+                raise TuningError(f"the device at {self.address} has no {self.preset.device} device")
+        except TuningError:
+            raise
+        except Exception as err:  # refused, unreachable, not an RPC server
+            text = str(err).strip().splitlines()[-1] if str(err).strip() else "no answer"
+            why = "connection refused or host unreachable" if "Connect to" in text else f"{type(err).__name__}: {text}"
+            raise TuningError(f"no device reachable at {self.address} ({why})") from None
+        return self.session
+
+    def device(self):
+        return self.session.cuda(0) if self.preset.device == "cuda" else self.session.cpu(0)
+
+
+def _make_builder_and_runner(measured: bool, device: str, remote: _RemoteDevice | None = None):
     """A builder that compiles candidates in this process (MetaSchedule's own builder starts fresh
     workers that spend 40 s importing TVM's intrinsics and time out), and a runner that times them
-    here, or that reports a constant where the target cannot run here."""
+    here, on a `remote` device through RPC (each candidate exported with the preset's cross compiler,
+    uploaded, loaded and timed there), or that reports a constant where nothing can time them."""
     import numpy as np
     import tvm
     import tvm_ffi
@@ -430,11 +489,59 @@ def _make_builder_and_runner(measured: bool, device: str):
             return futures
 
     @derived_object
+    class RPCRunner(ms.runner.PyRunner):
+        def _time(self, path: Path, name: str, item) -> list[float]:
+            rng = np.random.default_rng(0)
+
+            def fill_remote(tensor):  # random inputs made here, copied to the device
+                tensor.copyfrom(rng.uniform(-1, 1, tuple(tensor.shape)).astype(str(tensor.dtype)))
+
+            session = remote.session
+            session.upload(str(path), name)
+            try:
+                module = session.load_module(name)
+                dev = remote.device()
+                args = alloc_argument_common(fill_remote, dev, [a.as_json() for a in item.args_info], 1)
+                return run_evaluator_common(module, dev, config, args)
+            finally:
+                session.remove(name)
+
+        def run(self, runner_inputs):
+            started = time.perf_counter()
+            futures = []
+            fcompile = tvm.support.cc.cross_compiler(remote.preset.cxx)
+
+            with tempfile.TemporaryDirectory(prefix="neurosurgeon-rpc-") as tmp:
+                for item in runner_inputs:
+                    module = built.pop(str(item.artifact_path), None)
+                    name = f"candidate{next(counter)}.so"  # a fresh name: the device caches loaded libraries by path
+                    try:
+                        module.export_library(str(Path(tmp) / name), fcompile=fcompile)
+                        for attempt in (0, 1):  # one reconnection if the session dropped
+                            try:
+                                futures.append(LocalRunnerFuture(res=self._time(Path(tmp) / name, name, item)))
+                                break
+                            except Exception:
+                                if attempt or remote.alive():
+                                    raise  # the candidate failed, not the link
+                                remote.connect()
+                    except Exception as err:
+                        if os.environ.get("NEUROSURGEON_DEBUG_RPC"):
+                            print(f"rpc candidate failed: {type(err).__name__}: {err}", file=sys.stderr)
+                        futures.append(LocalRunnerFuture(error_message=f"{type(err).__name__}: {err}"))
+            spent["seconds"] += time.perf_counter() - started
+            return futures
+
+    @derived_object
     class ConstantRunner(ms.runner.PyRunner):
         def run(self, runner_inputs):
             return [LocalRunnerFuture(res=[1.0]) for _ in runner_inputs]
 
-    return InProcessBuilder(), (InProcessRunner() if measured else ConstantRunner()), spent
+    if not measured:
+        runner = ConstantRunner()
+    else:
+        runner = RPCRunner() if remote is not None else InProcessRunner()
+    return InProcessBuilder(), runner, spent
 
 
 @contextlib.contextmanager
@@ -522,7 +629,8 @@ def _goals(workloads: list[Workload], info: dict, rounds: list[int], measured: b
 
 def tune(model: str | Path | onnx.ModelProto, preset_name: str, out_dir: str | Path, budget_s: float,
          input_shapes: dict | None = None, trials_per_task: int | None = None, progress: bool = True,
-         whole_model: bool = False, name: str | None = None, kernels: str = "blas") -> TuneReport:
+         whole_model: bool = False, name: str | None = None, kernels: str = "blas",
+         rpc: str | None = None) -> TuneReport:
     """Tune the distinct workloads of `model`'s segments for a preset into `out_dir`, within `budget_s`.
 
     Rounds: every task first gets a few random candidates (a task with no record would stay naive),
@@ -538,12 +646,25 @@ def tune(model: str | Path | onnx.ModelProto, preset_name: str, out_dir: str | P
     if not budget_s > 0:
         raise TuningError(f"the budget must be a positive number of seconds, got {budget_s:g}")
     preset = get_preset(preset_name)
-    measured = preset.runs_here()
+    remote, unmeasured_reason = None, None
+    if rpc:
+        host, _, port = rpc.rpartition(":")
+        if not host or not port.isdigit():
+            raise TuningError(f"--rpc {rpc!r}: expected HOST:PORT")
+        try:
+            remote = _RemoteDevice(rpc, preset)
+        except TuningError as err:  # no device: tune without measuring, and say so (folder, manifest)
+            unmeasured_reason = f"{err}; fell back to tuning without measurement"
+            print(f"warning: {unmeasured_reason}", file=sys.stderr)
+    elif not preset.runs_here():
+        unmeasured_reason = f"{preset.name} cannot run here and no device was given (--rpc HOST:PORT)"
+    measured = remote is not None or (preset.runs_here() and not rpc)
+    measured_on = f"rpc://{rpc}" if remote is not None else ("here" if measured else None)
     trials = trials_per_task or DEFAULT_TRIALS[measured]
     if trials < 1:
         raise TuningError(f"trials per task must be at least 1, got {trials}")
     out_dir = Path(out_dir)
-    info = _open_info(out_dir, preset, measured, kernels)  # refuse a wrong folder before any work
+    info = _open_info(out_dir, preset, measured, kernels, measured_on, unmeasured_reason)  # refuse a wrong folder early
 
     frozen, _graph, plan = analyse(model, input_shapes, name=name)
     graphs = [(f"segment {s.index}", s.model, s.inputs) for s in plan.segments]
@@ -556,7 +677,9 @@ def tune(model: str | Path | onnx.ModelProto, preset_name: str, out_dir: str | P
     from tvm.s_tir import meta_schedule as ms
 
     run = {"model": frozen.name, "model_sha256": frozen.sha256, "started_unix": int(time.time()),
-           "trials_per_task": trials, "budget_s": budget_s, "tasks": len(workloads)}
+           "trials_per_task": trials, "budget_s": budget_s, "tasks": len(workloads), "measured_on": measured_on}
+    if unmeasured_reason:
+        run["unmeasured_reason"] = unmeasured_reason
     info["runs"].append(run)
     for w in workloads:  # where each workload comes from, also for those tuned before
         entry = info["tasks"].setdefault(w.key, {"name": w.name, "flops": w.flops, "trials": 0, "seconds": 0.0,
@@ -567,7 +690,7 @@ def tune(model: str | Path | onnx.ModelProto, preset_name: str, out_dir: str | P
 
     workload_file, record_file = _paths(out_dir)
     database = ms.database.JSONDatabase(str(workload_file), str(record_file), allow_missing=True)
-    target = _tuning_target(preset, measured)
+    target = _tuning_target(preset, measured, _cores_here() if measured_on == "here" else None)
     for w in workloads:  # trials only count if the database still holds a valid record for them
         if _best_seconds(database, w, target) is None:
             info["tasks"][w.key]["trials"] = 0
@@ -577,12 +700,12 @@ def tune(model: str | Path | onnx.ModelProto, preset_name: str, out_dir: str | P
                if info["tasks"][w.key]["trials"] >= _goals(workloads, info, rounds, measured)[w.key]}
     run["skipped"] = len(skipped)
 
-    if measured:
+    if measured_on == "here":
         # TVM's thread pool assumes x86 cores are hyper-threads and uses half of them unless told:
         # time candidates on all the cores their parallel loops were sized for (the runtime should
         # set the same).
         os.environ.setdefault("TVM_NUM_THREADS", str(_cores_here()))
-    builder, runner, measuring = _make_builder_and_runner(measured, preset.device)
+    builder, runner, measuring = _make_builder_and_runner(measured, preset.device, remote)
     search_seconds: list[float] = []  # per task run: its time outside building and timing candidates
     trials_run = 0
     tuned: set[str] = set()
@@ -652,7 +775,7 @@ def tune(model: str | Path | onnx.ModelProto, preset_name: str, out_dir: str | P
     run.update(seconds=round(seconds, 1), tuned=len(tuned), trials=trials_run, remaining=remaining)
     _write_info(out_dir, info)
     return TuneReport(out_dir, preset.name, measured, len(workloads), len(tuned), len(skipped), remaining, trials_run,
-                      seconds, remaining == 0)
+                      seconds, remaining == 0, measured_on, unmeasured_reason)
 
 
 def _best_seconds(database, workload: Workload, target) -> float | None:

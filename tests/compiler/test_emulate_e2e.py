@@ -130,3 +130,41 @@ def test_emulate_verb_refuses_bundles_that_are_not_aarch64_cpu(tmp_path, capfd):
     (jetson / "manifest.json").write_text(json.dumps({"sides": {"mobile": get_preset("jetson-orin").to_json()}}))
     with pytest.raises(emulate.NotEmulatable, match="jetson-orin.*cuda GPU; qemu emulates the ARM CPU only"):
         emulate.run_bundle(jetson, ["--cut", "0"])
+
+
+def test_tuning_through_rpc_times_candidates_on_the_device(device, tmp_path):
+    """`tune --rpc`: the runtime's RPC server runs on the emulated aarch64 device, every candidate is
+    cross-compiled here, uploaded, loaded and timed there; the tuned bundle runs on the device and
+    matches onnxruntime."""
+    import socket
+
+    from neurosurgeon.compiler.tuning import read_tuning_info, tune
+
+    model = zoo.build("lenet", width=0.25)
+    zoo.save(model, tmp_path / "lenet.onnx")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path / "aarch64-neon.tuning"
+    with emulate.start_rpc_server(port, device=device) as server:
+        report = tune(tmp_path / "lenet.onnx", "aarch64-neon", folder, budget_s=300, trials_per_task=2,
+                      progress=False, name="lenet", rpc=server.address)
+    assert report.measured and report.complete and report.measured_on == f"rpc://127.0.0.1:{port}"
+    info = read_tuning_info(folder)
+    assert info["measured"] is True and info["measured_on"] == f"rpc://127.0.0.1:{port}"
+    assert all(task["trials"] == 2 and task["best_us"] > 0 for task in info["tasks"].values())
+
+    result = compile_model(tmp_path / "lenet.onnx", tmp_path / "bundle",
+                           CompileOptions("aarch64-neon", "x86-host", tuning=folder, progress=False), name="lenet")
+    assert result.manifest["identity"]["options"]["tuning"]["measured_on"] == f"rpc://127.0.0.1:{port}"
+    bundle = Bundle(result.path)
+    feeds = random_inputs(bundle, seed=2)
+    np.save(tmp_path / "x.npy", feeds["input"])
+    n = len(bundle.segments)
+    run = emulate.run_bundle(bundle.path, ["--cut", str(n), "--input", str(tmp_path / "x.npy"),
+                                           "-o", str(tmp_path / "y.npz"), "--json"], device=device, timeout=600)
+    assert run.returncode == 0, run.stderr
+    outputs = dict(np.load(tmp_path / "y.npz"))
+    reference = reference_outputs(tmp_path / "lenet.onnx", feeds)
+    for name, value in reference.items():
+        np.testing.assert_allclose(outputs[name], value, rtol=1e-4, atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 
 import numpy as np
 import onnx
@@ -152,3 +153,30 @@ def test_tune_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 workloads: 4 tuned" in out and "measured: false" in out  # im2col, bias add, relu, pool
     assert read_tuning_info(tmp_path / "t")["runs"][0]["model"] == "net"
+
+
+def test_unreachable_device_falls_back_to_unmeasured_tuning_and_says_so(tmp_path, capsys):
+    model = conv_net([4])
+    folder = tmp_path / "aarch64-neon.tuning"
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    report = tune(model, "aarch64-neon", folder, budget_s=60, trials_per_task=1, progress=False, name="convnet",
+                  rpc=f"127.0.0.1:{port}")
+    assert not report.measured and report.complete
+    assert f"no device reachable at 127.0.0.1:{port}" in report.unmeasured_reason
+    assert "fell back to tuning without measurement" in capsys.readouterr().err
+    info = read_tuning_info(folder)
+    assert info["measured"] is False and info["measured_on"] is None and "127.0.0.1" in info["unmeasured_reason"]
+    result = compile_model(model, tmp_path / "b", CompileOptions("aarch64-neon", "x86-host", tuning=folder,
+                                                                 progress=False, measure=False), name="convnet")
+    tuning = result.manifest["identity"]["options"]["tuning"]
+    assert tuning["measured"] is False and "no device reachable" in tuning["unmeasured_reason"]
+    with pytest.raises(TuningError, match="expected HOST:PORT"):
+        tune(model, "aarch64-neon", folder, budget_s=60, progress=False, rpc="no-port")
+    # A folder holds one kind of schedules: measured ones do not join unmeasured ones later.
+    x86 = tmp_path / "x86-host.tuning"
+    assert not tune(model, "x86-host", x86, budget_s=60, trials_per_task=1, progress=False,
+                    rpc=f"127.0.0.1:{port}").measured
+    with pytest.raises(TuningError, match="was tuned without measurement, this run would tune measured"):
+        tune(model, "x86-host", x86, budget_s=60, trials_per_task=1, progress=False)
