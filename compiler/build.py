@@ -25,6 +25,7 @@ class BuiltArtifact:
     path: Path
     compile_seconds: float
     export_seconds: float
+    stats: dict  # CPU and tuned builds: kernels (TVM-generated), tuned (with a database record), externs (BLAS calls)
 
 
 def artifact_name(model_name: str, preset: Preset, segment: int | None) -> str:
@@ -57,11 +58,12 @@ def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset
     started = time.perf_counter()
     mod = import_graph(model, inputs, what)
     target = preset.tvm_target()
+    stats: dict = {}
     try:
         if tuning is not None:
             from .tuning import compile_tuned
 
-            executable = compile_tuned(mod, preset, tuning, kernels)
+            executable = compile_tuned(mod, preset, tuning, kernels, stats)
         elif preset.device == "cuda":
             from .cuda import compile_cuda
 
@@ -73,7 +75,7 @@ def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset
             from .kernels import cpu_pipeline
 
             with target:
-                executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, kernels))
+                executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, kernels, stats=stats))
     except NeurosurgeonError:
         raise
     except Exception as err:
@@ -88,4 +90,4 @@ def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset
     machine = elf_machine(out_path)
     if machine != preset.machine:  # e.g. a cross compiler on PATH that is not what its name says
         raise BuildError(f"{what}: {preset.cxx} produced a {machine} object, {preset.name} needs {preset.machine}")
-    return BuiltArtifact(out_path, compiled - started, time.perf_counter() - compiled)
+    return BuiltArtifact(out_path, compiled - started, time.perf_counter() - compiled, stats)

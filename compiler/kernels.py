@@ -369,9 +369,19 @@ def cpu_phases(target, kernels: str = "blas") -> tuple[list, list, list]:
             backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
 
 
-def cpu_pipeline(target, kernels: str = "blas", apply_database: bool = False):
+def count_scheduled(mod) -> tuple[int, int]:
+    """(kernels that carry a schedule, all kernels) of a module after fusion."""
+    from tvm import tirx
+
+    funcs = [f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc)]
+    return sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False))), len(funcs)
+
+
+def cpu_pipeline(target, kernels: str = "blas", apply_database: bool = False, stats: dict | None = None):
     """A relax_pipeline for tvm.compile: phases above, with MetaSchedule's current database applied
-    first (if asked) and our rule for every function it has no record for."""
+    first (if asked) and our rule for every function it has no record for. `stats`, if given, gets
+    "kernels" (TVM-generated functions), "tuned" (those with a database record) and "externs"
+    (BLAS calls) of the build."""
     import tvm
     from tvm import relax
     from tvm.s_tir import dlight
@@ -386,6 +396,9 @@ def cpu_pipeline(target, kernels: str = "blas", apply_database: bool = False):
             mod = tvm.transform.Sequential(fusion)(mod)
             if apply_database:
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            if stats is not None:
+                stats["tuned"], stats["kernels"] = count_scheduled(mod) if apply_database else (0, count_scheduled(mod)[1])
+                stats["externs"] = mod.script(show_meta=False).count("R.call_dps_packed(")
             if kernels != "naive":
                 mod = dlight.ApplyDefaultSchedule(parallel_loops_rule())(mod)
             mod = _with_host_code(mod)

@@ -89,6 +89,7 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
     # Identical presets on both sides share one set of artifacts: every weight is stored once per target.
     targets = list(dict.fromkeys(p.name for p in presets.values()))
     build_seconds: dict[str, float] = {}
+    kernel_counts: dict[str, dict[str, int]] = {}
     artifacts: dict[str, list[dict]] = {}
     with staging_dir(out) as staged:
         jobs = [(get_preset(t), segment) for t in targets for segment in plan.segments]
@@ -99,8 +100,14 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
             built = build_graph(segment.model, segment.inputs, preset, path, what, tuning.get(preset.name),
                                 options.kernels)
             build_seconds[preset.name] = build_seconds.get(preset.name, 0.0) + built.compile_seconds + built.export_seconds
+            counts = kernel_counts.setdefault(preset.name, {"kernels": 0, "tuned": 0, "externs": 0})
+            for key in counts:
+                counts[key] += built.stats.get(key, 0)
             artifacts.setdefault(preset.name, []).append({"segment": segment.index, **file_entry(staged, path)})
         manifest = make_manifest(frozen, graph, plan, presets, options, artifacts, build_seconds)
+        # Per target: TVM-generated kernels in all segments, how many came from the tuning database (the
+        # rest have neurosurgeon's default schedules), and how many GEMMs call the runtime's BLAS.
+        manifest["build"]["kernels"] = {name: counts for name, counts in kernel_counts.items() if counts["kernels"]}
         write_manifest(staged, manifest)  # the cost stage reads the bundle back through the runtime
         measured: dict = {}
         manifest["costs"] = {

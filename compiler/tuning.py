@@ -125,7 +125,7 @@ def _fusion_passes(target, kernels: str = "blas") -> list:
     return _default_passes(target, kernels)[0]
 
 
-def tuned_pipeline(target, kernels: str = "blas"):
+def tuned_pipeline(target, kernels: str = "blas", stats: dict | None = None):
     """The default pipeline for `target` with the current MetaSchedule database applied right after
     fusion. Functions without a record keep the default: dlight rules on GPUs, our ParallelLoops
     rule on CPUs (compiler/kernels.py)."""
@@ -135,7 +135,7 @@ def tuned_pipeline(target, kernels: str = "blas"):
     if target.kind.name != "cuda":
         from .kernels import cpu_pipeline
 
-        return cpu_pipeline(target, kernels, apply_database=True)
+        return cpu_pipeline(target, kernels, apply_database=True, stats=stats)
     fusion, default_schedules, lower = _default_passes(target, kernels)
 
     @tvm.transform.module_pass(opt_level=0, name="NeurosurgeonTunedPipeline")
@@ -143,12 +143,17 @@ def tuned_pipeline(target, kernels: str = "blas"):
         with target:
             mod = tvm.transform.Sequential(fusion)(mod)
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            if stats is not None:
+                from .kernels import count_scheduled
+
+                stats["tuned"], stats["kernels"] = count_scheduled(mod)
+                stats["externs"] = 0
             return tvm.transform.Sequential(default_schedules + lower)(mod)
 
     return pipeline
 
 
-def compile_tuned(mod, preset: Preset, tuning_dir: str | Path, kernels: str = "blas"):
+def compile_tuned(mod, preset: Preset, tuning_dir: str | Path, kernels: str = "blas", stats: dict | None = None):
     """tvm.compile a Relax module for `preset` with the tuning folder's schedules applied. `kernels`
     must be what the folder was tuned with: the fused functions (and so the records' keys) differ."""
     import tvm
@@ -163,9 +168,9 @@ def compile_tuned(mod, preset: Preset, tuning_dir: str | Path, kernels: str = "b
         if preset.device == "cuda":
             from .cuda import compile_cuda
 
-            return compile_cuda(mod, target, pipeline=tuned_pipeline(target))
+            return compile_cuda(mod, target, pipeline=tuned_pipeline(target, stats=stats))
         with target:
-            return tvm.compile(mod, target=target, relax_pipeline=tuned_pipeline(target, kernels))
+            return tvm.compile(mod, target=target, relax_pipeline=tuned_pipeline(target, kernels, stats))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,7 +84,10 @@ def test_tune_then_compile_applies_and_reuses(tmp_path):
     result = compile_model(model, tuned, CompileOptions("x86-host", "x86-host", tuning=folder, **options),
                            name="convnet")
     identity = result.manifest["identity"]["options"]["tuning"]
-    assert identity["dir"] == "x86-host.tuning" and identity["measured"] is True
+    assert identity["dir"] == "x86-host.tuning" and identity["measured"] is True and identity["measured_on"] == "here"
+    # every TVM-generated kernel of every segment has its schedule from the database; the GEMMs go to BLAS
+    counts = result.manifest["build"]["kernels"]["x86-host"]
+    assert counts["tuned"] == counts["kernels"] > 0 and counts["externs"] == 2
     assert len(identity["database_sha256"]) == 64
     # The conv segments are built from the tuned schedules: different code than the untuned build.
     conv_artifact = "artifacts/x86-host/convnet_x86-host_seg000.so"
