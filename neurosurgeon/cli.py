@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("runtime_args", nargs=argparse.REMAINDER, metavar="-- run.py args",
                    help="passed to the bundle's run.py, e.g. -- --server http://127.0.0.1:8000 --cut all")
 
+    p = verbs.add_parser("emulate-rpc", help="run the runtime's RPC server on the emulated aarch64 device "
+                                             "(a device for tune --rpc)")
+    p.add_argument("--port", type=int, default=9090)
+    p.add_argument("--cpu", choices=("cortex-a53", "cortex-a72", "cortex-a76"), default="cortex-a72")
+
     p = verbs.add_parser("tune", help="tune a model's segment workloads into a database compile --tuning applies")
     from neurosurgeon.compiler import tune_cli
 
@@ -200,6 +205,19 @@ def cmd_emulate(args) -> int:
     return run_bundle(args.bundle, runtime_args, cpu=args.cpu, capture_output=False).returncode
 
 
+def cmd_emulate_rpc(args) -> int:
+    from neurosurgeon.compiler.emulate import start_rpc_server
+
+    with start_rpc_server(args.port, args.cpu) as server:
+        print(f"RPC server on the emulated aarch64 device ({args.cpu}) at {server.address}; tune with "
+              f"`neurosurgeon tune MODEL --target aarch64-neon --rpc {server.address} ...`; Ctrl-C stops it", flush=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def cmd_tune(args) -> int:
     from neurosurgeon.compiler import tune_cli
 
@@ -272,7 +290,7 @@ def cmd_zoo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"inspect": cmd_inspect, "compile": cmd_compile, "verify": cmd_verify, "demo": cmd_demo, "serve": cmd_serve, "bench": cmd_bench, "fit": cmd_fit, "profile": cmd_profile, "tune": cmd_tune,
-               "zoo": cmd_zoo, "emulate": cmd_emulate}[args.verb]
+               "zoo": cmd_zoo, "emulate": cmd_emulate, "emulate-rpc": cmd_emulate_rpc}[args.verb]
     try:
         return handler(args)
     except NeurosurgeonError as err:

@@ -33,3 +33,22 @@ def test_zoo_compile_verify(tmp_path, capsys):
                  "--quiet"]) == 0
     with tarfile.open(tar) as archive:
         assert any(n.startswith("artifacts/aarch64-neon/lenet_aarch64-neon_seg") for n in archive.getnames())
+
+
+def test_bench_speed_compares_with_onnxruntime_side_by_side(capsys):
+    assert main(["bench", "speed", "lenet", "--steps", "--repeats", "3", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["label"]: r for r in result["rows"]}
+    assert list(rows) == ["onnxruntime", "TVM default pipeline", "ours, no BLAS", "ours, untuned"]
+    assert rows["onnxruntime"]["ratio_to_onnxruntime"] == 1.0
+    for label in ("TVM default pipeline", "ours, no BLAS", "ours, untuned"):
+        r = rows[label]
+        assert r["samples"] >= 3 and r["median_ms"] > 0
+        assert abs(r["ratio_to_onnxruntime"] - r["median_ms"] / rows["onnxruntime"]["median_ms"]) < 1e-6
+        assert float(r["note"].rsplit(" ", 1)[1]) < 1e-4  # max |error| against onnxruntime
+    assert result["model"] == "lenet" and result["input_shapes"] == {"input": [1, 1, 28, 28]}
+
+
+def test_bench_speed_refuses_targets_that_do_not_run_here(capsys):
+    assert main(["bench", "speed", "lenet", "--target", "aarch64-neon"]) == 2
+    assert "aarch64-neon does not run on this machine" in capsys.readouterr().err
