@@ -459,7 +459,7 @@ def _make_builder_and_runner(measured: bool, device: str, remote: _RemoteDevice 
             for item in build_inputs:
                 try:
                     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
-                    with _cuda_source_only(device):
+                    with _candidate_codegen(device, measured, remote, item.target):
                         module = tvm.tirx.build(mod, target=item.target)
                 except Exception as err:  # an invalid candidate: MetaSchedule drops it
                     results.append(ms.builder.BuilderResult(None, f"{type(err).__name__}: {err}"))
@@ -547,6 +547,20 @@ def _make_builder_and_runner(measured: bool, device: str, remote: _RemoteDevice 
     else:
         runner = RPCRunner() if remote is not None else InProcessRunner()
     return InProcessBuilder(), runner, spent
+
+
+def _candidate_codegen(device: str, measured: bool, remote, target):
+    """How candidates are compiled: CPU code as is; CUDA kernels that nothing will run only as far as
+    their source (they only need to lower); CUDA kernels for a device reached through RPC with nvcc for
+    its arch, since the device's runtime cannot compile source (and this machine may have no driver);
+    CUDA kernels timed here as TVM compiles them for the GPU it finds."""
+    if device == "cuda" and not measured:
+        return _cuda_source_only(device)
+    if device == "cuda" and remote is not None:
+        from .cuda import nvcc_device_compile
+
+        return nvcc_device_compile(target)
+    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

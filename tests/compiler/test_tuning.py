@@ -183,3 +183,21 @@ def test_unreachable_device_falls_back_to_unmeasured_tuning_and_says_so(tmp_path
                     rpc=f"127.0.0.1:{port}").measured
     with pytest.raises(TuningError, match="was tuned without measurement, this run would tune measured"):
         tune(model, "x86-host", x86, budget_s=60, trials_per_task=1, progress=False)
+
+
+@pytest.mark.slow
+def test_cuda_workloads_are_tuned_and_the_tuned_build_carries_device_code(tmp_path):
+    """The server side: CUDA workloads go through the same tuning path (unmeasured here, no GPU), and
+    a bundle compiled with the database still carries compiled device code for its arch."""
+    from neurosurgeon.runtime.cuda import device_code_archs
+
+    model = conv_net([8])
+    folder = tmp_path / "cuda-sm80.tuning"
+    report = tune(model, "cuda-sm80", folder, budget_s=300, trials_per_task=1, progress=False, name="convnet")
+    assert report.complete and not report.measured and report.tasks > 0
+    result = compile_model(model, tmp_path / "b", CompileOptions("x86-host", "cuda-sm80", tuning=folder, progress=False,
+                                                                 measure=False), name="convnet")
+    counts = result.manifest["build"]["kernels"]["cuda-sm80"]
+    assert counts["tuned"] == counts["kernels"] > 0
+    for entry in result.manifest["artifacts"]["cuda-sm80"]:
+        assert device_code_archs(result.path / entry["file"]) == {"sm_80"}
