@@ -123,6 +123,23 @@ class LoadGenerator:
             thread.join(timeout=60)
 
 
+def _cached_bundle_is_current(bundle_path: Path, model_sha256: str) -> bool:
+    """A cached bundle counts only if this very compiler made it from this model (a bundle from an
+    older version would show older code's speed and decisions)."""
+    import tvm
+
+    from .. import __version__
+    from ..runtime.bundle import SCHEMA_MAJOR, SCHEMA_MINOR
+
+    if not (bundle_path / MANIFEST).is_file():
+        return False
+    manifest = Bundle(bundle_path).manifest
+    identity = manifest["identity"]
+    return (identity["model_sha256"] == model_sha256 and identity["tool_version"] == __version__
+            and identity["tvm_version"] == tvm.__version__ and manifest["schema_version"] == [SCHEMA_MAJOR, SCHEMA_MINOR]
+            and identity["options"].get("kernels") == CompileOptions("x86-host", "x86-host").kernels)
+
+
 def run_demo(workdir: Path, model_name: str = "alexnet", input_size: int | None = None, device_share: float = 0.25,
              requests: int = 3) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +149,7 @@ def run_demo(workdir: Path, model_name: str = "alexnet", input_size: int | None 
     print(cut_table(plan), end="\n\n")
 
     bundle_path = workdir / f"{model_name}.bundle"
-    if (bundle_path / MANIFEST).is_file() and Bundle(bundle_path).manifest["identity"]["model_sha256"] == frozen.sha256:
+    if _cached_bundle_is_current(bundle_path, frozen.sha256):
         print(f"using the cached bundle {bundle_path}")
     else:
         compile_model(model_path, bundle_path, CompileOptions(mobile="x86-host", server="x86-host", force=True))
