@@ -359,7 +359,7 @@ def start_rpc_server(port: int, cpu: str = "cortex-a72", device: EmulatedDevice 
             break
         lines.append(line.rstrip())
         if "listening on" in line:
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # drain the log
+            threading.Thread(target=process.stdout.read, daemon=True).start()  # drain the log so it never blocks
             return server
     server.stop()
     raise EmulationError(f"the emulated RPC server did not start within {timeout:.0f} s: " + " | ".join(lines[-5:]))

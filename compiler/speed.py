@@ -110,9 +110,8 @@ def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
     import tvm
 
     from .build import build_graph
-    from .pipeline import CompileOptions, analyse, compile_model
+    from .pipeline import analyse
     from .tuning import read_tuning_info
-    from .verify import run_cut
 
     threads = apply_threads(options.threads)
     preset = get_preset(options.target)
@@ -174,16 +173,16 @@ def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
                                 "budgets_s": [r["budget_s"] for r in tuning_info["runs"] if r["model"] == frozen.name]}
         if options.cuts:
             say(f"building the bundle ({len(plan.segments)} segments) to time every cut")
-            result["cuts"] = _time_cuts(model, frozen, feeds, options, workdir, name, run_cut, compile_model,
-                                        CompileOptions, candidates[-1])
+            result["cuts"] = _time_cuts(model, feeds, options, workdir, name, candidates[-1])
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _time_cuts(model, frozen, feeds, options: SpeedOptions, workdir: Path, name, run_cut, compile_model,
-               CompileOptions, monolithic: _Candidate) -> dict:
+def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, monolithic: _Candidate) -> dict:
     from ..runtime.bundle import Bundle, SegmentExecutor
+    from .pipeline import CompileOptions, compile_model
+    from .verify import run_cut
 
     compile_model(model, workdir / "bundle", CompileOptions(options.target, options.target, options.input_shapes,
                                                             tuning=options.tuning, kernels=options.kernels,

@@ -389,14 +389,19 @@ def _count_cpus_without_psutil() -> None:
                                      lambda logical=True: _cores_here(), override=True)
 
 
+def _parse_rpc_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise TuningError(f"--rpc {address!r}: expected HOST:PORT")
+    return host, int(port)
+
+
 class _RemoteDevice:
     """A TVM RPC session to a device (runtime/rpc_server.py running there), reconnected on failure."""
 
-    def __init__(self, address: str, preset: Preset, timeout_s: float = 10.0):
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise TuningError(f"--rpc {address!r}: expected HOST:PORT")
-        self.address, self.host, self.port, self.preset, self.timeout_s = address, host, int(port), preset, timeout_s
+    def __init__(self, address: str, preset: Preset):
+        self.address, self.preset = address, preset
+        self.host, self.port = _parse_rpc_address(address)
         self.session = None
         self.connect()
 
@@ -408,12 +413,12 @@ class _RemoteDevice:
             return False
 
     def connect(self):
+        import gc
+
         import tvm.rpc
 
         # The device's server takes one session at a time: drop the old one before asking for a new one.
         self.session = None
-        import gc
-
         gc.collect()
         try:
             self.session = tvm.rpc.connect(self.host, self.port, session_timeout=0)
@@ -667,9 +672,7 @@ def tune(model: str | Path | onnx.ModelProto, preset_name: str, out_dir: str | P
     preset = get_preset(preset_name)
     remote, unmeasured_reason = None, None
     if rpc:
-        host, _, port = rpc.rpartition(":")
-        if not host or not port.isdigit():
-            raise TuningError(f"--rpc {rpc!r}: expected HOST:PORT")
+        _parse_rpc_address(rpc)  # a malformed address is a usage error, not an unreachable device
         try:
             remote = _RemoteDevice(rpc, preset)
         except TuningError as err:  # no device: tune without measuring, and say so (folder, manifest)
