@@ -6,7 +6,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m neurosurgeon.cli demo
+	$(PY) -m neurosurgeon demo
 
 test: setup
 	$(PY) -m pytest -q
@@ -15,7 +15,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
-	$(PY) bench/compile_bench.py
+	$(PY) -m neurosurgeon bench compile
 
 clean:
 	rm -rf .venv .pytest_cache out

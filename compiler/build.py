@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from ..runtime.bundle import elf_machine
-from ..runtime.errors import NeurosurgeonError
+from ..runtime.errors import NeurosurgeonError, first_line
 from ..runtime.tensors import TensorInfo
 from ..targets import Preset
-from .frontend import _first_line
+from .importer import BuildError, import_graph
 
-
-class BuildError(NeurosurgeonError):
-    pass
+__all__ = ["BuildError", "BuiltArtifact", "artifact_name", "build_graph"]
 
 
 @dataclass
@@ -34,19 +31,6 @@ def artifact_name(model_name: str, preset: Preset, segment: int | None) -> str:
     return f"{model_name}_{preset.name}_{suffix}.so"
 
 
-def import_graph(model: onnx.ModelProto, inputs: list[TensorInfo], what: str):
-    """The graph as a Relax IRModule with its weights as constants (what both builds and tuning start from)."""
-    from tvm.relax.frontend.onnx import from_onnx
-
-    try:
-        with warnings.catch_warnings():  # TVM warns for every ONNX name it sanitises ("conv1.weight")
-            warnings.simplefilter("ignore")
-            return from_onnx(model, shape_dict={t.name: list(t.shape) for t in inputs},
-                             dtype_dict={t.name: t.dtype for t in inputs}, keep_params_in_input=False)
-    except Exception as err:
-        raise BuildError(f"{what}: TVM's ONNX importer failed: {_first_line(err)}") from None
-
-
 def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset, out_path: Path,
                 what: str, tuning: Path | None = None, kernels: str = "blas") -> BuiltArtifact:
     """Import, compile and export one graph. `what` names it in errors ("segment 3 (conv2..relu2)").
@@ -61,7 +45,7 @@ def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset
     stats: dict = {}
     try:
         if tuning is not None:
-            from .tuning import compile_tuned
+            from .tuning.tuned_build import compile_tuned
 
             executable = compile_tuned(mod, preset, tuning, kernels, stats)
         elif preset.device == "cuda":
@@ -79,14 +63,14 @@ def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset
     except NeurosurgeonError:
         raise
     except Exception as err:
-        raise BuildError(f"{what}: TVM failed to compile for {preset.name}: {_first_line(err)}") from None
+        raise BuildError(f"{what}: TVM failed to compile for {preset.name}: {first_line(err)}") from None
     compiled = time.perf_counter()
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         executable.export_library(str(out_path), fcompile=tvm.support.cc.cross_compiler(preset.cxx))
     except Exception as err:
         raise BuildError(f"{what}: exporting the {preset.name} artifact with {preset.cxx} failed: "
-                         f"{_first_line(err)}") from None
+                         f"{first_line(err)}") from None
     machine = elf_machine(out_path)
     if machine != preset.machine:  # e.g. a cross compiler on PATH that is not what its name says
         raise BuildError(f"{what}: {preset.cxx} produced a {machine} object, {preset.name} needs {preset.machine}")

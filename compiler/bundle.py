@@ -4,15 +4,17 @@ is renamed into place only when complete, so a failed compile leaves nothing beh
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path
 
-from ..runtime.bundle import MANIFEST, sha256_file
+from ..runtime.bundle import sha256_file
 from ..runtime.errors import NeurosurgeonError
+from ..runtime.manifest import MANIFEST, MANIFEST_FORMAT
+
+__all__ = ["OutputError", "check_destination", "file_entry", "publish", "staging_dir", "write_manifest"]
 
 
 class OutputError(NeurosurgeonError):
@@ -48,7 +50,7 @@ def file_entry(root: Path, path: Path) -> dict:
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+    MANIFEST_FORMAT.write(root / MANIFEST, manifest)
 
 
 def publish(staged: Path, out: Path, as_tar: bool) -> Path:

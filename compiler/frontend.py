@@ -14,9 +14,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from ..runtime.errors import NeurosurgeonError
+from ..runtime.errors import NeurosurgeonError, first_line
 from ..runtime.tensors import TensorInfo
 
+# The opset and IR version of the ONNX models neurosurgeon writes itself (the zoo, the microbenchmarks):
+# onnxruntime and TVM both accept IR 9; newer IR versions buy nothing for opset 17.
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 9
 CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 # Folding these would bake randomness into the bundle.
 NONDETERMINISTIC_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -72,7 +76,7 @@ def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, tup
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
-        raise ModelError(f"{label}: invalid ONNX model: {_first_line(err)}") from None
+        raise ModelError(f"{label}: invalid ONNX model: {first_line(err)}") from None
 
     _refuse_unsupported_ops(model, label)
     graph = model.graph
@@ -106,14 +110,14 @@ def _read(source) -> tuple[onnx.ModelProto, bytes, str]:
     try:
         model = onnx.load_from_string(raw)
     except Exception as err:  # protobuf raises DecodeError or RuntimeWarning-like errors
-        raise ModelError(f"{path}: not an ONNX model (protobuf decode failed: {_first_line(err)})") from None
+        raise ModelError(f"{path}: not an ONNX model (protobuf decode failed: {first_line(err)})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: not an ONNX model, or its graph has no nodes")
     if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as err:
-            raise ModelError(f"{path}: cannot load external weight data: {_first_line(err)}") from None
+            raise ModelError(f"{path}: cannot load external weight data: {first_line(err)}") from None
         raw = model.SerializeToString()
     return model, raw, str(path)
 
@@ -196,7 +200,7 @@ def _infer(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     try:
         return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as err:
-        raise ModelError(f"{label}: shape inference failed with the frozen input shapes: {_first_line(err)}") from None
+        raise ModelError(f"{label}: shape inference failed with the frozen input shapes: {first_line(err)}") from None
 
 
 def _fold_and_infer(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
@@ -235,7 +239,7 @@ def _fold_once(model: onnx.ModelProto, label: str) -> bool:
                 values = ReferenceEvaluator(node, opsets=opsets).run(None, feeds)
             except Exception as err:
                 raise ModelError(f"{label}: node {node.name or node.op_type!r} ({node.op_type}) has constant inputs "
-                                 f"but cannot be evaluated: {_first_line(err)}") from None
+                                 f"but cannot be evaluated: {first_line(err)}") from None
         if values is None:
             kept.append(node)
             continue
@@ -301,8 +305,3 @@ def _safe_name(name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
     return cleaned or "model"
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:400] if lines else type(err).__name__

@@ -75,7 +75,7 @@ class Partitioner(ABC):
 
     @abstractmethod
     def boundaries(self, graph: LayerGraph) -> list[int]:
-        """Sorted layer boundaries, always including 0 (cloud-only) and len(layers) (device-only)."""
+        """Sorted layer boundaries, always including 0 (cloud-only) and len(layers) (mobile-only)."""
 
 
 class LayerBoundaryPartitioner(Partitioner):

@@ -1,34 +1,48 @@
-"""The compile pipeline as named stages: load -> layer graph -> cuts and segments -> build per target
--> bundle. Each stage is a function of the previous one's result and can be used on its own."""
+"""The compile pipeline as named stages: analyse (load -> layer graph -> cuts and segments) -> build
+per target -> cost stage -> generated runtime -> bundle. Each stage is a function of the previous
+one's result and can be used on its own; the manifest is assembled in memory and written once.
+
+The cost stage is given to the pipeline (`CompileOptions.costs`): the compiler knows how to build a
+bundle, not how its segments' costs are predicted or measured (cost_models/annotate.py's
+`CostAnnotation` is the stage the API and the CLI use).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import onnx
 
 from .. import __version__
-from ..cost_models.annotate import side_costs
-from ..runtime.bundle import FORMAT, SCHEMA_MAJOR, SCHEMA_MINOR
 from ..runtime.errors import NeurosurgeonError
 from ..runtime.kernels import EXTERNS
+from ..runtime.manifest import MANIFEST_FORMAT
+from ..runtime.progress import Progress
 from ..targets import Preset, get_preset
+from .analysis import analyse
 from .build import artifact_name, build_graph
 from .bundle import check_destination, file_entry, publish, staging_dir, write_manifest
 from .codegen import generate_runtime
-from .frontend import FrozenModel, load_model
+from .frontend import FrozenModel
 from .kernels import KERNEL_CHOICES
-from .layers import LayerGraph, build_layer_graph
-from .partition import Partitioner, PartitionPlan, partition
+from .layers import LayerGraph
+from .partition import Partitioner, PartitionPlan
 
-COMPATIBILITY = (f"A runtime reads bundles whose schema_version major equals its own ({SCHEMA_MAJOR}); "
-                 "a higher minor version only adds fields, which older runtimes ignore.")
+__all__ = ["CompileOptions", "CompileResult", "CostStage", "check_toolchain", "compile_model", "make_manifest"]
+
+
+class CostStage(Protocol):
+    """Fills the manifest's `costs` section: per side, the per-segment seconds the planner decides
+    with (and power on the mobile side). Called with the staged bundle folder, whose artifacts are
+    all built, the manifest as assembled so far, and the presets by side."""
+
+    def __call__(self, folder: Path, manifest: dict, presets: dict[str, Preset]) -> dict[str, dict]: ...
 
 
 @dataclass
@@ -40,12 +54,9 @@ class CompileOptions:
     as_tar: bool = False
     force: bool = False
     progress: bool = True
-    measure: bool = True  # time segments whose target runs on the build machine
-    mobile_cost: str | Path | None = None  # fitted cost models (neurosurgeon fit) for each side
-    server_cost: str | Path | None = None
-    mobile_power: str | Path | None = None  # power profile (watts per layer type); defaults ship
     tuning: str | Path | None = None  # a tuning folder (neurosurgeon tune), applied to the side(s) of its preset
     kernels: str = "blas"  # CPU builds: blas (GEMMs to the runtime's BLAS), tvm, or naive (compiler/kernels.py)
+    costs: CostStage | None = None  # None: a bundle without costs, which a planner cannot use
 
 
 @dataclass
@@ -56,14 +67,6 @@ class CompileResult:
     graph: LayerGraph
     plan: PartitionPlan
     build_seconds: dict[str, float]
-
-
-def analyse(model: str | Path | onnx.ModelProto, input_shapes: dict | None = None, partitioner: Partitioner | None = None,
-            name: str | None = None) -> tuple[FrozenModel, LayerGraph, PartitionPlan]:
-    """The stages every verb shares: frozen model, layer graph, candidate cuts and segments."""
-    frozen = load_model(model, input_shapes, name=name)
-    graph = build_layer_graph(frozen)
-    return frozen, graph, partition(graph, partitioner)
 
 
 def check_toolchain(preset: Preset) -> None:
@@ -93,28 +96,26 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
     artifacts: dict[str, list[dict]] = {}
     with staging_dir(out) as staged:
         jobs = [(get_preset(t), segment) for t in targets for segment in plan.segments]
-        for preset, segment in _progress(jobs, options.progress, f"building {len(plan.segments)} segments"):
-            path = staged / "artifacts" / preset.name / artifact_name(frozen.name, preset, segment.index)
-            what = (f"segment {segment.index} (layers {segment.layer_names[0]}..{segment.layer_names[-1]}) "
-                    f"for {preset.name}")
-            built = build_graph(segment.model, segment.inputs, preset, path, what, tuning.get(preset.name),
-                                options.kernels)
-            build_seconds[preset.name] = build_seconds.get(preset.name, 0.0) + built.compile_seconds + built.export_seconds
-            counts = kernel_counts.setdefault(preset.name, {"kernels": 0, "tuned": 0, "externs": 0})
-            for key in counts:
-                counts[key] += built.stats.get(key, 0)
-            artifacts.setdefault(preset.name, []).append({"segment": segment.index, **file_entry(staged, path)})
+        with Progress(len(jobs), f"building {len(plan.segments)} segments", unit="build",
+                      enabled=options.progress) as progress:
+            for preset, segment in jobs:
+                path = staged / "artifacts" / preset.name / artifact_name(frozen.name, preset, segment.index)
+                what = (f"segment {segment.index} (layers {segment.layer_names[0]}..{segment.layer_names[-1]}) "
+                        f"for {preset.name}")
+                built = build_graph(segment.model, segment.inputs, preset, path, what, tuning.get(preset.name),
+                                    options.kernels)
+                build_seconds[preset.name] = build_seconds.get(preset.name, 0.0) + built.compile_seconds + built.export_seconds
+                counts = kernel_counts.setdefault(preset.name, {"kernels": 0, "tuned": 0, "externs": 0})
+                for key in counts:
+                    counts[key] += built.stats.get(key, 0)
+                artifacts.setdefault(preset.name, []).append({"segment": segment.index, **file_entry(staged, path)})
+                progress.update(note=f"{preset.name} segment {segment.index}")
         manifest = make_manifest(frozen, graph, plan, presets, options, artifacts, build_seconds)
         # Per target: TVM-generated kernels in all segments, how many came from the tuning database (the
         # rest have neurosurgeon's default schedules), and how many GEMMs call the runtime's BLAS.
         manifest["build"]["kernels"] = {name: counts for name, counts in kernel_counts.items() if counts["kernels"]}
-        write_manifest(staged, manifest)  # the cost stage reads the bundle back through the runtime
-        measured: dict = {}
-        manifest["costs"] = {
-            side: side_costs(staged, side, preset, manifest, options.measure,
-                             cost_model=options.mobile_cost if side == "mobile" else options.server_cost,
-                             power_profile=options.mobile_power, measured=measured)
-            for side, preset in presets.items()}
+        if options.costs is not None:
+            manifest["costs"] = options.costs(staged, manifest, presets)
         manifest["runtime_files"] = generate_runtime(staged, manifest)
         write_manifest(staged, manifest)
         path = publish(staged, out, options.as_tar)
@@ -136,14 +137,13 @@ def make_manifest(frozen: FrozenModel, graph: LayerGraph, plan: PartitionPlan, p
         "tvm_version": tvm.__version__,
     }
     if options.tuning is not None:
-        from .tuning import tuning_identity
+        from .tuning.folder import tuning_identity
 
         identity["options"]["tuning"] = tuning_identity(options.tuning)
     identity["bundle_id"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return {
-        "format": FORMAT,
-        "schema_version": [SCHEMA_MAJOR, SCHEMA_MINOR],
-        "compatibility": COMPATIBILITY,
+        **MANIFEST_FORMAT.stamp(),
+        "compatibility": MANIFEST_FORMAT.compatibility,
         "identity": identity,
         "created_unix": int(time.time()),
         "model": {
@@ -168,18 +168,10 @@ def _tuning_for(tuning: str | Path | None, presets: dict[str, Preset]) -> dict[s
     """Preset name -> tuning folder: a folder holds one preset's schedules and applies to that side only."""
     if tuning is None:
         return {}
-    from .tuning import read_tuning_info
+    from .tuning.folder import read_tuning_info
 
     preset = read_tuning_info(tuning)["preset"]
     if preset not in {p.name for p in presets.values()}:
         raise NeurosurgeonError(f"{tuning}: tuned for {preset}, but the bundle builds "
                                 f"{' and '.join(sorted({p.name for p in presets.values()}))}")
     return {preset: Path(tuning)}
-
-
-def _progress(items: list, enabled: bool, label: str):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=label, unit="build", file=sys.stderr, dynamic_ncols=True)

@@ -52,14 +52,14 @@ def layer_table(frozen: FrozenModel, graph: LayerGraph) -> str:
             f"{total / 1e9:.3f} GFLOPs, weights {human_bytes(sum(_init_bytes(frozen)))}\n"
             f"inputs: {', '.join(_tensor(t) + ' ' + t.dtype for t in frozen.inputs)}; "
             f"outputs: {', '.join(_tensor(t) + ' ' + t.dtype for t in frozen.outputs)}")
-    return head + "\n" + _format(rows, right={0, 5, 7})
+    return head + "\n" + format_rows(rows, right={0, 5, 7})
 
 
 def cut_table(plan: PartitionPlan) -> str:
     rows = [("cut", "device runs", "after layer", "crossing tensors", "upload", "download")]
     n = len(plan.segments)
     for cut in plan.cuts:
-        where = "nothing (cloud-only)" if cut.index == 0 else ("all (device-only)" if cut.index == n else
+        where = "nothing (cloud-only)" if cut.index == 0 else ("all (mobile-only)" if cut.index == n else
                                                               f"segments 0..{cut.index - 1}")
         crossing = ", ".join(_tensor(t) for t in cut.crossing) or "-"
         rows.append((str(cut.index), where, cut.after_layer or "(input)", crossing,
@@ -67,7 +67,7 @@ def cut_table(plan: PartitionPlan) -> str:
     multi = sum(1 for cut in plan.cuts if len(cut.crossing) > 1)
     head = (f"{len(plan.cuts)} candidate cuts ({plan.partitioner}), {n} segments"
             + (f"; {multi} cuts cross several tensors" if multi else ""))
-    return head + "\n" + _format(rows, right={0, 4, 5})
+    return head + "\n" + format_rows(rows, right={0, 4, 5})
 
 
 def _init_bytes(frozen: FrozenModel):
@@ -75,7 +75,7 @@ def _init_bytes(frozen: FrozenModel):
         yield frozen.tensors[init.name].nbytes
 
 
-def _format(rows: list[tuple], right: set[int]) -> str:
+def format_rows(rows: list[tuple], right: set[int]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for r in rows:
@@ -111,14 +111,3 @@ def plot_layers(frozen: FrozenModel, graph: LayerGraph, path: str | Path) -> Pat
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def check_table(checks) -> str:
-    """The per-cut result of `verify_bundle`: bytes uploaded, time on each side, error vs onnxruntime."""
-    rows = [("cut", "upload", "device ms", "server ms", "max abs err", "ok")]
-    for c in checks:
-        rows.append((str(c.cut), human_bytes(c.upload_bytes), f"{c.device_seconds * 1e3:.1f}",
-                     f"{c.server_seconds * 1e3:.1f}", f"{c.max_abs_error:.2e}", "yes" if c.ok else "NO"))
-    failed = [c.cut for c in checks if not c.ok]
-    summary = f"{len(checks) - len(failed)} of {len(checks)} cuts reproduce onnxruntime" + (f"; failed: {failed}" if failed else "")
-    return _format(rows, right={0, 1, 2, 3, 4}) + "\n" + summary

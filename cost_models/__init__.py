@@ -1,2 +1,4 @@
-"""Per-segment cost estimates for the planner: measured where the target runs on the build machine,
-estimated from FLOPs elsewhere (fitted per-layer-type regressions replace the estimate later)."""
+"""Costs: what the planner predicts with. Per-layer-type regressions fitted to measured layer
+profiles (Neurosurgeon's deployment phase: microbench.py builds the profile kit, profiling.py runs
+it, fit.py fits, model.py evaluates), power tables, the server's load model, and the pipeline's cost
+stage (annotate.py) that writes a bundle's per-segment costs into its manifest."""

@@ -10,7 +10,6 @@ on every sample, predicts the layer types the profile lacks.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +20,15 @@ from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import GroupKFold, LeaveOneGroupOut
 
 from ..compiler.layers import LAYER_TYPES
-from ..runtime.costmodel import (COMMON_FEATURES, COSTMODEL_FORMAT, COSTMODEL_VERSION, FORMS, PAPER_VARIABLES,
-                                 clamp_seconds, log_features)
-from ..runtime.errors import NeurosurgeonError
+from ..runtime.profile import PROFILE_FORMAT, ProfileError
+from .model import COMMON_FEATURES, COSTMODEL_FORMAT, FORMS, PAPER_VARIABLES, clamp_seconds, log_features
 
-PROFILE_FORMAT = "neurosurgeon-profile"
-PROFILE_VERSION = 1
 REQUIRED_SAMPLE_FIELDS = ("key", "type", "features", "seconds")
 KNOWN_TYPES = set(LAYER_TYPES) | {"reshape", "other"}
 
 MIN_SAMPLES = 4  # below this a type gets seconds = a * flops + b, too few points to choose a form
 LEAVE_ONE_OUT_BELOW = 20  # up to this many configurations, hold each out in turn; 5 folds above
 FALLBACK = "fallback"
-
-
-class ProfileError(NeurosurgeonError):
-    """A profile file the fit cannot use."""
 
 
 def paper_variables(layer_type: str) -> tuple[str, ...]:
@@ -49,14 +41,7 @@ def paper_variables(layer_type: str) -> tuple[str, ...]:
 
 def load_profile(path: str | Path) -> dict:
     """Read a profile written by the profiler; any problem is a one-line `ProfileError` naming the file."""
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ProfileError(f"{path}: cannot read the profile: {err.strerror}") from None
-    try:
-        profile = json.loads(text)
-    except ValueError as err:
-        raise ProfileError(f"{path}: not JSON ({err})") from None
+    profile = PROFILE_FORMAT.read(path)
     validate_profile(profile, str(path))
     return profile
 
@@ -64,11 +49,7 @@ def load_profile(path: str | Path) -> dict:
 def validate_profile(profile, source: str = "profile") -> list[str]:
     """Raise `ProfileError` if the profile cannot be fitted; return notes about what it can but
     should not be (an incomplete run, layer types the compiler does not produce)."""
-    if not isinstance(profile, dict) or profile.get("format") != PROFILE_FORMAT:
-        raise ProfileError(f"{source}: not a neurosurgeon profile (format is not {PROFILE_FORMAT!r})")
-    if profile.get("version") != PROFILE_VERSION:
-        raise ProfileError(f"{source}: profile version {profile.get('version')!r}; this neurosurgeon reads "
-                           f"version {PROFILE_VERSION}")
+    PROFILE_FORMAT.check(profile, source)
     samples = profile.get("samples")
     if not isinstance(samples, list) or not samples:
         raise ProfileError(f"{source}: the profile has no samples")
@@ -250,8 +231,7 @@ def fit(profile: dict, seed: int = 0, forms: tuple[str, ...] = FORMS) -> Fit:
     fits[FALLBACK] = select(FALLBACK, samples, [list(COMMON_FEATURES)], forms, seed)
 
     model = {
-        "format": COSTMODEL_FORMAT,
-        "version": COSTMODEL_VERSION,
+        **COSTMODEL_FORMAT.stamp(),
         "target": profile.get("target", {}),
         "hardware": profile.get("hardware", {}),
         "tvm_version": profile.get("tvm_version"),

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -29,14 +28,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__
+from ..compiler.frontend import ONNX_IR_VERSION, ONNX_OPSET
 from ..runtime.bundle import sha256_file
-from ..runtime.costmodel import PAPER_VARIABLES, layer_features
 from ..runtime.errors import NeurosurgeonError
-from ..runtime.profile import KIT_FILE, KIT_FORMAT, KIT_VERSION, read_kit
+from ..runtime.profile import KIT_FILE, KIT_FORMAT, read_kit
+from ..runtime.progress import Progress
+from .model import PAPER_VARIABLES, layer_features
 
 SCALES = ("default", "small")
-OPSET = 17  # as the zoo
-IR_VERSION = 9
 _OUTPUT = "output"
 
 
@@ -104,7 +103,7 @@ class MicroBench:
         inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
                   for name, shape in self.inputs.items()]
         graph = helper.make_graph([node], self.key, inputs + list(extra_inputs), [output])
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], ir_version=ONNX_IR_VERSION,
                                  producer_name="neurosurgeon.cost_models.microbench")
 
     @functools.cached_property
@@ -422,31 +421,6 @@ def _ratio(a: float, b: float) -> float:
 
 # -- the kit -------------------------------------------------------------------------------------
 
-_PROFILE_SCRIPT = '''#!/usr/bin/env python3
-"""Neurosurgeon profile kit: {n} layer microbenchmarks built for {target} (kit {kit_id}).
-
-Times every microbenchmark on this machine and writes the profile the cost-model fitter reads.
-Needs only numpy and TVM's runtime library (the apache-tvm package; its compiler is never loaded).
-
-    python profile.py -o device.profile.json [--budget SECONDS] [--repeats 7] [--warmup 2] [--quiet]
-
-Interrupted, or out of budget? Run the same command again: it resumes where it stopped.
-"""
-import os
-import sys
-
-# Only TVM's runtime library: this process loads prebuilt artifacts and never compiles.
-os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-from neurosurgeon_runtime.profile import main  # noqa: E402  (the copy shipped inside this kit)
-
-if __name__ == "__main__":
-    sys.exit(main(HERE))
-'''
-
-
 def kit_identity(target: str, scale: str, benches: list[MicroBench] | None = None) -> dict:
     """What a kit's contents depend on: target, TVM, the grid's models, and the code that
     describes a layer (its config and features). Equal identities mean a kit can be reused."""
@@ -457,10 +431,10 @@ def kit_identity(target: str, scale: str, benches: list[MicroBench] | None = Non
     benches = grid(scale) if benches is None else benches
     here = Path(__file__).resolve().parent.parent
     describe = hashlib.sha256()
-    for source in ("compiler/layers.py", "runtime/costmodel.py"):
+    for source in ("compiler/layers.py", "cost_models/model.py"):
         describe.update((here / source).read_bytes())
     identity = {
-        "format": KIT_FORMAT, "version": KIT_VERSION, "scale": scale,
+        **KIT_FORMAT.stamp(), "scale": scale,
         "target": get_preset(target).to_json(), "tvm_version": tvm.__version__,
         "grid_sha256": hashlib.sha256(json.dumps([b.spec for b in benches], sort_keys=True).encode()).hexdigest(),
         "layer_code_sha256": describe.hexdigest(),
@@ -475,7 +449,7 @@ def build_kit(target: str, out_dir: str | Path, scale: str = "default", progress
     same identity already there is reused (only its runtime copy is refreshed)."""
     from ..compiler.build import build_graph
     from ..compiler.bundle import publish, staging_dir
-    from ..compiler.codegen import copy_runtime
+    from ..compiler.codegen import copy_runtime, generate_profile_script
     from ..compiler.pipeline import check_toolchain
     from ..targets import get_preset
 
@@ -484,7 +458,7 @@ def build_kit(target: str, out_dir: str | Path, scale: str = "default", progress
     benches = grid(scale)
     identity = kit_identity(target, scale, benches)
     if _reusable(out, identity):
-        _refresh_runtime(out, copy_runtime)
+        _refresh_runtime(out)
         return out
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / KIT_FILE).is_file())):
         raise KitError(f"{out}: exists and is not a profile kit; refusing to replace it")
@@ -493,7 +467,8 @@ def build_kit(target: str, out_dir: str | Path, scale: str = "default", progress
     started = time.perf_counter()
     with staging_dir(out) as staged:
         entries = []
-        for bench in _progress(benches, progress, f"profile kit for {target}"):
+        report = Progress(len(benches), f"profile kit for {target}", unit="layer", enabled=progress)
+        for bench in benches:
             frozen, graph, plan = bench.analyse()
             (segment,) = plan.segments  # one layer, one segment: built as a bundle would build it
             path = staged / "artifacts" / f"{bench.key}.so"
@@ -507,11 +482,13 @@ def build_kit(target: str, out_dir: str | Path, scale: str = "default", progress
                 "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in segment.inputs],
             })
             del frozen, graph, plan, segment  # big weights: one microbenchmark in memory at a time
+            report.update(note=bench.key)
+        report.close()
         kit = {**identity, "tool_version": __version__, "created_unix": int(time.time()),
                "build_seconds": round(time.perf_counter() - started, 1), "entries": entries}
-        (staged / KIT_FILE).write_text(json.dumps(kit, indent=1) + "\n")
+        KIT_FORMAT.write(staged / KIT_FILE, kit)
         copy_runtime(staged)
-        _write_script(staged, kit)
+        generate_profile_script(staged, kit)
         publish(staged, out, as_tar=False)
     return out
 
@@ -528,31 +505,19 @@ def _reusable(out: Path, identity: dict) -> bool:
     return all((out / e["file"]).is_file() and sha256_file(out / e["file"]) == e["sha256"] for e in kit["entries"])
 
 
-def _refresh_runtime(out: Path, copy_runtime) -> None:
+def _refresh_runtime(out: Path) -> None:
     """Bring a reused kit's runtime copy and script up to date with this tree (small text files,
     each replaced atomically)."""
     import tempfile
 
+    from ..compiler.codegen import copy_runtime, generate_profile_script
+
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         fresh = Path(tmp)
         copy_runtime(fresh)
-        _write_script(fresh, read_kit(out))
+        generate_profile_script(fresh, read_kit(out))
         for path in [fresh / "profile.py", *sorted(fresh.glob("*/*.py"))]:
             target = out / path.relative_to(fresh)
             if not target.is_file() or target.read_bytes() != path.read_bytes():
                 target.parent.mkdir(exist_ok=True)
                 os.replace(path, target)
-
-
-def _write_script(root: Path, kit: dict) -> None:
-    script = root / "profile.py"
-    script.write_text(_PROFILE_SCRIPT.format(n=len(kit["entries"]), target=kit["target"]["name"], kit_id=kit["kit_id"]))
-    script.chmod(0o755)
-
-
-def _progress(items: list, enabled: bool, label: str):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=label, unit="layer", file=sys.stderr, dynamic_ncols=True)

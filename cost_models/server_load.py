@@ -9,52 +9,42 @@ where mean_service is the server's moving mean compute time per request. alpha =
 single FIFO worker with independent requests; the fit absorbs what that ignores (the event loop,
 decoding and encoding beside the worker, contention between them on the same cores).
 
-The measurement runs the real server on loopback under 1, 2, 4, ... concurrent clients sending
-whole-model requests; each answer says the queue length and the compute time, and the client sees
-the total, so wait = total - compute - the idle round trip.
+The measurement runs the real server in its own process on loopback under 1, 2, 4, ... concurrent
+clients sending whole-model requests; each answer says the queue length and the compute time, and
+the client sees the total, so wait = total - compute - the idle round trip.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ..runtime.bundle import LOAD_MODEL_FILE, Bundle
+from ..runtime.bundle import LOAD_MODEL_FILE, LOAD_MODEL_FORMAT, Bundle
 from ..runtime.client import InferenceClient
 from ..runtime.protocol import cut_model_name
+from ..runtime.tensors import random_inputs
+from ..serving import LoadGenerator, start_server
 
-def measure_load(bundle_path: str | Path, url: str, clients: list[int], seconds: float, feeds: dict) -> list[dict]:
-    bundle = Bundle(bundle_path)
-    model = cut_model_name(bundle.name, 0)
-    outputs = [t.name for t in bundle.outputs]
+__all__ = ["fit_load_model", "fit_server_load", "measure_load", "save_load_model"]
+
+
+def measure_load(bundle: Bundle, url: str, clients: list[int], seconds: float, feeds: dict) -> list[dict]:
+    """(clients, queue, mean_service_s, wait_s) of every answer, `seconds` per client count."""
+    model, outputs = cut_model_name(bundle.name, 0), [t.name for t in bundle.outputs]
     idle = InferenceClient(url)
     rtt = statistics.median(idle.ready()[1] for _ in range(20))
+    idle.close()
     points: list[dict] = []
     for n in clients:
-        lock = threading.Lock()
-        stop = time.perf_counter() + seconds
-
-        def client_loop(n=n, stop=stop):
-            client = InferenceClient(url)
-            while time.perf_counter() < stop:
-                answer = client.infer(model, feeds, outputs, deadline_s=120)
-                p = answer.parameters
-                with lock:
-                    points.append({"clients": n, "queue": float(p.get("queue_length", 0)),
-                                   "mean_service_s": float(p.get("mean_service_s", 0)),
-                                   "wait_s": max(answer.seconds - float(p.get("compute_s", 0)) - rtt, 0.0)})
-            client.close()
-
-        threads = [threading.Thread(target=client_loop) for _ in range(n)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        load = LoadGenerator(url, model, feeds, outputs, n)
+        load.run_for(seconds)
+        for sample in load.samples:
+            p = sample.parameters
+            points.append({"clients": n, "queue": float(p.get("queue_length", 0)),
+                           "mean_service_s": float(p.get("mean_service_s", 0)),
+                           "wait_s": max(sample.seconds - float(p.get("compute_s", 0)) - rtt, 0.0)})
     return points
 
 
@@ -67,12 +57,20 @@ def fit_load_model(points: list[dict]) -> dict:
     alpha, beta = max(float(alpha), 0.0), max(float(beta), 0.0)
     predicted = alpha * x + beta
     mae = float(np.mean(np.abs(predicted - y)))
-    return {"form": "wait = alpha * queue * mean_service + beta", "alpha": alpha, "beta": beta,
-            "points": len(points), "mean_abs_error_s": mae,
+    return {**LOAD_MODEL_FORMAT.stamp(), "form": "wait = alpha * queue * mean_service + beta", "alpha": alpha,
+            "beta": beta, "points": len(points), "mean_abs_error_s": mae,
             "clients": sorted({p["clients"] for p in points})}
 
 
 def save_load_model(bundle_path: str | Path, model: dict) -> Path:
-    path = Path(bundle_path) / LOAD_MODEL_FILE
-    path.write_text(json.dumps(model, indent=1) + "\n")
-    return path
+    return LOAD_MODEL_FORMAT.write(Path(bundle_path) / LOAD_MODEL_FILE, model)
+
+
+def fit_server_load(bundle_path: str | Path, clients: list[int], seconds: float = 4.0) -> tuple[dict, Path]:
+    """Serve the bundle in its own process, measure its wait under each client count, fit the model
+    and save it beside the manifest, where the server reads it: (model, path)."""
+    bundle = Bundle(bundle_path)
+    with start_server(bundle.path) as server:
+        points = measure_load(bundle, server.url, clients, seconds, random_inputs(bundle.inputs))
+    model = fit_load_model(points)
+    return model, save_load_model(bundle.path, model)

@@ -1,90 +1,84 @@
-"""Read a bundle's manifest and run its prebuilt segments. Never compiles anything.
+"""A bundle on disk and the executor that runs its prebuilt segments. Never compiles anything.
 
-Compatibility rule: a runtime reads every bundle whose schema major version equals its own
-SCHEMA_MAJOR; a higher minor version only adds fields, which are ignored. Anything else is refused.
+The manifest is read through runtime/manifest.py (format and compatibility rule there).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import kernels
 from .errors import BundleError
+from .jsonfile import JsonFormat
+from .manifest import MANIFEST, CutSpec, Manifest, SegmentSpec, Side
 from .tensors import TensorInfo
 
-FORMAT = "neurosurgeon-bundle"
-SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 1  # 1.1: "externs", functions the artifacts call that the runtime provides
-MANIFEST = "manifest.json"
 LOAD_MODEL_FILE = "server-load.json"  # the server's fitted load model, beside the manifest
+LOAD_MODEL_FORMAT = JsonFormat("neurosurgeon-server-load", 1, "neurosurgeon server load model", BundleError,
+                               hint="fit it again with `neurosurgeon profile --bundle DIR --server-load`")
 
-
-@dataclass(frozen=True)
-class SegmentSpec:
-    index: int
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
-
-
-@dataclass(frozen=True)
-class CutSpec:
-    index: int
-    crossing: tuple[TensorInfo, ...]
-    upload_bytes: int
-    download_bytes: int
+__all__ = ["LOAD_MODEL_FILE", "LOAD_MODEL_FORMAT", "MANIFEST", "Bundle", "CutSpec", "SegmentExecutor", "SegmentSpec", "elf_machine",
+           "fetch", "load_artifact", "sha256_file"]
 
 
 class Bundle:
-    """A compiled bundle on disk: its manifest, and where each side's artifacts are."""
+    """A compiled bundle on disk: its manifest (read and checked once, or given: the compiler's cost
+    stage measures a bundle whose manifest is not written yet) and where each side's artifacts are."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, manifest: Manifest | None = None):
         self.path = Path(path)
-        manifest_path = self.path / MANIFEST
-        if not manifest_path.is_file():
-            raise BundleError(f"{self.path}: not a bundle ({MANIFEST} is missing)")
-        try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise BundleError(f"{manifest_path}: not valid JSON ({err})") from None
-        check_compatible(self.manifest, str(manifest_path))
-        m = self.manifest
-        self.name: str = m["model"]["name"]
-        self.inputs = [TensorInfo.from_json(t) for t in m["model"]["inputs"]]
-        self.outputs = [TensorInfo.from_json(t) for t in m["model"]["outputs"]]
-        self.segments = [SegmentSpec(s["index"], tuple(TensorInfo.from_json(t) for t in s["inputs"]),
-                                     tuple(TensorInfo.from_json(t) for t in s["outputs"])) for s in m["segments"]]
-        self.cuts = [CutSpec(c["index"], tuple(TensorInfo.from_json(t) for t in c["crossing"]),
-                             c["upload_bytes"], c["download_bytes"]) for c in m["cuts"]]
+        if manifest is None:
+            if not (self.path / MANIFEST).is_file():
+                raise BundleError(f"{self.path}: not a bundle ({MANIFEST} is missing)")
+            manifest = Manifest.read(self.path / MANIFEST)
+        self.manifest = manifest
+        self.name: str = manifest.name
+        self.inputs = list(manifest.inputs)
+        self.outputs = list(manifest.outputs)
+        self.segments = list(manifest.segments)
+        self.cuts = list(manifest.cuts)
 
-    def side(self, side: str) -> dict:
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.identity.bundle_id
+
+    def side(self, side: str) -> Side:
         try:
-            return self.manifest["sides"][side]
+            return self.manifest.sides[side]
         except KeyError:
             raise BundleError(f"{self.path}: the manifest has no {side!r} side") from None
 
     def artifact(self, side: str, segment: int) -> tuple[Path, str]:
-        preset = self.side(side)["name"]
-        for entry in self.manifest["artifacts"].get(preset, []):
-            if entry["segment"] == segment:
-                return self.path / entry["file"], entry["sha256"]
-        raise BundleError(f"{self.path}: no {preset} artifact for segment {segment} (the runtime never compiles: "
-                          "rebuild the bundle with `neurosurgeon compile`)")
+        try:
+            entry = self.manifest.artifact(side, segment)
+        except BundleError as err:
+            raise BundleError(f"{self.path}: {err}") from None
+        return self.path / entry.file, entry.sha256
 
 
-def check_compatible(manifest: dict, where: str) -> None:
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{where}: not a neurosurgeon bundle manifest (format {manifest.get('format')!r})")
-    version = manifest.get("schema_version")
-    if not (isinstance(version, list) and len(version) == 2 and version[0] == SCHEMA_MAJOR):
-        raise BundleError(f"{where}: bundle schema version {version} is not readable by this runtime "
-                          f"(reads {SCHEMA_MAJOR}.x); rebuild the bundle or update the runtime")
+def load_artifact(path: Path, device, sha256: str | None = None, what: str = "artifact",
+                  listed_in: str = "the manifest"):
+    """The `main` function of an exported artifact in a TVM VM on `device`. With `sha256`, the file is
+    checked first (loading a shared object runs its code); the runtime's external kernels are
+    registered, since CPU artifacts call them."""
+    import tvm
+    import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode (TVM_USE_RUNTIME_LIB=1)
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: {what} is missing")
+    if sha256 is not None:
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise BundleError(f"{path}: sha256 {actual[:16]}... does not match {listed_in}'s {sha256[:16]}...; "
+                              "refusing to load a modified artifact")
+    kernels.register()
+    return tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(path)), device)["main"]
 
 
 def sha256_file(path: Path) -> str:
@@ -110,34 +104,25 @@ class SegmentExecutor:
         self.bundle = bundle
         self.side = side
         preset = bundle.side(side)
-        if preset["machine"] != platform.machine():
-            raise BundleError(f"{bundle.path}: the {side} side was built for {preset['name']} ({preset['machine']}), "
+        if preset.machine != platform.machine():
+            raise BundleError(f"{bundle.path}: the {side} side was built for {preset.preset} ({preset.machine}), "
                               f"this machine is {platform.machine()}")
-        if preset["device"] == "cuda":
+        if preset.device == "cuda":
             from .cuda import load_cuda_runtime
 
             load_cuda_runtime()  # raises CudaRuntimeUnavailable, naming the missing library, where there is no driver
-        self.device = tvm.cuda(0) if preset["device"] == "cuda" else tvm.cpu(0)
-        externs = bundle.manifest.get("externs", [])
-        lacking = kernels.missing(externs)
+        self.device = tvm.cuda(0) if preset.device == "cuda" else tvm.cpu(0)
+        lacking = kernels.missing(bundle.manifest.externs)
         if lacking:
             raise BundleError(f"{bundle.path}: the artifacts call {', '.join(lacking)}, which this runtime does not "
                               "provide; run the bundle with the runtime it ships (run.py) or update neurosurgeon")
-        if externs:
-            kernels.register()
         self._functions: dict[int, object] = {}
 
     def load(self, segment: int):
         if segment not in self._functions:
             path, expected = self.bundle.artifact(self.side, segment)
-            if not path.is_file():
-                raise BundleError(f"{path}: artifact for segment {segment} is missing from the bundle")
-            actual = sha256_file(path)
-            if actual != expected:
-                raise BundleError(f"{path}: sha256 {actual[:16]}... does not match the manifest's {expected[:16]}...; "
-                                  "refusing to load a modified artifact")
-            module = self._tvm.runtime.load_module(str(path))
-            self._functions[segment] = self._tvm.runtime.vm.VirtualMachine(module, self.device)["main"]
+            self._functions[segment] = load_artifact(path, self.device, expected,
+                                                     f"artifact for segment {segment}", "the manifest")
         return self._functions[segment]
 
     def run(self, env: dict, segments) -> dict:

@@ -1,4 +1,4 @@
-"""The device's side of the wire: OIP v2 requests over plain HTTP (http.client, no dependencies),
+"""The mobile side of the wire: OIP v2 requests over plain HTTP (http.client, no dependencies),
 with a deadline on every request and, for tests and demos, a transport shaped to a network profile.
 
 Any way the server can fail (refused or dropped connection, no answer by the deadline, an error
@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from .auth import authorization_header
 from .errors import NeurosurgeonError
 from .protocol import (
     HEADER_LENGTH,
@@ -25,7 +26,7 @@ from .protocol import (
     encode_infer_request,
 )
 
-LOAD_HEADER = "X-Neurosurgeon-Load"
+__all__ = ["InferAnswer", "InferenceClient", "ServerUnavailable", "ShapedLink"]
 
 
 class ServerUnavailable(NeurosurgeonError):
@@ -45,8 +46,9 @@ class ShapedLink:
         self.chunk_bytes = chunk_bytes
 
     @classmethod
-    def from_profile(cls, profile) -> "ShapedLink":
-        return cls(profile.up_mbps, profile.down_mbps, profile.rtt_s)
+    def from_network(cls, network) -> "ShapedLink":
+        """The link of a named network (runtime/planner.py's NETWORKS)."""
+        return cls(network.up_mbps, network.down_mbps, network.rtt_s)
 
     def one_way_delay(self) -> None:
         time.sleep(self.rtt_s / 2)
@@ -63,7 +65,7 @@ class ShapedLink:
 class InferAnswer:
     outputs: dict[str, np.ndarray]
     parameters: dict
-    seconds: float  # the whole exchange as the device saw it
+    seconds: float  # the whole exchange as the mobile side saw it
     upload_bytes: int
     download_bytes: int
 
@@ -110,7 +112,7 @@ class InferenceClient:
 
         headers = {**headers, "Content-Length": str(len(body))}
         if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+            headers.update(authorization_header(self.token))
         try:
             if self.link:
                 self.link.one_way_delay()

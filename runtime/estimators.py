@@ -1,5 +1,5 @@
-"""What the device learns from its own requests: link bandwidth and RTT, the server's load, and its
-own segment times. Only the planner reads them, through `conditions()` and `device_times()`."""
+"""What the mobile side learns from its own requests: link bandwidth and RTT, the server's load, and its
+own segment times. Only the planner reads them, through `conditions()` and the mobile times."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import time
 
 import numpy as np
 
-from .planner import Conditions, NetworkProfile
+from .planner import Conditions, Network
+
+__all__ = ["MIN_BANDWIDTH_SAMPLE_BYTES", "MobileTimeEstimator", "NetworkEstimator", "ServerLoadEstimator", "conditions",
+           "ewma"]
 
 # Transfers smaller than this say more about latency than about bandwidth.
 MIN_BANDWIDTH_SAMPLE_BYTES = 16 * 1024
@@ -18,14 +21,14 @@ def ewma(old: float, new: float, alpha: float) -> float:
 
 
 class NetworkEstimator:
-    """Moving estimates of uplink/downlink bandwidth and RTT, seeded from a network profile."""
+    """Moving estimates of uplink/downlink bandwidth and RTT, seeded from a named network."""
 
-    def __init__(self, profile: NetworkProfile, alpha: float = 0.3):
-        self.profile = profile
+    def __init__(self, network: Network, alpha: float = 0.3):
+        self.network = network
         self.alpha = alpha
-        self.up_mbps = profile.up_mbps
-        self.down_mbps = profile.down_mbps
-        self.rtt_s = profile.rtt_s
+        self.up_mbps = network.up_mbps
+        self.down_mbps = network.down_mbps
+        self.rtt_s = network.rtt_s
         self.samples = 0
 
     def observe_rtt(self, seconds: float) -> None:
@@ -82,8 +85,8 @@ class ServerLoadEstimator:
         return freshness * wait
 
 
-class DeviceTimeEstimator:
-    """The device's own per-segment times, learned from the segments it runs (seeded by the bundle)."""
+class MobileTimeEstimator:
+    """The mobile side's own per-segment times, learned from the segments it runs (seeded by the bundle)."""
 
     def __init__(self, seed_s: np.ndarray, alpha: float = 0.3):
         self.times = np.array(seed_s, dtype=np.float64)
@@ -98,10 +101,10 @@ class DeviceTimeEstimator:
 
 def conditions(network: NetworkEstimator, load: ServerLoadEstimator, server_available: bool,
                server_slowdown: float = 1.0) -> Conditions:
-    profile = network.profile
+    link = network.network
     return Conditions(
         up_mbps=network.up_mbps, down_mbps=network.down_mbps, rtt_s=network.rtt_s,
         server_wait_s=load.wait_s(), server_slowdown=server_slowdown, server_available=server_available,
-        upload_power_w=profile.upload_power_w(network.up_mbps),
-        download_power_w=profile.download_power_w(network.down_mbps),
+        upload_power_w=link.upload_power_w(network.up_mbps),
+        download_power_w=link.download_power_w(network.down_mbps),
     )

@@ -3,16 +3,18 @@ manifest (measured/<side>.json) so the planner can decide with them instead of p
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 from pathlib import Path
 
 from .bundle import Bundle
 from .errors import BundleError
+from .jsonfile import JsonFormat
 from .profile import time_segments
 
-FORMAT = "neurosurgeon-measured"
+__all__ = ["MEASURED_FORMAT", "load_measured", "measure_bundle", "measured_path"]
+
+MEASURED_FORMAT = JsonFormat("neurosurgeon-measured", 1, "neurosurgeon measured-costs file", BundleError,
+                             hint="measure again (run.py --measure or neurosurgeon profile --bundle)")
 
 
 def measured_path(bundle: Bundle, side: str) -> Path:
@@ -22,29 +24,23 @@ def measured_path(bundle: Bundle, side: str) -> Path:
 def measure_bundle(bundle: Bundle, side: str, repeats: int = 5) -> Path:
     """Time every segment of `side` here (median of `repeats` after a warm-up) and save it."""
     seconds = time_segments(bundle, side, repeats=repeats)
-    record = {"format": FORMAT, "version": 1, "bundle_id": bundle.manifest["identity"]["bundle_id"], "side": side,
+    record = {**MEASURED_FORMAT.stamp(), "bundle_id": bundle.bundle_id, "side": side,
               "segment_seconds": [round(s, 9) for s in seconds],
               "source": f"measured on {platform.node()} ({platform.machine()}) with the bundle's own runtime, "
                         f"median of {repeats}"}
     path = measured_path(bundle, side)
     path.parent.mkdir(exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(partial, path)
-    return path
+    return MEASURED_FORMAT.write(path, record)
 
 
 def load_measured(bundle: Bundle, side: str) -> dict | None:
     path = measured_path(bundle, side)
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BundleError(f"{path}: unreadable measurements ({err})") from None
-    if record.get("format") != FORMAT or len(record.get("segment_seconds", [])) != len(bundle.segments):
+    record = MEASURED_FORMAT.read(path)
+    if len(record.get("segment_seconds", [])) != len(bundle.segments):
         raise BundleError(f"{path}: not measurements of this bundle's {len(bundle.segments)} segments")
-    if record.get("bundle_id") != bundle.manifest["identity"]["bundle_id"]:
-        raise BundleError(f"{path}: measured for bundle {record.get('bundle_id')}, this is "
-                          f"{bundle.manifest['identity']['bundle_id']}; measure again")
+    if record.get("bundle_id") != bundle.bundle_id:
+        raise BundleError(f"{path}: measured for bundle {record.get('bundle_id')}, this is {bundle.bundle_id}; "
+                          "measure again")
     return record

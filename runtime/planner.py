@@ -3,7 +3,7 @@ energy, from per-segment cost estimates and the current network and server condi
 
 The decision reads only numbers already in memory (numpy arrays prepared once per bundle), so it
 costs microseconds. Where the per-segment costs come from (measured at compile time, fitted cost
-models, the device's own measurements) is the `SegmentCosts` provider's business, not the planner's.
+models, the mobile side's own measurements) is the `SegmentCosts` provider's business, not the planner's.
 
     latency(k) = sum_{i<k} TM_i + [k<S] (RTT + U_k / B_up + wait + slowdown * sum_{i>=k} TC_i + D_k / B_down)
     energy(k)  = sum_{i<k} TM_i * PM_i + [k<S] (U_k / B_up * P_up + D_k / B_down * P_down)
@@ -17,9 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import NeurosurgeonError
+
+__all__ = ["NETWORKS", "OBJECTIVES", "Conditions", "Decision", "Network", "Planner", "SegmentCosts", "get_network"]
+
 
 @dataclass(frozen=True)
-class NetworkProfile:
+class Network:
     """A network's nominal link and its radio power model (mW = alpha * Mbps + beta)."""
 
     name: str
@@ -39,30 +43,30 @@ class NetworkProfile:
 
 # Bandwidths: OpenSignal figures used by JointDNN and DADS; radio power: Huang et al. (MobiSys 2012),
 # as digested in PAPER-NOTES.md. The papers give no RTT: these are typical round trips, an assumption.
-NETWORK_PROFILES = {
-    "wifi": NetworkProfile("wifi", 18.88, 54.97, 0.010, 283.17, 137.01, 132.86),
-    "lte": NetworkProfile("lte", 5.85, 13.76, 0.050, 438.39, 51.97, 1288.04),
-    "3g": NetworkProfile("3g", 1.1, 2.0275, 0.150, 868.98, 122.12, 817.88),
+NETWORKS = {
+    "wifi": Network("wifi", 18.88, 54.97, 0.010, 283.17, 137.01, 132.86),
+    "lte": Network("lte", 5.85, 13.76, 0.050, 438.39, 51.97, 1288.04),
+    "3g": Network("3g", 1.1, 2.0275, 0.150, 868.98, 122.12, 817.88),
 }
 
 OBJECTIVES = ("latency", "energy")
 
 
-def network_profile(name: str) -> NetworkProfile:
+def get_network(name: str) -> Network:
     try:
-        return NETWORK_PROFILES[name]
+        return NETWORKS[name]
     except KeyError:
-        raise ValueError(f"unknown network profile {name!r}; valid: {', '.join(NETWORK_PROFILES)}") from None
+        raise NeurosurgeonError(f"unknown network {name!r}; valid: {', '.join(NETWORKS)}") from None
 
 
 @dataclass(frozen=True)
 class SegmentCosts:
     """What the planner needs to know about a bundle, filled by a cost provider."""
 
-    device_s: np.ndarray  # per segment: predicted time on the device
+    mobile_s: np.ndarray  # per segment: predicted time on the mobile side
     server_s: np.ndarray  # per segment: predicted time on an idle server
-    device_power_w: np.ndarray  # per segment: device power while computing it
-    upload_bytes: np.ndarray  # per cut: bytes the device uploads
+    mobile_power_w: np.ndarray  # per segment: mobile power while computing it
+    upload_bytes: np.ndarray  # per cut: bytes the mobile side uploads
     download_bytes: np.ndarray  # per cut: bytes the server sends back
     source: str = "unknown"
 
@@ -93,14 +97,14 @@ class Planner:
     """Both predictions are linear in a few condition-dependent terms, so each is one small
     matrix-vector product over columns prepared once per bundle:
 
-        latency = [device prefix | upload bits | download bits | server suffix | offloads] @
+        latency = [mobile prefix | upload bits | download bits | server suffix | offloads] @
                   [1, 1/B_up, 1/B_down, slowdown, RTT + wait]
-        energy  = [device energy prefix | upload bits | download bits] @ [1, P_up/B_up, P_down/B_down]
+        energy  = [mobile energy prefix | upload bits | download bits] @ [1, P_up/B_up, P_down/B_down]
     """
 
     def __init__(self, costs: SegmentCosts):
         self.costs = costs
-        self.n_segments = len(costs.device_s)
+        self.n_segments = len(costs.mobile_s)
         n_cuts = self.n_segments + 1
         offloads = (np.arange(n_cuts) < self.n_segments).astype(np.float64)
         upload_bits = np.asarray(costs.upload_bytes, dtype=np.float64) * 8 * offloads
@@ -109,19 +113,19 @@ class Planner:
             raise ValueError(f"costs describe {self.n_segments} segments but {len(costs.upload_bytes)} cuts")
         server = np.asarray(costs.server_s, dtype=np.float64)
         server_suffix = np.concatenate((np.cumsum(server[::-1])[::-1], [0.0]))
-        self._power = np.asarray(costs.device_power_w, dtype=np.float64)
+        self._power = np.asarray(costs.mobile_power_w, dtype=np.float64)
         self._latency_terms = np.column_stack([np.zeros(n_cuts), upload_bits, download_bits, server_suffix, offloads])
         self._energy_terms = np.column_stack([np.zeros(n_cuts), upload_bits, download_bits])
-        self.update_device_times(costs.device_s)
+        self.update_mobile_times(costs.mobile_s)
 
-    def update_device_times(self, device_s: np.ndarray) -> None:
-        """New per-segment device times (e.g. as the device measured them); O(segments)."""
-        device = np.asarray(device_s, dtype=np.float64)
-        self._latency_terms[1:, 0] = np.cumsum(device)
-        self._energy_terms[1:, 0] = np.cumsum(device * self._power)
+    def update_mobile_times(self, mobile_s: np.ndarray) -> None:
+        """New per-segment mobile times (e.g. as the mobile side measured them); O(segments)."""
+        mobile = np.asarray(mobile_s, dtype=np.float64)
+        self._latency_terms[1:, 0] = np.cumsum(mobile)
+        self._energy_terms[1:, 0] = np.cumsum(mobile * self._power)
 
-    def device_time(self, cut: int) -> float:
-        """Predicted time of the device's share of `cut`."""
+    def mobile_time(self, cut: int) -> float:
+        """Predicted time of the mobile side's share of `cut`."""
         return float(self._latency_terms[cut, 0])
 
     def server_time(self, cut: int) -> float:
@@ -141,7 +145,7 @@ class Planner:
         With no feasible cut, the best unconstrained one is returned."""
         if not c.server_available:
             k = self.n_segments
-            return Decision(k, self.device_time(k), float(self._energy_terms[k, 0]), objective)
+            return Decision(k, self.mobile_time(k), float(self._energy_terms[k, 0]), objective)
         latency, energy = self.predict(c)
         score = latency if objective == "latency" else energy
         if max_latency_s is not None or max_energy_j is not None:

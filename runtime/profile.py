@@ -1,4 +1,4 @@
-"""Time prebuilt code on the machine this runs on (the device or the server). Runtime-only, like the
+"""Time prebuilt code on the machine this runs on (the mobile side or the server). Runtime-only, like the
 rest of runtime/: numpy, the standard library and TVM's runtime library.
 
 - `time_segments`: a bundle's own segments, the "measured" costs the planner can use directly.
@@ -8,29 +8,32 @@ rest of runtime/: numpy, the standard library and TVM's runtime library.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import kernels
-from .bundle import Bundle, SegmentExecutor, sha256_file
-from .errors import NeurosurgeonError
+from .bundle import Bundle, SegmentExecutor, load_artifact
+from .errors import BundleError, NeurosurgeonError
+from .jsonfile import JsonFormat
+from .progress import Progress, human_seconds
 
-KIT_FORMAT = "neurosurgeon-profile-kit"
-KIT_VERSION = 1
-KIT_FILE = "kit.json"
-PROFILE_FORMAT = "neurosurgeon-profile"
-PROFILE_VERSION = 1
+__all__ = ["KIT_FILE", "KIT_FORMAT", "PROFILE_FORMAT", "ProfileError", "hardware_info", "profile_kit", "read_kit",
+           "time_calls", "time_segments"]
 
 
 class ProfileError(NeurosurgeonError):
     """A kit or profile that cannot be used: wrong format, tampered artifact, another machine's file."""
+
+
+KIT_FORMAT = JsonFormat("neurosurgeon-profile-kit", 1, "neurosurgeon profile kit", ProfileError,
+                        hint="build the kit again with `neurosurgeon profile --kit-only`")
+KIT_FILE = "kit.json"
+PROFILE_FORMAT = JsonFormat("neurosurgeon-profile", 1, "neurosurgeon profile", ProfileError,
+                            hint="profile again with this neurosurgeon's kit")
 
 
 def time_segments(bundle: Bundle, side: str, repeats: int = 5, seed: int = 0) -> list[float]:
@@ -42,12 +45,7 @@ def time_segments(bundle: Bundle, side: str, repeats: int = 5, seed: int = 0) ->
     executor.run(env, range(len(bundle.segments)))
     medians = []
     for index in range(len(bundle.segments)):
-        samples = []
-        for _ in range(repeats):
-            scratch = dict(env)
-            started = time.perf_counter()
-            executor.run(scratch, (index,))
-            samples.append(time.perf_counter() - started)
+        samples, _ = time_calls(lambda i=index: executor.run(dict(env), (i,)), repeats=repeats, warmup=0)
         medians.append(float(np.median(samples)))
     return medians
 
@@ -59,16 +57,7 @@ def read_kit(kit_dir: str | Path) -> dict:
     path = Path(kit_dir) / KIT_FILE
     if not path.is_file():
         raise ProfileError(f"{kit_dir}: not a profile kit ({KIT_FILE} is missing)")
-    try:
-        kit = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ProfileError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(kit, dict) or kit.get("format") != KIT_FORMAT:
-        raise ProfileError(f"{path}: not a neurosurgeon profile kit")
-    if kit.get("version") != KIT_VERSION:
-        raise ProfileError(f"{path}: kit version {kit.get('version')} is not readable by this runtime "
-                           f"(reads {KIT_VERSION})")
-    return kit
+    return KIT_FORMAT.read(path)
 
 
 def hardware_info(device: str = "cpu") -> dict:
@@ -164,50 +153,57 @@ def profile_kit(kit_dir: str | Path, out_path: str | Path, budget_s: float | Non
                            "max_entry_s": max_entry_s, "statistic": "median seconds per call"}
     done = {s["key"] for s in profile["samples"]}
     todo = [e for e in kit["entries"] if e["key"] not in done]
-    report = _Progress(len(kit["entries"]), len(done), progress)
     rng = np.random.default_rng(seed)
     stopped = False
-    for entry in todo:
-        if time.perf_counter() >= deadline:
-            stopped = True
-            break
-        function = _load(tvm, kit_dir, entry, device)
-        args = [tvm.runtime.tensor(_random(rng, t), device) for t in entry["inputs"]]
-        timed = _time_calls(function, args, device.sync, repeats, warmup, min_sample_s, max_entry_s, deadline)
-        del function, args  # unload before the next artifact: a kit's weights add up to hundreds of MB
-        if timed is None:
-            stopped = True
-            break
-        samples, inner = timed
-        profile["samples"].append({
-            **{k: entry[k] for k in ("key", "type", "config", "flops", "in_bytes", "out_bytes", "features")},
-            "seconds": float(np.median(samples)), "samples": samples, "calls_per_sample": inner,
-        })
-        profile["complete"] = len(profile["samples"]) == len(kit["entries"])
-        profile["updated_unix"] = int(time.time())
-        _write_json(out_path, profile)
-        report.step(entry["key"], profile["samples"][-1]["seconds"], time.perf_counter() - started, budget_s)
+    with Progress(len(kit["entries"]), f"profiling {target['name']}", unit="layer", enabled=progress,
+                  done=len(done)) as report:
+        if done:
+            report.message(f"resuming: {len(done)} of {len(kit['entries'])} microbenchmarks already measured")
+        for entry in todo:
+            if time.perf_counter() >= deadline:
+                stopped = True
+                break
+            function = _load(kit_dir, entry, device)
+            args = [tvm.runtime.tensor(_random(rng, t), device) for t in entry["inputs"]]
+            timed = time_calls(function, args, device.sync, repeats, warmup, min_sample_s, max_entry_s, deadline)
+            del function, args  # unload before the next artifact: a kit's weights add up to hundreds of MB
+            if timed is None:
+                stopped = True
+                break
+            samples, inner = timed
+            seconds = float(np.median(samples))
+            profile["samples"].append({
+                **{k: entry[k] for k in ("key", "type", "config", "flops", "in_bytes", "out_bytes", "features")},
+                "seconds": seconds, "samples": samples, "calls_per_sample": inner,
+            })
+            profile["complete"] = len(profile["samples"]) == len(kit["entries"])
+            profile["updated_unix"] = int(time.time())
+            PROFILE_FORMAT.write(out_path, profile)
+            report.update(note=f"{human_seconds(seconds):>9}  {entry['key']}")
     profile["complete"] = len(profile["samples"]) == len(kit["entries"])
-    _write_json(out_path, profile)
-    report.close(len(profile["samples"]) - len(done), stopped, time.perf_counter() - started, budget_s, out_path)
+    PROFILE_FORMAT.write(out_path, profile)
+    if progress:
+        measured = len(profile["samples"]) - len(done)
+        if stopped:
+            report.message(f"budget of {budget_s:g} s used up: measured {measured} this run, {len(profile['samples'])} "
+                           f"of {len(kit['entries'])} in all; run again with the same output to measure the rest")
+        else:
+            report.message(f"measured {measured} this run, {len(profile['samples'])} of {len(kit['entries'])} in all, "
+                           f"in {time.perf_counter() - started:.1f} s -> {out_path}")
     return profile
 
 
 def _start_profile(kit: dict, out_path: Path, hardware: dict) -> dict:
     """A fresh profile, or the one at `out_path` if it comes from the same kit on the same machine."""
-    fresh = {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "target": kit["target"], "hardware": hardware,
+    fresh = {**PROFILE_FORMAT.stamp(), "target": kit["target"], "hardware": hardware,
              "tvm_version": kit["tvm_version"], "kit_id": kit["kit_id"], "complete": False,
              "created_unix": int(time.time()), "samples": []}
     if not out_path.exists():
         return fresh
     try:
-        old = json.loads(out_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
-        raise ProfileError(f"{out_path}: exists and is not a readable profile ({err}); "
-                           "move it away or choose another output") from None
-    if not isinstance(old, dict) or old.get("format") != PROFILE_FORMAT or old.get("version") != PROFILE_VERSION:
-        raise ProfileError(f"{out_path}: exists and is not a version {PROFILE_VERSION} {PROFILE_FORMAT}; "
-                           "refusing to overwrite it")
+        old = PROFILE_FORMAT.read(out_path)
+    except ProfileError as err:
+        raise ProfileError(f"{err}; refusing to overwrite it (move it away or choose another output)") from None
     if old.get("kit_id") != kit["kit_id"]:
         raise ProfileError(f"{out_path}: measured with kit {old.get('kit_id')}, this kit is {kit['kit_id']}; "
                            "choose another output to profile this kit")
@@ -221,18 +217,13 @@ def _start_profile(kit: dict, out_path: Path, hardware: dict) -> dict:
             "samples": [s for s in old.get("samples", []) if s.get("key") in keys]}
 
 
-def _load(tvm, kit_dir: Path, entry: dict, device):
-    """The entry's `main`, after checking the artifact's sha256 (loading a shared object runs its code)."""
-    path = kit_dir / entry["file"]
-    if not path.is_file():
-        raise ProfileError(f"{path}: artifact of microbenchmark {entry['key']} is missing from the kit")
-    actual = sha256_file(path)
-    if actual != entry["sha256"]:
-        raise ProfileError(f"{path}: sha256 {actual[:16]}... does not match kit.json's {entry['sha256'][:16]}...; "
-                           "refusing to load a modified artifact")
-    kernels.register()  # CPU microbenchmarks call the runtime's GEMM, as bundles do
-    module = tvm.runtime.load_module(str(path))
-    return tvm.runtime.vm.VirtualMachine(module, device)["main"]
+def _load(kit_dir: Path, entry: dict, device):
+    """The entry's `main` (its artifact checked against kit.json's sha256 first)."""
+    try:
+        return load_artifact(kit_dir / entry["file"], device, entry["sha256"],
+                             f"artifact of microbenchmark {entry['key']}", "kit.json")
+    except BundleError as err:
+        raise ProfileError(str(err)) from None
 
 
 def _random(rng: np.random.Generator, spec: dict) -> np.ndarray:
@@ -242,9 +233,15 @@ def _random(rng: np.random.Generator, spec: dict) -> np.ndarray:
     return np.zeros(spec["shape"], dtype=dtype)  # indices and the like: zeros are valid everywhere
 
 
-def _time_calls(function, args: list, sync, repeats: int, warmup: int, min_sample_s: float, max_entry_s: float,
-                deadline: float) -> tuple[list[float], int] | None:
-    """Per-call seconds of `repeats` samples, and the calls per sample; None if the deadline passed."""
+def time_calls(function, args=(), sync=lambda: None, repeats: int = 5, warmup: int = 1, min_sample_s: float = 0.0,
+               max_entry_s: float = math.inf, deadline: float = math.inf) -> tuple[list[float], int] | None:
+    """Per-call seconds of `repeats` samples of `function(*args)` (then `sync()`, for devices that
+    run asynchronously), and the calls per sample; None if `deadline` (perf_counter) passed.
+
+    `warmup` untimed calls come first (at least one, which also calibrates; stopped early for slow
+    functions, which are warm after one call). A sample repeats the call back to back until it
+    lasts `min_sample_s` (tiny functions are otherwise below timer noise); functions so slow that
+    the samples would take more than `max_entry_s` get fewer samples (at least 3)."""
     def once() -> float:
         start = time.perf_counter()
         function(*args)
@@ -273,80 +270,3 @@ def _time_calls(function, args: list, sync, repeats: int, warmup: int, min_sampl
         sync()
         samples.append((time.perf_counter() - start) / inner)
     return samples, inner
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write-then-rename, so an interrupted profile always leaves a valid file behind."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-class _Progress:
-    """A one-line progress report on stderr (rewritten in place on a terminal)."""
-
-    def __init__(self, total: int, done: int, enabled: bool):
-        self.total, self.done, self.enabled = total, done, enabled
-        self.tty = enabled and sys.stderr.isatty()
-        if enabled and done:
-            print(f"resuming: {done} of {total} microbenchmarks already measured", file=sys.stderr)
-
-    def step(self, key: str, seconds: float, elapsed: float, budget_s: float | None) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        limit = f" of {budget_s:.0f} s" if budget_s is not None else ""
-        line = f"[{self.done:>4}/{self.total}] {_human_time(seconds):>9}  {key}  ({elapsed:.0f} s{limit})"
-        if self.tty:
-            print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self, measured: int, stopped: bool, elapsed: float, budget_s: float | None, out_path: Path) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            print(file=sys.stderr)
-        if stopped:
-            print(f"budget of {budget_s:g} s used up: measured {measured} this run, {self.done} of {self.total} "
-                  f"in all; run again with the same output to measure the other {self.total - self.done}",
-                  file=sys.stderr)
-        else:
-            print(f"measured {measured} this run, {self.done} of {self.total} in all, in {elapsed:.1f} s -> {out_path}",
-                  file=sys.stderr)
-
-
-def _human_time(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} us"
-
-
-def main(kit_dir: str | Path, argv: list[str] | None = None) -> int:
-    """The kit's profile.py: `python KIT/profile.py -o device.profile.json [--budget SECONDS]`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="profile.py", description="Time this profile kit's layer microbenchmarks "
-                                     "on this machine (resumes an interrupted profile with the same output).")
-    parser.add_argument("-o", "--output", required=True, metavar="PROFILE.json", help="the profile to write")
-    parser.add_argument("--budget", type=float, metavar="SECONDS", help="stop cleanly after this long (resume later)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed samples per layer (default 7; median kept)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    args = parser.parse_args(argv)
-    if args.budget is not None and args.budget <= 0:
-        parser.error("--budget must be positive")
-    try:
-        profile = profile_kit(kit_dir, args.output, budget_s=args.budget, repeats=args.repeats, warmup=args.warmup,
-                              progress=not args.quiet)
-    except NeurosurgeonError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: what was measured is in {args.output}; run again to resume", file=sys.stderr)
-        return 130
-    print(json.dumps({"output": str(args.output), "measured": len(profile["samples"]),
-                      "total": len(read_kit(kit_dir)["entries"]), "complete": profile["complete"]}))
-    return 0

@@ -15,11 +15,12 @@ import numpy as np
 
 from .errors import NeurosurgeonError
 
-__all__ = ["DATATYPES", "NUMPY_DTYPES", "HEADER_LENGTH", "ProtocolError", "encode_infer_request",
+__all__ = ["DATATYPES", "NUMPY_DTYPES", "HEADER_LENGTH", "LOAD_HEADER", "ProtocolError", "encode_infer_request",
            "decode_infer_request", "encode_infer_response", "decode_infer_response", "parse_header_length",
            "cut_model_name", "parse_cut_model_name"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+LOAD_HEADER = "X-Neurosurgeon-Load"  # the server's load, on every answer to an authorised client
 
 DATATYPES: dict[str, str] = {
     "bool": "BOOL",

@@ -1,53 +1,44 @@
-"""A TVM RPC server for tuning on the device: `neurosurgeon tune --target PRESET --rpc HOST:PORT` sends
+"""A TVM RPC server for tuning on a board: `neurosurgeon tune --target PRESET --rpc HOST:PORT` sends
 candidate kernels here, compiled on the build machine, and this process loads and times them.
 
-Runs with the runtime alone (numpy, TVM's runtime library; never the compiler): on the device,
+Runs with the runtime alone (numpy, TVM's runtime library; never the compiler): on the board,
 
-    python -m neurosurgeon_runtime.rpc_server --port 9090          # from an unpacked bundle
-    python -m neurosurgeon.runtime.rpc_server --port 9090          # where neurosurgeon is installed
+    python -m neurosurgeon_runtime rpc-server --port 9090          # from an unpacked bundle
+    python -m neurosurgeon.runtime rpc-server --port 9090          # where neurosurgeon is installed
 
 It serves one tuning client at a time and keeps running between them. Anyone who can reach the port
-can run code on the device: bind it to a private network (the default host is 0.0.0.0 so that a
+can run code on the board: bind it to a private network (the default host is 0.0.0.0 so that a
 build machine can reach it; pass --host 127.0.0.1 to keep it local).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
+import socket
+
+__all__ = ["serve_rpc"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rpc_server", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=9090)
-    parser.add_argument("--threads", type=int, help="threads for timed kernels (default: every usable core)")
-    args = parser.parse_args(argv)
+def serve_rpc(host: str = "0.0.0.0", port: int = 9090, threads: int | None = None) -> None:
+    """Listen on host:port until interrupted, timing kernels with `threads` threads (default: every
+    usable core)."""
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = threads or len(os.sched_getaffinity(0))
     os.environ["TVM_NUM_THREADS"] = str(threads)  # inherited by the server's worker process
-    import socket
-
     import tvm
     from tvm.rpc import server as tvm_rpc_server
 
-    # TVM's rpc.Server starts its loop in a worker through cloudpickle, which a device need not have;
+    # TVM's rpc.Server starts its loop in a worker through cloudpickle, which a board need not have;
     # its listen loop (handshake, then one forked process per session) is all this needs.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
+    sock.bind((host, port))
     sock.listen(1)
-    print(f"neurosurgeon rpc server: listening on {args.host}:{args.port}, {threads} threads, "
+    print(f"neurosurgeon rpc server: listening on {host}:{port}, {threads} threads, "
           f"TVM {tvm.__version__} runtime only", flush=True)
     try:
-        tvm_rpc_server._listen_loop(sock, args.port, "", None, None, None)
+        tvm_rpc_server._listen_loop(sock, port, "", None, None, None)
     except KeyboardInterrupt:
         pass
     finally:
         sock.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

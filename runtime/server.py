@@ -2,15 +2,14 @@
 
 A plain ASGI 3 application (run it under any ASGI server; `neurosurgeon serve` uses uvicorn).
 Each cut k < S of an S-segment bundle is a model `<bundle>-cutKK` that takes the tensors the
-device uploads at that cut and runs segments k..S-1; the bundle's own name is the whole model
+mobile side uploads at that cut and runs segments k..S-1; the bundle's own name is the whole model
 (cut 0), so a plain Triton client can send the raw input. Every answer carries the server's load
-(queue length, busy share, mean service time), which the device's planner feeds on.
+(queue length, busy share, mean service time), which the mobile side's planner feeds on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
@@ -24,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import LOAD_MODEL_FILE, Bundle, SegmentExecutor, fetch
+from .auth import token_matches
+from .bundle import LOAD_MODEL_FILE, LOAD_MODEL_FORMAT, Bundle, SegmentExecutor, fetch
 from .errors import BundleError
 from .protocol import (
     DATATYPES,
     HEADER_LENGTH,
+    LOAD_HEADER,
     ProtocolError,
     cut_model_name,
     decode_infer_request,
@@ -37,11 +38,10 @@ from .protocol import (
 )
 from .tensors import TensorInfo
 
-__all__ = ["InferenceServer", "LOAD_HEADER", "PLATFORM"]
+__all__ = ["InferenceServer", "PLATFORM", "ServedModel", "read_load_model", "served_models"]
 
 log = logging.getLogger("neurosurgeon.server")
 
-LOAD_HEADER = "X-Neurosurgeon-Load"
 PLATFORM = "neurosurgeon_tvm"
 MODEL_VERSION = "1"
 LIVE_PATH = "/v2/health/live"
@@ -236,10 +236,7 @@ class InferenceServer:
     # --- authentication ------------------------------------------------------------------------
 
     def _authorized(self, scope) -> bool:
-        if self.token is None:
-            return True
-        scheme, _, credentials = (header(scope, "authorization") or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.token.encode())
+        return self.token is None or token_matches(header(scope, "authorization"), self.token)
 
     def _unauthorized(self, scope) -> HTTPError:
         if header(scope, "authorization") is None:
@@ -251,9 +248,8 @@ class InferenceServer:
     # --- endpoints -----------------------------------------------------------------------------
 
     async def _server_metadata(self, match, scope, receive) -> Reply:
-        identity = self.bundle.manifest.get("identity", {})
         return json_reply({"name": self.server_name, "version": _version(), "extensions": ["binary_tensor_data"],
-                           "bundle": {"name": self.bundle.name, "id": identity.get("bundle_id"),
+                           "bundle": {"name": self.bundle.name, "id": self.bundle.bundle_id,
                                       "segments": len(self.bundle.segments)}})
 
     async def _live(self, match, scope, receive) -> Reply:
@@ -345,8 +341,8 @@ def read_load_model(bundle: Bundle) -> tuple[float, float]:
     path = bundle.path / LOAD_MODEL_FILE
     if not path.is_file():
         return 1.0, 0.0
+    model = LOAD_MODEL_FORMAT.read(path)
     try:
-        model = json.loads(path.read_text())
         return float(model["alpha"]), float(model["beta"])
     except (ValueError, KeyError, TypeError) as err:
         raise BundleError(f"{path}: malformed server load model ({err})") from None
@@ -356,10 +352,9 @@ def served_models(bundle: Bundle) -> dict[str, ServedModel]:
     """One model per cut that leaves work for the server, plus the bundle's name for the whole model."""
     outputs = {t.name: t for t in bundle.outputs}
     models = {}
-    for cut in bundle.manifest["cuts"][:len(bundle.segments)]:  # cut S runs nothing here
-        name = cut_model_name(bundle.name, cut["index"])
-        models[name] = ServedModel(name, cut["index"], bundle.cuts[cut["index"]].crossing,
-                                   tuple(outputs[n] for n in cut["server_outputs"]))
+    for cut in bundle.cuts[:len(bundle.segments)]:  # cut S runs nothing here
+        name = cut_model_name(bundle.name, cut.index)
+        models[name] = ServedModel(name, cut.index, cut.crossing, tuple(outputs[n] for n in cut.server_outputs))
     models[bundle.name] = replace(models[cut_model_name(bundle.name, 0)], name=bundle.name)
     return models
 

@@ -7,6 +7,8 @@ from math import prod
 
 import numpy as np
 
+__all__ = ["TensorInfo", "random_inputs"]
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -30,3 +32,11 @@ class TensorInfo:
     @classmethod
     def from_json(cls, data: dict) -> "TensorInfo":
         return cls(data["name"], tuple(int(d) for d in data["shape"]), data["dtype"])
+
+
+def random_inputs(tensors, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic values for `tensors` (TensorInfo): standard normal floats, 0/1 integers (valid
+    as indices and masks)."""
+    rng = np.random.default_rng(seed)
+    return {t.name: (rng.standard_normal(t.shape) if np.dtype(t.dtype).kind == "f"
+                     else rng.integers(0, 2, size=t.shape)).astype(t.dtype) for t in tensors}

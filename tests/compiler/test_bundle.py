@@ -7,8 +7,9 @@ import pytest
 
 from neurosurgeon.compiler import pipeline
 from neurosurgeon.compiler.bundle import OutputError
-from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
-from neurosurgeon.compiler.verify import verify_bundle
+from neurosurgeon.api import CompileOptions
+from neurosurgeon.api import compile as compile_model
+from neurosurgeon.tools.verify import verify_bundle
 from neurosurgeon.runtime.bundle import Bundle, SegmentExecutor, sha256_file
 from neurosurgeon.runtime.errors import BundleError
 

@@ -9,9 +9,10 @@ import textwrap
 
 import pytest
 
-from neurosurgeon.compiler import zoo
-from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
-from neurosurgeon.compiler.verify import verify_bundle
+from neurosurgeon.tools import zoo
+from neurosurgeon.api import CompileOptions
+from neurosurgeon.api import compile as compile_model
+from neurosurgeon.tools.verify import verify_bundle
 from neurosurgeon.runtime.bundle import Bundle, elf_machine
 from neurosurgeon.runtime.cuda import device_code_archs, has_cuda_source
 

@@ -3,8 +3,8 @@
 import pytest
 
 from neurosurgeon.cli import main
-from neurosurgeon.compiler import zoo
-from neurosurgeon.compiler.pipeline import analyse
+from neurosurgeon.tools import zoo
+from neurosurgeon.compiler.analysis import analyse
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_cuts_cover_both_ends_and_are_never_duplicates(name):
     cuts = plan.cuts
     assert len(cuts) == len(graph.layers) + 1 == len(plan.segments) + 1
     assert [t.name for t in cuts[0].crossing] == [t.name for t in frozen.inputs]  # cloud-only uploads the input
-    assert cuts[-1].crossing == [] and cuts[-1].server_outputs == []  # device-only uploads nothing
+    assert cuts[-1].crossing == [] and cuts[-1].server_outputs == []  # mobile-only uploads nothing
     for before, after in zip(cuts, cuts[1:]):
         assert [t.name for t in before.crossing] != [t.name for t in after.crossing], (name, after.after_layer)
     # every node lands in exactly one segment, every weight in exactly one segment
@@ -75,5 +75,5 @@ def test_inspect_prints_tables_and_plots(tmp_path, capsys):
     plot = tmp_path / "layers.png"
     assert main(["inspect", str(model), "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
-    assert "conv1" in out and "candidate cuts" in out and "cloud-only" in out and "device-only" in out
+    assert "conv1" in out and "candidate cuts" in out and "cloud-only" in out and "mobile-only" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000

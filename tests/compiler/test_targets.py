@@ -4,8 +4,9 @@ import subprocess
 
 import pytest
 
-from neurosurgeon.compiler import zoo
-from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
+from neurosurgeon.tools import zoo
+from neurosurgeon.api import CompileOptions
+from neurosurgeon.api import compile as compile_model
 from neurosurgeon.runtime.bundle import Bundle, elf_machine
 from neurosurgeon.targets import PresetError, get_preset, preset_names
 

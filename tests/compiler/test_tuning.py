@@ -12,10 +12,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from neurosurgeon.compiler.pipeline import CompileOptions, analyse, compile_model
-from neurosurgeon.compiler.tuning import TuningError, read_tuning_info, segment_workloads, tune
-from neurosurgeon.compiler.verify import verify_bundle
+from neurosurgeon.cli import main
+from neurosurgeon.compiler.analysis import analyse
+from neurosurgeon.compiler.pipeline import CompileOptions, compile_model  # no cost stage: these bundles only run
+from neurosurgeon.compiler.tuning import TuneOptions, TuningError, read_tuning_info, segment_workloads, tune
 from neurosurgeon.runtime.errors import NeurosurgeonError
+from neurosurgeon.tools.verify import verify_bundle
 
 
 def conv_net(channels: list[int], size: int = 16, seed: int = 0, name: str = "convnet") -> onnx.ModelProto:
@@ -54,13 +56,13 @@ def test_workloads_are_deduplicated_across_segments(kernels, conv_part):
 def test_bad_arguments_leave_nothing_on_disk(tmp_path):
     model = conv_net([4])
     with pytest.raises(TuningError, match="budget"):
-        tune(model, "x86-host", tmp_path / "t", budget_s=0)
+        tune(model, TuneOptions("x86-host", tmp_path / "t", budget_s=0))
     with pytest.raises(NeurosurgeonError, match="unknown target preset"):
-        tune(model, "no-such-preset", tmp_path / "t", budget_s=10)
+        tune(model, TuneOptions("no-such-preset", tmp_path / "t", budget_s=10))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file.txt").write_text("not a tuning folder")
     with pytest.raises(TuningError, match="not a tuning folder"):
-        tune(model, "x86-host", tmp_path / "other", budget_s=10)
+        tune(model, TuneOptions("x86-host", tmp_path / "other", budget_s=10))
     assert not (tmp_path / "t").exists()
     with pytest.raises(TuningError, match="tuning.json is missing"):
         compile_model(model, tmp_path / "b", CompileOptions("x86-host", "x86-host", tuning=tmp_path / "other"))
@@ -71,7 +73,7 @@ def test_bad_arguments_leave_nothing_on_disk(tmp_path):
 def test_tune_then_compile_applies_and_reuses(tmp_path):
     model = conv_net([8, 8])
     folder = tmp_path / "x86-host.tuning"
-    report = tune(model, "x86-host", folder, budget_s=120, trials_per_task=2, progress=False, name="convnet")
+    report = tune(model, TuneOptions("x86-host", folder, budget_s=120, trials_per_task=2, progress=False), name="convnet")
     assert report.measured and report.complete and report.tuned == report.tasks and report.skipped == 0
     info = read_tuning_info(folder)
     assert info["measured"] is True and info["preset"] == "x86-host"
@@ -79,7 +81,7 @@ def test_tune_then_compile_applies_and_reuses(tmp_path):
     assert (folder / "database_tuning_record.json").stat().st_size > 0
 
     untuned, tuned = tmp_path / "untuned", tmp_path / "tuned"
-    options = dict(progress=False, measure=False)
+    options = dict(progress=False)
     compile_model(model, untuned, CompileOptions("x86-host", "x86-host", **options), name="convnet")
     result = compile_model(model, tuned, CompileOptions("x86-host", "x86-host", tuning=folder, **options),
                            name="convnet")
@@ -102,11 +104,11 @@ def test_tune_then_compile_applies_and_reuses(tmp_path):
     # Another model (other weights, one more conv of a shape already tuned, a new first conv)
     # tunes only the workload it does not share.
     other = conv_net([8, 8, 8], seed=1)
-    again = tune(other, "x86-host", folder, budget_s=120, trials_per_task=2, progress=False, name="other")
+    again = tune(other, TuneOptions("x86-host", folder, budget_s=120, trials_per_task=2, progress=False), name="other")
     assert again.tasks == report.tasks  # 3 -> 8 conv, 8 -> 8 conv, relu, pool: all known already
     assert again.skipped == again.tasks and again.tuned == 0 and again.trials == 0
     wider = conv_net([16, 8], seed=2)
-    third = tune(wider, "x86-host", folder, budget_s=120, trials_per_task=2, progress=False, name="wider")
+    third = tune(wider, TuneOptions("x86-host", folder, budget_s=120, trials_per_task=2, progress=False), name="wider")
     assert third.skipped >= 1 and 1 <= third.tuned < third.tasks  # the new convs (3->16, 16->8), relu/pool shapes
     info = read_tuning_info(folder)
     assert [run["model"] for run in info["runs"]] == ["convnet", "other", "wider"]
@@ -118,12 +120,12 @@ def test_budget_stops_between_tasks_and_a_rerun_resumes(tmp_path):
     model = conv_net([4, 8, 12, 16, 20, 24, 28, 32])  # 17 workloads, about a second each
     folder = tmp_path / "t"
     budget = 8
-    first = tune(model, "x86-host", folder, budget_s=budget, trials_per_task=2, progress=False, name="convnet")
+    first = tune(model, TuneOptions("x86-host", folder, budget_s=budget, trials_per_task=2, progress=False), name="convnet")
     assert not first.complete and first.remaining > 0 and first.tuned > 0
     assert first.seconds < budget + 5  # a task starts only if it is expected to fit; one may run a little over
     done = {k for k, t in read_tuning_info(folder)["tasks"].items() if t["trials"] == 2}
     assert len(done) == first.tuned
-    second = tune(model, "x86-host", folder, budget_s=300, trials_per_task=2, progress=False, name="convnet")
+    second = tune(model, TuneOptions("x86-host", folder, budget_s=300, trials_per_task=2, progress=False), name="convnet")
     assert second.complete and second.skipped == len(done) and second.tuned == second.tasks - len(done)
 
 
@@ -131,13 +133,13 @@ def test_budget_stops_between_tasks_and_a_rerun_resumes(tmp_path):
 def test_targets_that_do_not_run_here_are_tuned_without_measurement(tmp_path):
     model = conv_net([8, 8])
     folder = tmp_path / "aarch64-neon.tuning"
-    report = tune(model, "aarch64-neon", folder, budget_s=120, progress=False, name="convnet")
+    report = tune(model, TuneOptions("aarch64-neon", folder, budget_s=120, progress=False), name="convnet")
     assert not report.measured and report.complete
     info = read_tuning_info(folder)
     assert info["measured"] is False and "best_us" not in json.dumps(info["tasks"])
     bundle = tmp_path / "b"
-    result = compile_model(model, bundle, CompileOptions("aarch64-neon", "x86-host", tuning=folder, progress=False,
-                                                         measure=False), name="convnet")
+    result = compile_model(model, bundle, CompileOptions("aarch64-neon", "x86-host", tuning=folder, progress=False),
+                           name="convnet")
     assert result.manifest["identity"]["options"]["tuning"]["measured"] is False
     # The x86 side is not the folder's preset: it is built untuned, so one folder cannot leak into another target.
     with pytest.raises(NeurosurgeonError, match="tuned for aarch64-neon"):
@@ -146,47 +148,38 @@ def test_targets_that_do_not_run_here_are_tuned_without_measurement(tmp_path):
 
 
 def test_tune_command(tmp_path, capsys):
-    import argparse
-
-    from neurosurgeon.compiler import tune_cli
-
     model = tmp_path / "net.onnx"
     onnx.save(conv_net([4]), model)
-    parser = argparse.ArgumentParser()
-    tune_cli.add_arguments(parser)
-    args = parser.parse_args([str(model), "--target", "aarch64-neon", "--budget", "60", "-o", str(tmp_path / "t"),
-                              "--trials-per-task", "1", "--quiet"])
-    assert tune_cli.run(args) == 0
+    assert main(["tune", str(model), "--target", "aarch64-neon", "--budget", "60", "-o", str(tmp_path / "t"),
+                 "--trials-per-task", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "4 workloads: 4 tuned" in out and "measured: false" in out  # im2col, bias add, relu, pool
     assert read_tuning_info(tmp_path / "t")["runs"][0]["model"] == "net"
 
 
-def test_unreachable_device_falls_back_to_unmeasured_tuning_and_says_so(tmp_path, capsys):
+def test_unreachable_board_falls_back_to_unmeasured_tuning_and_says_so(tmp_path, capsys):
     model = conv_net([4])
     folder = tmp_path / "aarch64-neon.tuning"
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    report = tune(model, "aarch64-neon", folder, budget_s=60, trials_per_task=1, progress=False, name="convnet",
-                  rpc=f"127.0.0.1:{port}")
+    report = tune(model, TuneOptions("aarch64-neon", folder, budget_s=60, trials_per_task=1, progress=False, rpc=f"127.0.0.1:{port}"), name="convnet")
     assert not report.measured and report.complete
-    assert f"no device reachable at 127.0.0.1:{port}" in report.unmeasured_reason
+    assert f"no board reachable at 127.0.0.1:{port}" in report.unmeasured_reason
     assert "fell back to tuning without measurement" in capsys.readouterr().err
     info = read_tuning_info(folder)
     assert info["measured"] is False and info["measured_on"] is None and "127.0.0.1" in info["unmeasured_reason"]
     result = compile_model(model, tmp_path / "b", CompileOptions("aarch64-neon", "x86-host", tuning=folder,
-                                                                 progress=False, measure=False), name="convnet")
+                                                                 progress=False), name="convnet")
     tuning = result.manifest["identity"]["options"]["tuning"]
-    assert tuning["measured"] is False and "no device reachable" in tuning["unmeasured_reason"]
+    assert tuning["measured"] is False and "no board reachable" in tuning["unmeasured_reason"]
     with pytest.raises(TuningError, match="expected HOST:PORT"):
-        tune(model, "aarch64-neon", folder, budget_s=60, progress=False, rpc="no-port")
+        tune(model, TuneOptions("aarch64-neon", folder, budget_s=60, progress=False, rpc="no-port"))
     # A folder holds one kind of schedules: measured ones do not join unmeasured ones later.
     x86 = tmp_path / "x86-host.tuning"
-    assert not tune(model, "x86-host", x86, budget_s=60, trials_per_task=1, progress=False,
-                    rpc=f"127.0.0.1:{port}").measured
+    assert not tune(model, TuneOptions("x86-host", x86, budget_s=60, trials_per_task=1, progress=False, rpc=f"127.0.0.1:{port}")).measured
     with pytest.raises(TuningError, match="was tuned without measurement, this run would tune measured"):
-        tune(model, "x86-host", x86, budget_s=60, trials_per_task=1, progress=False)
+        tune(model, TuneOptions("x86-host", x86, budget_s=60, trials_per_task=1, progress=False))
 
 
 @pytest.mark.slow
@@ -197,10 +190,10 @@ def test_cuda_workloads_are_tuned_and_the_tuned_build_carries_device_code(tmp_pa
 
     model = conv_net([8])
     folder = tmp_path / "cuda-sm80.tuning"
-    report = tune(model, "cuda-sm80", folder, budget_s=300, trials_per_task=1, progress=False, name="convnet")
+    report = tune(model, TuneOptions("cuda-sm80", folder, budget_s=300, trials_per_task=1, progress=False), name="convnet")
     assert report.complete and not report.measured and report.tasks > 0
-    result = compile_model(model, tmp_path / "b", CompileOptions("x86-host", "cuda-sm80", tuning=folder, progress=False,
-                                                                 measure=False), name="convnet")
+    result = compile_model(model, tmp_path / "b", CompileOptions("x86-host", "cuda-sm80", tuning=folder, progress=False),
+                           name="convnet")
     counts = result.manifest["build"]["kernels"]["cuda-sm80"]
     assert counts["tuned"] == counts["kernels"] > 0
     for entry in result.manifest["artifacts"]["cuda-sm80"]:

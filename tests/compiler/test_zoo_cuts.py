@@ -4,9 +4,10 @@ depend on width or resolution, and the suite stays fast."""
 
 import pytest
 
-from neurosurgeon.compiler import zoo
-from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
-from neurosurgeon.compiler.verify import verify_bundle
+from neurosurgeon.tools import zoo
+from neurosurgeon.api import CompileOptions
+from neurosurgeon.api import compile as compile_model
+from neurosurgeon.tools.verify import verify_bundle
 
 FAST = {"alexnet", "resnet18", "inception", "pos"}
 

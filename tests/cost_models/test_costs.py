@@ -7,17 +7,18 @@ import urllib.request
 import numpy as np
 import pytest
 
-from neurosurgeon.compiler import zoo
-from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
+from neurosurgeon.tools import zoo
+from neurosurgeon.api import CompileOptions, CostAnnotation
+from neurosurgeon.api import compile as compile_model
 from neurosurgeon.cost_models.fit import fit_profile
 from neurosurgeon.cost_models.microbench import build_kit
 from neurosurgeon.runtime.bundle import LOAD_MODEL_FILE, Bundle
-from neurosurgeon.runtime.device import load_costs
+from neurosurgeon.runtime.mobile import load_costs
 from neurosurgeon.runtime.errors import BundleError
 from neurosurgeon.runtime.estimators import ServerLoadEstimator
 from neurosurgeon.runtime.measured import measure_bundle
 from neurosurgeon.runtime.profile import profile_kit
-from servers import start_server
+from neurosurgeon.serving import start_server
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,8 @@ def costed(tmp_path_factory):
     (root / "x86.costmodel.json").write_text(json.dumps(fit_profile(profile)))
     zoo.save(zoo.build("lenet", width=0.5), root / "lenet.onnx")
     result = compile_model(root / "lenet.onnx", root / "bundle",
-                           CompileOptions("x86-host", "x86-host", progress=False, mobile_cost=root / "x86.costmodel.json",
-                                          server_cost=root / "x86.costmodel.json"))
+                           CompileOptions("x86-host", "x86-host", progress=False),
+                           CostAnnotation(root / "x86.costmodel.json", root / "x86.costmodel.json"))
     return root, result.manifest
 
 
@@ -53,27 +54,27 @@ def test_planner_costs_default_measured_predicted(costed, tmp_path):
     shutil.copytree(root / "bundle", tmp_path / "b")
     bundle = Bundle(tmp_path / "b")
     mobile = manifest["costs"]["mobile"]
-    np.testing.assert_allclose(load_costs(bundle).device_s, mobile["predicted_seconds"])
-    np.testing.assert_allclose(load_costs(bundle, "measured").device_s, mobile["measured_seconds"])
+    np.testing.assert_allclose(load_costs(bundle).mobile_s, mobile["predicted_seconds"])
+    np.testing.assert_allclose(load_costs(bundle, "measured").mobile_s, mobile["measured_seconds"])
     measure_bundle(bundle, "mobile", repeats=3)  # measured on "the device": now the default
     here = json.loads((tmp_path / "b" / "measured" / "mobile.json").read_text())["segment_seconds"]
-    np.testing.assert_allclose(load_costs(bundle).device_s, here)
-    np.testing.assert_allclose(load_costs(bundle, "predicted").device_s, mobile["predicted_seconds"])
+    np.testing.assert_allclose(load_costs(bundle).mobile_s, here)
+    np.testing.assert_allclose(load_costs(bundle, "predicted").mobile_s, mobile["predicted_seconds"])
     with pytest.raises(BundleError, match="cannot read costs"):
         load_costs(bundle, tmp_path / "nope.json")
 
 
-def test_power_profile_weights_layer_types(tmp_path):
-    from neurosurgeon.cost_models.power import load_power_profile, segment_power
+def test_power_table_weights_layer_types(tmp_path):
+    from neurosurgeon.cost_models.power import load_power_table, segment_power
 
-    watts, source = load_power_profile(None, "aarch64-neon")
+    watts, source = load_power_table(None, "aarch64-neon")
     assert watts["conv"] == 3.2 and "Raspberry Pi" in source
     layers = [{"type": "conv", "flops": 300}, {"type": "pooling", "flops": 100}, {"type": "softmax", "flops": 0}]
     segments = [{"layers": [0, 2]}, {"layers": [2, 3]}]
     assert segment_power(layers, segments, watts) == [pytest.approx((300 * 3.2 + 100 * 2.4) / 400), 3.0]
-    (tmp_path / "bad.json").write_text('{"format": "neurosurgeon-power", "presets": {"x": {"active_w": {"conv": 1}}}}')
+    (tmp_path / "bad.json").write_text('{"format": "neurosurgeon-power", "version": 1, "presets": {"x": {"active_w": {"conv": 1}}}}')
     with pytest.raises(Exception, match="needs a non-negative 'default'"):
-        load_power_profile(tmp_path / "bad.json", "x")
+        load_power_table(tmp_path / "bad.json", "x")
 
 
 def test_server_reports_the_fitted_expected_wait(costed, tmp_path):
@@ -81,7 +82,8 @@ def test_server_reports_the_fitted_expected_wait(costed, tmp_path):
 
     root, _ = costed
     shutil.copytree(root / "bundle", tmp_path / "b")
-    (tmp_path / "b" / LOAD_MODEL_FILE).write_text(json.dumps({"alpha": 2.0, "beta": 0.005}))
+    (tmp_path / "b" / LOAD_MODEL_FILE).write_text(json.dumps({"format": "neurosurgeon-server-load", "version": 1,
+                                                              "alpha": 2.0, "beta": 0.005}))
     with start_server(tmp_path / "b") as server:
         with urllib.request.urlopen(f"{server.url}/v2/health/ready") as answer:
             load = json.loads(answer.read())["load"]

@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from neurosurgeon.cost_models import fit_cli
+from neurosurgeon.cli import main
 from neurosurgeon.cost_models.fit import (FALLBACK, FORM_CLASSES, ProfileError, feature_matrix, fit, fit_profile,
                                           load_profile)
-from neurosurgeon.runtime.costmodel import CostModel, CostModelError, layer_features
+from neurosurgeon.cost_models.model import CostModel, CostModelError, layer_features
 
 CONVS = [(3, 32, 8, 3, 1), (3, 32, 16, 3, 1), (8, 16, 16, 3, 1), (16, 16, 32, 3, 1), (8, 32, 8, 5, 1),  # C, H, F, k, s
          (3, 64, 16, 3, 2), (16, 8, 64, 1, 1), (32, 16, 32, 3, 2), (4, 24, 12, 5, 2), (8, 8, 8, 3, 1)]
@@ -75,7 +75,7 @@ def profile(tmp_path_factory):
     import tvm
 
     from neurosurgeon.compiler.build import build_graph
-    from neurosurgeon.compiler.pipeline import analyse
+    from neurosurgeon.compiler.analysis import analyse
     from neurosurgeon.targets import get_preset
 
     preset = get_preset("x86-host")
@@ -156,13 +156,13 @@ def test_fit_chooses_by_cross_validation(fitted):
 
 def test_manifest_predictions_positive_and_finite(fitted, tmp_path):
     from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
-    from neurosurgeon.compiler.zoo import build
+    from neurosurgeon.tools.zoo import build
 
     model = CostModel.from_json(fitted.model)
     onnx_path = tmp_path / "lenet.onnx"
     onnx.save(build("lenet", width=0.25), onnx_path)
-    manifest = compile_model(onnx_path, tmp_path / "b", CompileOptions("x86-host", "x86-host", progress=False,
-                                                                         measure=False)).manifest
+    manifest = compile_model(onnx_path, tmp_path / "b", CompileOptions("x86-host", "x86-host",
+                                                                                            progress=False)).manifest
     layers = model.predict_layers(manifest["layers"])
     assert layers.shape == (len(manifest["layers"]),) and np.all(np.isfinite(layers)) and np.all(layers > 0)
     segments = model.predict_segments(manifest)
@@ -259,10 +259,8 @@ def test_cost_model_files_are_checked(tmp_path):
 
 
 def test_cli_writes_model_and_report(profile_path, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    fit_cli.add_arguments(parser)
     out, report = tmp_path / "cm.json", tmp_path / "fit.png"
-    assert fit_cli.run(parser.parse_args([str(profile_path), "-o", str(out), "--report", str(report)])) == 0
+    assert main(["fit", str(profile_path), "-o", str(out), "--report", str(report)]) == 0
     printed = capsys.readouterr().out
     assert "conv" in printed and "fallback" in printed and "MAPE" in printed
     model = CostModel.load(out)
@@ -271,6 +269,6 @@ def test_cli_writes_model_and_report(profile_path, tmp_path, capsys):
 
 
 def test_forms_are_the_runtime_forms():
-    from neurosurgeon.runtime.costmodel import FORMS
+    from neurosurgeon.cost_models.model import FORMS
 
     assert tuple(FORM_CLASSES) == FORMS

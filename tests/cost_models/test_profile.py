@@ -12,14 +12,15 @@ import numpy as np
 import onnx
 import pytest
 
-from neurosurgeon.compiler import zoo
-from neurosurgeon.compiler.pipeline import analyse
-from neurosurgeon.cost_models import microbench, profile_cli
+from neurosurgeon.tools import zoo
+from neurosurgeon.compiler.analysis import analyse
+from neurosurgeon.cli import main
+from neurosurgeon.cost_models import microbench
 from neurosurgeon.cost_models.fit import validate_profile
 from neurosurgeon.cost_models.microbench import build_kit, grid
 from neurosurgeon.runtime import profile as runtime_profile
 from neurosurgeon.runtime.bundle import elf_machine, sha256_file
-from neurosurgeon.runtime.costmodel import layer_features
+from neurosurgeon.cost_models.model import layer_features
 from neurosurgeon.runtime.profile import ProfileError, profile_kit, read_kit
 
 PAPER_TYPES = {"conv", "fc", "pooling", "activation", "normalization", "softmax", "elementwise", "concat"}
@@ -184,11 +185,11 @@ def test_interrupted_profile_resumes_with_only_the_rest(kit, tmp_path, monkeypat
     loaded = []
     real_load = runtime_profile._load
 
-    def load_then_interrupt(tvm, kit_dir, entry, device):
+    def load_then_interrupt(kit_dir, entry, device):
         if len(loaded) == 4:
             raise KeyboardInterrupt
         loaded.append(entry["key"])
-        return real_load(tvm, kit_dir, entry, device)
+        return real_load(kit_dir, entry, device)
 
     monkeypatch.setattr(runtime_profile, "_load", load_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
@@ -197,8 +198,8 @@ def test_interrupted_profile_resumes_with_only_the_rest(kit, tmp_path, monkeypat
     assert [s["key"] for s in partial["samples"]] == loaded and not partial["complete"]
 
     resumed = []
-    monkeypatch.setattr(runtime_profile, "_load", lambda tvm, kit_dir, entry, device:
-                        resumed.append(entry["key"]) or real_load(tvm, kit_dir, entry, device))
+    monkeypatch.setattr(runtime_profile, "_load", lambda kit_dir, entry, device:
+                        resumed.append(entry["key"]) or real_load(kit_dir, entry, device))
     profile = profile_kit(kit, out, repeats=2, warmup=1, progress=False)
     keys = [e["key"] for e in read_kit(kit)["entries"]]
     assert resumed == keys[4:] and [s["key"] for s in profile["samples"]] == keys and profile["complete"]
@@ -262,26 +263,20 @@ def test_kit_script_runs_with_tvm_runtime_only(kit, tmp_path):
 
 # -- the CLI verb -------------------------------------------------------------------------------------
 
-def cli_args(**overrides) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    profile_cli.add_arguments(parser)
-    args = parser.parse_args(["--target", "x86-host"])
-    return argparse.Namespace(**{**vars(args), **overrides})
-
-
 def test_cli_profiles_here(kit, tmp_path, capsys):
     out = tmp_path / "x86.profile.json"
-    assert profile_cli.run(cli_args(output=str(out), kit=str(kit), scale="small", quiet=True, repeats=2)) == 0
+    assert main(["profile", "--target", "x86-host", "-o", str(out), "--kit", str(kit), "--scale", "small", "--quiet",
+                 "--repeats", "2"]) == 0
     assert json.loads(out.read_text())["complete"]
     printed = capsys.readouterr().out
     assert f"kit {kit}" in printed and "13 of 13 layers measured, complete" in printed
 
 
-def test_cli_builds_a_device_kit_and_says_how_to_run_it(tmp_path, capsys):
+def test_cli_builds_a_board_kit_and_says_how_to_run_it(tmp_path, capsys):
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("no aarch64 cross compiler")
     kit_dir = tmp_path / "arm-kit"
-    assert profile_cli.run(cli_args(target="aarch64-neon", kit=str(kit_dir), scale="small", quiet=True)) == 0
+    assert main(["profile", "--target", "aarch64-neon", "--kit", str(kit_dir), "--scale", "small", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "does not run on this machine" in printed and "profile.py -o" in printed
     entries = read_kit(kit_dir)["entries"]

@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neurosurgeon.compiler import zoo
-from neurosurgeon.compiler.demo import LoadGenerator
-from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
-from neurosurgeon.compiler.verify import random_inputs, reference_outputs
+from neurosurgeon.tools import zoo
+from neurosurgeon.api import CompileOptions
+from neurosurgeon.api import compile as compile_model
+from neurosurgeon.runtime.tensors import random_inputs
+from neurosurgeon.tools.verify import reference_outputs
 from neurosurgeon.runtime.bundle import Bundle
-from neurosurgeon.runtime.device import DeviceRuntime
-from servers import start_server
+from neurosurgeon.runtime.mobile import MobileRuntime
+from neurosurgeon.runtime.protocol import cut_model_name
+from neurosurgeon.serving import LoadGenerator, start_server
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def alexnet(tmp_path_factory):
     compile_model(root / "alexnet.onnx", root / "bundle", CompileOptions("x86-host", "x86-host", progress=False,
                                                                          kernels="naive"))
     bundle = Bundle(root / "bundle")
-    feeds = random_inputs(bundle, seed=3)
+    feeds = random_inputs(bundle.inputs, seed=3)
     return root, bundle, feeds, reference_outputs(root / "alexnet.onnx", feeds)
 
 
@@ -49,18 +51,18 @@ def assert_matches(outputs, reference):
         np.testing.assert_allclose(outputs[name], reference[name], rtol=1e-4, atol=1e-5)
 
 
-def slow_device_costs(bundle: Bundle, path: Path, slowdown: float) -> Path:
-    """A costs file describing a device `slowdown` times slower than the server (a phone vs a GPU
-    server); the bundle's measured server times are real."""
-    costs = json.loads(json.dumps(bundle.manifest["costs"]))
+def slow_mobile_costs(bundle: Bundle, path: Path, slowdown: float) -> Path:
+    """A costs file describing a mobile side `slowdown` times slower than the server (a phone vs a
+    GPU server); the bundle's measured server times are real."""
+    costs = json.loads((bundle.path / "manifest.json").read_text())["costs"]
     costs["mobile"]["segment_seconds"] = [slowdown * s for s in costs["server"]["segment_seconds"]]
-    path.write_text(json.dumps(costs))
+    path.write_text(json.dumps({"format": "neurosurgeon-costs", "version": 1, **costs}))
     return path
 
 
 def test_every_kind_of_cut_over_the_network_matches_onnxruntime(alexnet, server):
     _, bundle, feeds, reference = alexnet
-    runtime = DeviceRuntime(bundle, server.url)
+    runtime = MobileRuntime(bundle, server.url)
     n = len(bundle.segments)
     for cut in (0, 1, n // 2, n - 1, n, "auto"):
         outputs, record = runtime.infer(feeds, cut)
@@ -70,12 +72,12 @@ def test_every_kind_of_cut_over_the_network_matches_onnxruntime(alexnet, server)
             assert record.server_s > 0 and record.upload_bytes > record.crossing_bytes  # tensors plus header
 
 
-def test_chosen_cut_moves_towards_the_device_as_bandwidth_falls(alexnet, server, tmp_path):
+def test_chosen_cut_moves_towards_the_mobile_side_as_bandwidth_falls(alexnet, server, tmp_path):
     _, bundle, feeds, reference = alexnet
-    costs = slow_device_costs(bundle, tmp_path / "costs.json", slowdown=20)
+    costs = slow_mobile_costs(bundle, tmp_path / "costs.json", slowdown=20)
     chosen = {}
     for network in ("wifi", "lte", "3g"):
-        runtime = DeviceRuntime(bundle, server.url, network=network, shape_link=True, learn=False, costs=costs)
+        runtime = MobileRuntime(bundle, server.url, network=network, shape_link=True, learn=False, costs=costs)
         for _ in range(2):  # the second decision uses what the first transfer measured
             outputs, record = runtime.infer(feeds)
             assert_matches(outputs, reference)
@@ -85,13 +87,13 @@ def test_chosen_cut_moves_towards_the_device_as_bandwidth_falls(alexnet, server,
     assert chosen["wifi"] <= chosen["lte"] <= chosen["3g"] and chosen["wifi"] < chosen["3g"], chosen
 
 
-def test_chosen_cut_moves_towards_the_device_as_server_load_rises(alexnet, server, tmp_path):
+def test_chosen_cut_moves_towards_the_mobile_side_as_server_load_rises(alexnet, server, tmp_path):
     _, bundle, feeds, reference = alexnet
-    costs = slow_device_costs(bundle, tmp_path / "costs.json", slowdown=3)
-    runtime = DeviceRuntime(bundle, server.url, network="wifi", learn=False, costs=costs)
+    costs = slow_mobile_costs(bundle, tmp_path / "costs.json", slowdown=3)
+    runtime = MobileRuntime(bundle, server.url, network="wifi", learn=False, costs=costs)
     idle = [runtime.infer(feeds)[1].cut for _ in range(3)]
     assert idle[-1] < len(bundle.segments), idle
-    with LoadGenerator(server.url, bundle, clients=4, feeds=feeds):
+    with LoadGenerator(server.url, cut_model_name(bundle.name, 0), feeds, [t.name for t in bundle.outputs], clients=4):
         runtime.infer(feeds, 0)  # an answer from the busy server carries its load
         outputs, record = runtime.infer(feeds)
     assert_matches(outputs, reference)
@@ -105,7 +107,7 @@ def test_closed_port_falls_back(alexnet):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    runtime = DeviceRuntime(bundle, f"http://127.0.0.1:{port}")
+    runtime = MobileRuntime(bundle, f"http://127.0.0.1:{port}")
     outputs, record = runtime.infer(feeds, 2)
     assert_matches(outputs, reference)
     assert record.fell_back and "refused" in record.fallback_reason.lower()
@@ -140,7 +142,7 @@ def test_hanging_server_falls_back_at_the_deadline(alexnet):
     hanging = _Hanging()
     hanging.start()
     try:
-        runtime = DeviceRuntime(bundle, f"http://127.0.0.1:{hanging.port}", deadline_s=0.5)
+        runtime = MobileRuntime(bundle, f"http://127.0.0.1:{hanging.port}", deadline_s=0.5)
         outputs, record = runtime.infer(feeds, 3)
     finally:
         hanging.sock.close()
@@ -167,7 +169,7 @@ def test_server_error_falls_back(alexnet):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        runtime = DeviceRuntime(bundle, f"http://127.0.0.1:{httpd.server_address[1]}")
+        runtime = MobileRuntime(bundle, f"http://127.0.0.1:{httpd.server_address[1]}")
         outputs, record = runtime.infer(feeds, 1)
     finally:
         httpd.shutdown()
@@ -178,7 +180,7 @@ def test_server_error_falls_back(alexnet):
 def test_server_killed_in_the_middle_of_a_run(alexnet):
     root, bundle, feeds, reference = alexnet
     with start_server(root / "bundle") as doomed:
-        runtime = DeviceRuntime(bundle, doomed.url, network="3g", shape_link=True, retry_after_s=0.0)
+        runtime = MobileRuntime(bundle, doomed.url, network="3g", shape_link=True, retry_after_s=0.0)
         records = []
         for i in range(5):
             if i == 2:  # killed while this request's upload is still on the shaped 3G link

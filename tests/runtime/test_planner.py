@@ -4,20 +4,20 @@ import numpy as np
 import pytest
 
 from neurosurgeon.runtime.estimators import NetworkEstimator, ServerLoadEstimator, conditions
-from neurosurgeon.runtime.planner import NETWORK_PROFILES, Conditions, Planner, SegmentCosts
+from neurosurgeon.runtime.planner import NETWORKS, Conditions, Planner, SegmentCosts
 
 
 def random_costs(rng, n=12):
-    return SegmentCosts(device_s=rng.uniform(1e-3, 5e-2, n), server_s=rng.uniform(1e-4, 5e-3, n),
-                        device_power_w=rng.uniform(1, 4, n), upload_bytes=rng.uniform(1e3, 1e6, n + 1),
+    return SegmentCosts(mobile_s=rng.uniform(1e-3, 5e-2, n), server_s=rng.uniform(1e-4, 5e-3, n),
+                        mobile_power_w=rng.uniform(1, 4, n), upload_bytes=rng.uniform(1e3, 1e6, n + 1),
                         download_bytes=np.full(n + 1, 4e3) * (np.arange(n + 1) < n))
 
 
 def reference(costs, c, k):
     """Neurosurgeon's latency and energy of cut k, written out term by term."""
-    n = len(costs.device_s)
-    latency = sum(costs.device_s[:k])
-    energy = sum(costs.device_s[i] * costs.device_power_w[i] for i in range(k))
+    n = len(costs.mobile_s)
+    latency = sum(costs.mobile_s[:k])
+    energy = sum(costs.mobile_s[i] * costs.mobile_power_w[i] for i in range(k))
     if k < n:
         t_up = costs.upload_bytes[k] * 8 / (c.up_mbps * 1e6)
         t_down = costs.download_bytes[k] * 8 / (c.down_mbps * 1e6)
@@ -27,11 +27,11 @@ def reference(costs, c, k):
 
 
 @pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("network", list(NETWORK_PROFILES))
+@pytest.mark.parametrize("network", list(NETWORKS))
 def test_planner_matches_the_formulas(seed, network):
     rng = np.random.default_rng(seed)
     costs = random_costs(rng)
-    profile = NETWORK_PROFILES[network]
+    profile = NETWORKS[network]
     c = Conditions(profile.up_mbps, profile.down_mbps, profile.rtt_s, server_wait_s=rng.uniform(0, 0.05),
                    server_slowdown=rng.uniform(1, 3), upload_power_w=profile.upload_power_w(profile.up_mbps),
                    download_power_w=profile.download_power_w(profile.down_mbps))
@@ -46,7 +46,7 @@ def test_planner_matches_the_formulas(seed, network):
 
 def test_budgets_and_an_unavailable_server():
     # Two 2 s segments on a 0.1 W device; the server is 20x faster; uploading the input takes 1 s.
-    costs = SegmentCosts(device_s=np.array([2.0, 2.0]), server_s=np.array([0.1, 0.1]), device_power_w=np.array([0.1, 0.1]),
+    costs = SegmentCosts(mobile_s=np.array([2.0, 2.0]), server_s=np.array([0.1, 0.1]), mobile_power_w=np.array([0.1, 0.1]),
                          upload_bytes=np.array([1e6, 1e3, 0.0]), download_bytes=np.array([10.0, 10.0, 0.0]))
     c = Conditions(8.0, 8.0, 0.01, upload_power_w=1.0, download_power_w=1.0)
     planner = Planner(costs)
@@ -75,7 +75,7 @@ def test_a_decision_for_50_cuts_is_fast():
 
 
 def test_bandwidth_estimate_follows_the_link():
-    estimator = NetworkEstimator(NETWORK_PROFILES["wifi"])
+    estimator = NetworkEstimator(NETWORKS["wifi"])
     for _ in range(20):  # the link is really 3G-like: 1 Mbps up, 2 Mbps down, 100 ms RTT
         estimator.observe_rtt(0.1)
         estimator.observe_transfer(500_000, 20_000, 0.1 + 500_000 * 8 / 1e6 + 20_000 * 8 / 2e6)
@@ -89,5 +89,5 @@ def test_server_load_report_goes_stale():
     assert load.wait_s(now=100.0) == pytest.approx(0.2)
     assert load.wait_s(now=105.0) == pytest.approx(0.1)
     assert load.wait_s(now=120.0) == 0.0
-    c = conditions(NetworkEstimator(NETWORK_PROFILES["lte"]), load, True)
+    c = conditions(NetworkEstimator(NETWORKS["lte"]), load, True)
     assert c.upload_power_w == pytest.approx((438.39 * 5.85 + 1288.04) / 1000)

@@ -14,15 +14,17 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from neurosurgeon.compiler import zoo
-from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
-from neurosurgeon.compiler.verify import random_inputs, reference_outputs
+from neurosurgeon.tools import zoo
+from neurosurgeon.api import CompileOptions
+from neurosurgeon.api import compile as compile_model
+from neurosurgeon.runtime.tensors import random_inputs
+from neurosurgeon.tools.verify import reference_outputs
 from neurosurgeon.runtime.bundle import Bundle, SegmentExecutor, fetch
 from neurosurgeon.runtime.protocol import (DATATYPES, HEADER_LENGTH, ProtocolError, cut_model_name,
                                            decode_infer_request, decode_infer_response, encode_infer_request,
                                            encode_infer_response, parse_cut_model_name)
-from neurosurgeon.runtime.server import LOAD_HEADER
-from servers import start_server
+from neurosurgeon.runtime.protocol import LOAD_HEADER
+from neurosurgeon.serving import start_server
 
 RTOL, ATOL = 1e-4, 1e-5
 TOKEN = "s3cret-token"
@@ -40,15 +42,14 @@ class Compiled:
         self.path = tmp_path_factory.mktemp(name) / f"{name}.bundle"
         compile_model(model, self.path, CompileOptions("x86-host", "x86-host", progress=False))
         self.bundle = Bundle(self.path)
-        self.feeds = random_inputs(self.bundle)
+        self.feeds = random_inputs(self.bundle.inputs)
         self.reference = reference_outputs(model, self.feeds)
 
-    def device_side(self, cut: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """What the device holds at `cut`: (tensors it uploads, model outputs it computed itself)."""
+    def mobile_side(self, cut: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """What the mobile side holds at `cut`: (tensors it uploads, model outputs it computed itself)."""
         env = SegmentExecutor(self.bundle, "mobile").run(dict(self.feeds), range(cut))
-        spec = self.bundle.manifest["cuts"][cut]
-        return ({t["name"]: fetch(env[t["name"]]) for t in spec["crossing"]},
-                {name: fetch(env[name]) for name in spec["device_outputs"]})
+        spec = self.bundle.cuts[cut]
+        return ({t.name: fetch(env[t.name]) for t in spec.crossing}, {name: fetch(env[name]) for name in spec.mobile_outputs})
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def assert_outputs_match(outputs: dict[str, np.ndarray], reference: dict[str, np
         np.testing.assert_allclose(value, reference[name], rtol=RTOL, atol=ATOL, err_msg=name)
 
 
-# --- (a) split execution: device segments here, server segments over the wire --------------------
+# --- (a) split execution: mobile segments here, server segments over the wire --------------------
 
 
 @pytest.mark.parametrize("fixture, cuts", [("lenet", [0, 1, 3, 5, 7]), ("inception", [0, 9, 19, 23, 25, 40, 56])])
@@ -117,17 +118,17 @@ def test_split_inference_matches_onnxruntime(request, fixture, cuts):
     compiled, server = request.getfixturevalue(fixture), request.getfixturevalue(f"{fixture}_server")
     segments = len(compiled.bundle.segments)
     for cut in cuts:
-        crossing, device_outputs = compiled.device_side(cut)
+        crossing, mobile_outputs = compiled.mobile_side(cut)
         status, headers, body = infer(server, cut_model_name(compiled.bundle.name, cut), crossing)
         assert status == 200, body
         server_outputs, parameters = decode_infer_response(body, int(headers[HEADER_LENGTH]))
-        assert set(server_outputs) == set(compiled.bundle.manifest["cuts"][cut]["server_outputs"])
+        assert set(server_outputs) == set(compiled.bundle.cuts[cut].server_outputs)
         assert parameters["server_segments"] == segments - cut
-        assert_outputs_match({**device_outputs, **server_outputs}, compiled.reference)
+        assert_outputs_match({**mobile_outputs, **server_outputs}, compiled.reference)
 
 
 def test_outputs_can_be_chosen_and_sent_as_json(inception, inception_server):
-    crossing, _ = inception.device_side(9)
+    crossing, _ = inception.mobile_side(9)
     status, headers, body = infer(inception_server, cut_model_name("inception", 9), crossing, outputs=["aux"],
                                   binary=False)
     assert status == 200 and HEADER_LENGTH not in headers and headers["content-type"] == "application/json"
@@ -164,7 +165,7 @@ def test_triton_client(inception, inception_server):
         assert response["model_name"] == "inception" and response["parameters"]["server_segments"] == 57
 
     cut = 19  # four crossing tensors, two outputs
-    crossing, _ = inception.device_side(cut)
+    crossing, _ = inception.mobile_side(cut)
     outputs, _ = triton_infer(client, cut_model_name("inception", cut), crossing, ["output", "aux"], binary=True)
     assert_outputs_match(outputs, inception.reference)
 
@@ -225,7 +226,7 @@ def test_body_limit(lenet, guarded_server):
     ok = infer(guarded_server, "lenet", lenet.feeds)
     assert ok[0] == 200, ok
 
-    crossing, _ = lenet.device_side(1)
+    crossing, _ = lenet.mobile_side(1)
     answer = infer(guarded_server, "lenet-cut01", crossing)  # refused from its Content-Length, before reading
     assert answer[0] == 413 and f"limit of {BODY_LIMIT} bytes" in error_of(answer)
 
@@ -257,7 +258,7 @@ def test_token(lenet, guarded_server):
 
 def test_load_is_reported(lenet, lenet_server):
     for _ in range(3):
-        status, headers, body = infer(lenet_server, "lenet-cut03", lenet.device_side(3)[0])
+        status, headers, body = infer(lenet_server, "lenet-cut03", lenet.mobile_side(3)[0])
         assert status == 200
     _, parameters = decode_infer_response(body, int(headers[HEADER_LENGTH]))
     assert parameters["queue_length"] == 0  # requests were sequential: nothing else waits or runs

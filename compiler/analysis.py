@@ -1,0 +1,22 @@
+"""The stages every verb shares before anything is built: the frozen model, its layer graph, and the
+candidate cuts with the segments between them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from .frontend import FrozenModel, load_model
+from .layers import LayerGraph, build_layer_graph
+from .partition import Partitioner, PartitionPlan, partition
+
+__all__ = ["analyse"]
+
+
+def analyse(model: str | Path | onnx.ModelProto, input_shapes: dict | None = None, partitioner: Partitioner | None = None,
+            name: str | None = None) -> tuple[FrozenModel, LayerGraph, PartitionPlan]:
+    """(frozen model, layer graph, partition plan) of an ONNX file or model."""
+    frozen = load_model(model, input_shapes, name=name)
+    graph = build_layer_graph(frozen)
+    return frozen, graph, partition(graph, partitioner)

@@ -1,0 +1,118 @@
+"""bench speed|runtime|decisions|compile|suite: benchmarks that print tables (or JSON), measured here,
+medians side by side in one run since the machine is shared and noisy (neurosurgeon.tools.bench)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import add_model, input_shapes
+
+__all__ = ["register"]
+
+ZOO_MODELS = ["alexnet", "vgg16", "deepface", "lenet", "asr", "pos", "ner", "chk", "resnet18", "inception"]
+
+
+def register(verbs) -> None:
+    p = verbs.add_parser("bench", help="benchmarks that print tables (speed, runtime, decisions, compile, suite)")
+    benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+
+    b = benches.add_parser("speed", help="our generated code vs onnxruntime on this CPU, medians and ratios")
+    add_model(b, zoo=True)
+    b.add_argument("--target", default="x86-host", metavar="PRESET", help="a preset that runs here (default x86-host)")
+    b.add_argument("--tuning", metavar="DIR", help="also time a build with this tuning folder (neurosurgeon tune)")
+    b.add_argument("--threads", type=int, help="threads for TVM, BLAS and onnxruntime (default: every usable core)")
+    b.add_argument("--kernels", choices=("blas", "tvm", "naive"), default="blas", help="the untuned build's kernels")
+    b.add_argument("--steps", action="store_true", help="also time TVM's default pipeline and ours without BLAS")
+    b.add_argument("--cuts", action="store_true", help="also build the bundle and time every cut end to end "
+                                                       "against the monolithic build")
+    b.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds (default 15)")
+    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(run=speed)
+
+    b = benches.add_parser("runtime", help="decision time, request overhead, server requests/s")
+    b.add_argument("bundle", help="bundle folder built for this machine (x86-host on both sides)")
+    b.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4], help="concurrent clients (default 1 2 4)")
+    b.add_argument("--seconds", type=float, default=5.0, help="seconds per client count (default 5)")
+    b.add_argument("--repeats", type=int, default=20, help="requests per cut for the overhead (default 20)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(run=runtime)
+
+    b = benches.add_parser("decisions", help="cost-model error and decision quality vs an oracle")
+    b.add_argument("--cost-model", required=True, help="a cost model fitted here (neurosurgeon fit)")
+    b.add_argument("--models", nargs="+", default=ZOO_MODELS)
+    b.add_argument("--input-size", type=int, help="cap image models' input size (faster)")
+    b.add_argument("--workdir", default=".cache/bench-decisions")
+    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(run=decisions)
+
+    b = benches.add_parser("compile", help="compile time and size of every segment vs one monolithic build")
+    b.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "vgg16"])
+    b.add_argument("--targets", nargs="+", default=["x86-host", "aarch64-neon", "cuda-sm80"])
+    b.add_argument("--input-size", type=int, help="override the models' input size")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(run=compile_cost)
+
+    b = benches.add_parser("suite", help="tune, then bench speed, for several models and thread counts; a table "
+                                         "and a plot")
+    b.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "mobilenetv2", "vgg16"])
+    b.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    b.add_argument("--budget", type=float, default=300, help="tuning seconds per model (default 300)")
+    b.add_argument("--steps", action="store_true", help="also time TVM's default pipeline and ours without BLAS")
+    b.add_argument("--cuts", action="store_true", help="also time every cut of the tuned bundle")
+    b.add_argument("--repeats", type=int, default=15)
+    b.add_argument("--workdir", default=".cache/speed-bench", help="keeps models and the tuning folder")
+    b.add_argument("--plot", help="write a bar chart of the ratios here (PNG)")
+    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(run=suite)
+
+
+def _show(result, table, as_json: bool) -> int:
+    print(json.dumps(result, indent=1) if as_json else table(result))
+    return 0
+
+
+def speed(args) -> int:
+    from ..tools.bench.speed import apply_threads
+
+    apply_threads(args.threads)  # before anything imports numpy (OpenBLAS reads its thread count once)
+    from ..tools import zoo
+    from ..tools.bench.speed import SpeedOptions, bench_speed, speed_table
+
+    model, name = zoo.resolve(args.model, args.input_size)
+    options = SpeedOptions(target=args.target, tuning=args.tuning, threads=args.threads, steps=args.steps,
+                           cuts=args.cuts, repeats=args.repeats, input_shapes=input_shapes(args),
+                           kernels=args.kernels, progress=not args.quiet)
+    return _show(bench_speed(model, options, name=name), speed_table, args.json)
+
+
+def runtime(args) -> int:
+    from ..tools.bench.serving import bench_runtime, runtime_table
+
+    return _show(bench_runtime(args.bundle, args.clients, args.seconds, args.repeats), runtime_table, args.json)
+
+
+def decisions(args) -> int:
+    from ..tools.bench.decisions import bench_decisions, decisions_table
+
+    result = bench_decisions(args.models, args.cost_model, args.input_size, Path(args.workdir), progress=not args.quiet)
+    return _show(result, decisions_table, args.json)
+
+
+def compile_cost(args) -> int:
+    from ..tools.bench.compile import bench_compile, compile_table
+
+    return _show(bench_compile(args.models, args.targets, args.input_size), compile_table, args.json)
+
+
+def suite(args) -> int:
+    from ..tools.bench.suite import plot, speed_suite, suite_table
+
+    results = speed_suite(args.models, args.threads, args.budget, args.steps, args.cuts, args.repeats, args.workdir,
+                          args.quiet)
+    if args.plot:
+        plot(results, args.plot)
+    return _show(results, suite_table, args.json)

@@ -1,0 +1,83 @@
+"""inspect, compile, verify: what the compiler makes of a model, the bundle, and its check against
+onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_model, input_shapes, preset_help
+
+__all__ = ["register"]
+
+
+def register(verbs) -> None:
+    p = verbs.add_parser("inspect", help="print the layer table and candidate cuts of a model")
+    add_model(p)
+    p.add_argument("--plot", metavar="PNG", help="draw per-layer output size and FLOPs to this file")
+    p.set_defaults(run=inspect)
+
+    p = verbs.add_parser("compile", help="compile a model into a partitioned bundle")
+    add_model(p)
+    p.add_argument("--mobile", required=True, metavar="PRESET", help=f"mobile-side preset: {preset_help('mobile')}")
+    p.add_argument("--server", required=True, metavar="PRESET", help=f"server preset: {preset_help('server')}")
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help="bundle folder (or .tar file with --tar)")
+    p.add_argument("--tar", action="store_true", help="write the bundle as a single tar file")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.add_argument("--mobile-cost", metavar="JSON", help="cost model fitted on the mobile side (neurosurgeon fit)")
+    p.add_argument("--server-cost", metavar="JSON", help="cost model fitted on the server")
+    p.add_argument("--mobile-power", metavar="JSON", help="power table, watts per layer type (defaults ship)")
+    p.add_argument("--no-measure", action="store_true", help="do not time segments whose target runs here")
+    p.add_argument("--tuning", metavar="DIR", help="apply a tuning folder made by `neurosurgeon tune`")
+    p.add_argument("--kernels", choices=("blas", "tvm", "naive"), default="blas",
+                   help="CPU builds: blas (default) hands convolutions (as im2col + GEMM) and fully connected "
+                        "layers to the BLAS numpy ships, which the runtime calls; tvm generates every kernel with "
+                        "neurosurgeon's schedules; naive is TVM's default pipeline")
+    p.set_defaults(run=compile_bundle)
+
+    p = verbs.add_parser("verify", help="run every cut of a bundle here and compare with onnxruntime on the model")
+    p.add_argument("bundle", help="bundle folder (both sides built for this machine, e.g. x86-host)")
+    p.add_argument("model", help="the ONNX model the bundle was compiled from")
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.set_defaults(run=verify)
+
+
+def inspect(args) -> int:
+    from ..api import analyse
+    from ..compiler.report import cut_table, layer_table, plot_layers
+
+    frozen, graph, plan = analyse(args.model, input_shapes(args))
+    print(layer_table(frozen, graph))
+    print()
+    print(cut_table(plan))
+    if args.plot:
+        print(f"\nplot written to {plot_layers(frozen, graph, args.plot)}")
+    return 0
+
+
+def compile_bundle(args) -> int:
+    from .. import api
+    from ..compiler.report import human_bytes
+
+    options = api.CompileOptions(mobile=args.mobile, server=args.server, input_shapes=input_shapes(args),
+                                 as_tar=args.tar, force=args.force, progress=not args.quiet, tuning=args.tuning,
+                                 kernels=args.kernels)
+    costs = api.CostAnnotation(mobile_model=args.mobile_cost, server_model=args.server_cost,
+                               mobile_power=args.mobile_power, measure=not args.no_measure)
+    result = api.compile(args.model, Path(args.output), options, costs)
+    m = result.manifest
+    total = sum(e["bytes"] for files in m["artifacts"].values() for e in files)
+    print(f"bundle {result.path}: {m['model']['name']}, {len(m['layers'])} layers, {len(m['cuts'])} cuts, "
+          f"{len(m['segments'])} segments; mobile {args.mobile}, server {args.server}; "
+          f"{human_bytes(total)} of artifacts; built in "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in result.build_seconds.items()))
+    return 0
+
+
+def verify(args) -> int:
+    from ..tools.verify import check_table, verify_bundle
+
+    checks = verify_bundle(args.bundle, args.model, rtol=args.rtol, atol=args.atol)
+    print(check_table(checks))
+    return 0 if all(c.ok for c in checks) else 1

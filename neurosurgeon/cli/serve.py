@@ -1,0 +1,27 @@
+"""serve: a bundle's server side over Open Inference Protocol v2 (KServe / Triton), under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def register(verbs) -> None:
+    p = verbs.add_parser("serve", help="serve a bundle's server side over the Open Inference Protocol v2")
+    p.add_argument("bundle", help="bundle folder (its server side built for this machine)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--token-file", help="require `Authorization: Bearer <first line of this file>`")
+    p.add_argument("--max-body-mb", type=float, default=256, help="largest request body (default 256 MiB)")
+    p.add_argument("--max-body-bytes", type=int, help=argparse.SUPPRESS)  # for tests: a limit below 1 MiB
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from ..serving import serve  # not the API module: a server process loads no compiler
+
+    limit = args.max_body_bytes if args.max_body_bytes is not None else int(args.max_body_mb * (1 << 20))
+    serve(args.bundle, args.host, args.port, args.token_file, limit, args.log_level)
+    return 0

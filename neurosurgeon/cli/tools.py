@@ -1,0 +1,102 @@
+"""zoo, demo, emulate, emulate-rpc: the tools (neurosurgeon.tools) a developer or evaluator uses: the
+papers' networks, the README's main job, and the emulated aarch64 board."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["register"]
+
+CPUS = ("cortex-a53", "cortex-a72", "cortex-a76")
+
+
+def _add_board_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--cpu", choices=CPUS, help="CPU model qemu emulates (default: the one the bundle's mobile preset names)")
+    return p
+
+
+def register(verbs) -> None:
+    p = verbs.add_parser("zoo", help="write one of the papers' benchmark networks as ONNX")
+    p.add_argument("name", nargs="?", help="model name (omit with --list)")
+    p.add_argument("-o", "--output", metavar="ONNX", help="output file (default NAME.onnx)")
+    p.add_argument("--input-size", type=int, help="spatial input size for image models (smaller = faster)")
+    p.add_argument("--width", type=float, default=1.0, help="scale every hidden width (default 1.0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--list", action="store_true", help="list the models")
+    p.set_defaults(run=zoo)
+
+    p = verbs.add_parser("demo", help="compile a zoo network, serve it, and run it split over shaped links")
+    p.add_argument("--model", default="alexnet", help="zoo network (default alexnet)")
+    p.add_argument("--input-size", type=int, default=112,
+                   help="input size (default 112, for speed; 0 = the model's own)")
+    p.add_argument("--workdir", default=".cache/demo", help="where the model and bundle are kept between runs")
+    p.add_argument("--mobile-share", "--device-share", dest="mobile_share", type=float, default=0.25,
+                   help="CPU share of the emulated mobile side (default 0.25; --device-share is the old name)")
+    p.add_argument("--requests", type=int, default=3, help="auto requests per scenario")
+    p.set_defaults(run=demo)
+
+    p = verbs.add_parser("emulate", help="run an aarch64 bundle's run.py under qemu on the emulated board",
+                         usage="neurosurgeon emulate BUNDLE [--cpu CPU] -- [run.py args ...]")
+    p.add_argument("bundle", help="bundle folder whose mobile side is aarch64-neon")
+    _add_board_options(p)
+    p.add_argument("runtime_args", nargs=argparse.REMAINDER, metavar="-- run.py args",
+                   help="passed to the bundle's run.py, e.g. -- --server http://127.0.0.1:8000 --cut all")
+    p.set_defaults(run=emulate)
+
+    p = verbs.add_parser("emulate-rpc", help="run the runtime's RPC server on the emulated aarch64 board "
+                                             "(a board for tune --rpc)")
+    p.add_argument("--port", type=int, default=9090)
+    p.add_argument("--cpu", choices=CPUS, default="cortex-a72")
+    p.set_defaults(run=emulate_rpc)
+
+
+def zoo(args) -> int:
+    from ..runtime.errors import NeurosurgeonError
+    from ..tools import zoo
+
+    if args.list or not args.name:
+        for name, description in zoo.MODELS.items():
+            print(f"{name:12s} {description}")
+        return 0
+    try:
+        model = zoo.build(args.name, input_size=args.input_size, width=args.width, seed=args.seed)
+    except ValueError as err:
+        raise NeurosurgeonError(str(err)) from None
+    out = Path(args.output or f"{args.name}.onnx")
+    zoo.save(model, out)
+    print(f"{out}: {args.name}, {len(model.graph.node)} nodes, "
+          f"input {[d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]}")
+    return 0
+
+
+def demo(args) -> int:
+    from ..tools.demo import run_demo
+
+    return run_demo(Path(args.workdir), args.model, args.input_size or None, args.mobile_share, args.requests)
+
+
+def emulate(args) -> int:
+    from ..tools.board import run_bundle
+
+    runtime_args = args.runtime_args
+    if "--" in runtime_args:  # REMAINDER also took the options between BUNDLE and `--`: they are ours
+        split = runtime_args.index("--")
+        own, runtime_args = runtime_args[:split], runtime_args[split + 1:]
+        _add_board_options(argparse.ArgumentParser(prog="neurosurgeon emulate BUNDLE")).parse_args(own, namespace=args)
+    # The board is built on first use (progress on stderr); run.py's output is not captured but
+    # streams straight to this terminal.
+    return run_bundle(args.bundle, runtime_args, cpu=args.cpu, capture_output=False).returncode
+
+
+def emulate_rpc(args) -> int:
+    from ..tools.board import start_rpc_server
+
+    with start_rpc_server(args.port, args.cpu) as server:
+        print(f"RPC server on the emulated aarch64 board ({args.cpu}) at {server.address}; tune with "
+              f"`neurosurgeon tune MODEL --target aarch64-neon --rpc {server.address} ...`; Ctrl-C stops it", flush=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0

@@ -1,0 +1,276 @@
+"""The manifest, the contract between compiler and runtime, as a typed view.
+
+The compiler writes manifest.json; everything that reads it (the device runtime, the server, verify,
+the cost stage, the benchmarks) goes through `Manifest.from_json`, which checks the format and
+version (runtime/jsonfile.py's rule: same major version; a higher minor only adds fields) and turns
+every section into frozen dataclasses. A missing or malformed field is a one-line BundleError
+naming it, never a KeyError from deep inside a request.
+
+Numbers are kept as the manifest has them (seconds, bytes); tensors become `TensorInfo`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BundleError
+from .jsonfile import JsonFormat
+from .tensors import TensorInfo
+
+__all__ = ["MANIFEST", "MANIFEST_FORMAT", "Artifact", "CutSpec", "Identity", "LayerSpec", "Manifest", "SegmentSpec",
+           "Side", "SideCosts", "COST_CHOICES", "parse_costs"]
+
+MANIFEST = "manifest.json"
+# 1.1: "externs", functions the artifacts call that the runtime provides
+MANIFEST_FORMAT = JsonFormat("neurosurgeon-bundle", (1, 1), "neurosurgeon bundle manifest", BundleError,
+                             version_key="schema_version", hint="rebuild the bundle or update the runtime")
+COST_CHOICES = ("measured", "predicted")  # the per-segment times a side may carry besides the chosen ones
+
+
+class _Fields:
+    """Reads fields of one manifest section, naming the path of a missing or mistyped one."""
+
+    def __init__(self, doc, where: str, path: str = ""):
+        self.doc, self.where, self.path = doc, where, path
+        if not isinstance(doc, dict):
+            raise BundleError(f"{where}: {path or 'the manifest'} must be a JSON object")
+
+    def get(self, key: str, kind=None, default=...):
+        if key not in self.doc:
+            if default is ...:
+                raise BundleError(f"{self.where}: the manifest lacks {self._name(key)}")
+            return default
+        value = self.doc[key]
+        if kind is not None and (not isinstance(value, kind) or isinstance(value, bool) and bool not in _kinds(kind)):
+            raise BundleError(f"{self.where}: {self._name(key)} has the wrong type ({type(value).__name__})")
+        return value
+
+    def section(self, key: str) -> _Fields:
+        return _Fields(self.get(key, dict), self.where, self._name(key))
+
+    def items(self, key: str) -> list[_Fields]:
+        return [_Fields(item, self.where, f"{self._name(key)}[{i}]") for i, item in enumerate(self.get(key, list))]
+
+    def tensors(self, key: str) -> tuple[TensorInfo, ...]:
+        try:
+            return tuple(TensorInfo.from_json(t) for t in self.get(key, list))
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(f"{self.where}: a tensor in {self._name(key)} is malformed ({err})") from None
+
+    def seconds(self, key: str, required: bool = False) -> tuple[float, ...] | None:
+        values = self.get(key, list, ... if required else None)
+        if values is None:
+            return None
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise BundleError(f"{self.where}: {self._name(key)} must be a list of numbers")
+        return tuple(float(v) for v in values)
+
+    def _name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+
+def _kinds(kind) -> tuple:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+@dataclass(frozen=True)
+class Identity:
+    bundle_id: str
+    model_name: str
+    model_sha256: str
+    tool_version: str
+    tvm_version: str
+    options: dict  # input shapes, partitioner, kernels, tuning: as the compiler recorded them
+
+
+@dataclass(frozen=True)
+class Side:
+    """The preset one side of the split was built for."""
+
+    preset: str
+    device: str  # the TVM device its kernels run on: "cpu" or "cuda"
+    machine: str  # ELF machine of its artifacts
+    target: dict
+    host: dict | None
+    cuda_arch: str | None
+    emulation: dict | None
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    index: int
+    name: str
+    type: str
+    ops: tuple[str, ...]
+    config: dict
+    flops: float
+    input_bytes: int
+    outputs: tuple[TensorInfo, ...]
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(t.nbytes for t in self.outputs)
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    index: int
+    layers: tuple[int, int]  # [first, end) layer indices
+    flops: float
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+
+@dataclass(frozen=True)
+class CutSpec:
+    """Cut k: segments 0..k-1 on the mobile side, the rest on the server."""
+
+    index: int
+    after_layer: str | None
+    crossing: tuple[TensorInfo, ...]  # what the mobile side uploads
+    upload_bytes: int
+    mobile_outputs: tuple[str, ...]  # model outputs already complete on the mobile side
+    server_outputs: tuple[str, ...]  # model outputs the server sends back
+    download_bytes: int
+
+
+@dataclass(frozen=True)
+class Artifact:
+    segment: int
+    file: str  # relative to the bundle folder
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class SideCosts:
+    """Per-segment seconds the planner decides with (`segment_seconds`, from `source`), the other
+    kinds the compiler had (predicted by a cost model, measured on the build machine), and power."""
+
+    segment_seconds: tuple[float, ...]
+    source: str
+    predicted_seconds: tuple[float, ...] | None = None
+    predicted_source: str | None = None
+    measured_seconds: tuple[float, ...] | None = None
+    measured_source: str | None = None
+    power_w: tuple[float, ...] | float = 0.0
+    power_source: str | None = None
+
+    def kind(self, choice: str) -> tuple[tuple[float, ...], str] | None:
+        """(seconds, source) of `choice` (one of COST_CHOICES), or None if the side has none."""
+        seconds = getattr(self, f"{choice}_seconds")
+        return None if seconds is None else (seconds, getattr(self, f"{choice}_source"))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: tuple[int, int]
+    identity: Identity
+    name: str  # the model's name
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    flops: float
+    sides: dict[str, Side]  # "mobile", "server"
+    layers: tuple[LayerSpec, ...]
+    cuts: tuple[CutSpec, ...]
+    segments: tuple[SegmentSpec, ...]
+    artifacts: dict[str, tuple[Artifact, ...]]  # by preset
+    externs: tuple[str, ...]
+    costs: dict[str, SideCosts]  # by side; empty in a bundle made without a cost stage
+    build: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Manifest:
+        return cls.from_json(MANIFEST_FORMAT.read(path), str(path))
+
+    @classmethod
+    def from_json(cls, doc: dict, where: str = MANIFEST) -> Manifest:
+        MANIFEST_FORMAT.check(doc, where)
+        m = _Fields(doc, where)
+        identity, model = m.section("identity"), m.section("model")
+        manifest = cls(
+            version=tuple(m.get("schema_version", list)),
+            identity=Identity(identity.get("bundle_id", str), identity.get("model_name", str),
+                              identity.get("model_sha256", str), identity.get("tool_version", str),
+                              identity.get("tvm_version", str), identity.get("options", dict, {})),
+            name=model.get("name", str),
+            inputs=model.tensors("inputs"),
+            outputs=model.tensors("outputs"),
+            flops=model.get("flops", (int, float), 0),
+            sides={side: _side(m.section("sides").section(side)) for side in ("mobile", "server")},
+            layers=tuple(_layer(layer) for layer in m.items("layers")),
+            cuts=tuple(_cut(cut) for cut in m.items("cuts")),
+            segments=tuple(_segment(segment) for segment in m.items("segments")),
+            artifacts={preset: tuple(_artifact(a) for a in m.section("artifacts").items(preset))
+                       for preset in m.get("artifacts", dict)},
+            externs=tuple(m.get("externs", list, [])),
+            costs=parse_costs(m.get("costs", dict, {}), where, "costs"),
+            build=m.get("build", dict, {}),
+        )
+        manifest._check(where)
+        return manifest
+
+    def _check(self, where: str) -> None:
+        n = len(self.segments)
+        if [s.index for s in self.segments] != list(range(n)) or [c.index for c in self.cuts] != list(range(n + 1)):
+            raise BundleError(f"{where}: segments must be numbered 0..S-1 and cuts 0..S ({n} segments, "
+                              f"{len(self.cuts)} cuts)")
+        for side, costs in self.costs.items():
+            for kind in ("segment", *COST_CHOICES):
+                seconds = getattr(costs, f"{kind}_seconds")
+                if seconds is not None and len(seconds) != n:
+                    raise BundleError(f"{where}: costs.{side}.{kind}_seconds has {len(seconds)} values for {n} segments")
+
+    def artifact(self, side: str, segment: int) -> Artifact:
+        preset = self.sides[side].preset
+        for entry in self.artifacts.get(preset, ()):
+            if entry.segment == segment:
+                return entry
+        raise BundleError(f"no {preset} artifact for segment {segment} in the manifest (the runtime never "
+                          "compiles: rebuild the bundle with `neurosurgeon compile`)")
+
+
+def _side(s: _Fields) -> Side:
+    return Side(s.get("name", str), s.get("device", str), s.get("machine", str), s.get("target", dict),
+                s.get("host", (dict, type(None)), None), s.get("cuda_arch", (str, type(None)), None),
+                s.get("emulation", (dict, type(None)), None))
+
+
+def _layer(layer: _Fields) -> LayerSpec:
+    return LayerSpec(layer.get("index", int), layer.get("name", str), layer.get("type", str),
+                     tuple(layer.get("ops", list)), layer.get("config", dict), layer.get("flops", (int, float)),
+                     layer.get("input_bytes", int, 0), layer.tensors("outputs"))
+
+
+def _segment(segment: _Fields) -> SegmentSpec:
+    first, end = segment.get("layers", list)
+    return SegmentSpec(segment.get("index", int), (int(first), int(end)), segment.get("flops", (int, float), 0),
+                       segment.tensors("inputs"), segment.tensors("outputs"))
+
+
+def _cut(cut: _Fields) -> CutSpec:
+    # "device_outputs": the schema 1 name of the mobile side's outputs
+    return CutSpec(cut.get("index", int), cut.get("after_layer", (str, type(None)), None), cut.tensors("crossing"),
+                   cut.get("upload_bytes", int), tuple(cut.get("device_outputs", list)),
+                   tuple(cut.get("server_outputs", list)), cut.get("download_bytes", int))
+
+
+def _artifact(entry: _Fields) -> Artifact:
+    return Artifact(entry.get("segment", int), entry.get("file", str), entry.get("sha256", str), entry.get("bytes", int))
+
+
+def parse_costs(doc: dict, where: str, path: str = "") -> dict[str, SideCosts]:
+    """Side -> SideCosts of a manifest's costs section (or of a costs file, which has its layout)."""
+    sides = _Fields(doc, where, path)
+    return {side: _costs(sides.section(side)) for side in doc if side in ("mobile", "server")}
+
+
+def _costs(c: _Fields) -> SideCosts:
+    power = c.get("power_w", (list, int, float), 0.0)
+    if isinstance(power, list):
+        power = c.seconds("power_w")
+    return SideCosts(c.seconds("segment_seconds", required=True), c.get("source", str, "?"),
+                     c.seconds("predicted_seconds"), c.get("predicted_source", str, None),
+                     c.seconds("measured_seconds"), c.get("measured_source", str, None),
+                     power, c.get("power_source", str, None))

@@ -1,0 +1,14 @@
+"""Hosting the server half: the ASGI app (runtime/server.py) under uvicorn, a server in a process of
+its own for demos, benchmarks and tests, and the load generator that drives one.
+
+    serve("alexnet.bundle", port=8000)                  # blocks; what `neurosurgeon serve` runs
+    with start_server("alexnet.bundle") as server:      # its own process, port 0, the real port read back
+        with LoadGenerator(server.url, "alexnet", feeds, ["prob"], clients=4):
+            ...
+"""
+
+from .load import LoadGenerator, LoadSample
+from .process import ServerProcess, ServerStartError, start_server
+from .uvicorn_engine import serve
+
+__all__ = ["LoadGenerator", "LoadSample", "ServerProcess", "ServerStartError", "serve", "start_server"]

@@ -1,0 +1,43 @@
+"""`neurosurgeon serve`: a bundle's server side over Open Inference Protocol v2, under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from ..runtime.auth import read_token
+from ..runtime.server import InferenceServer
+
+__all__ = ["ANNOUNCEMENT", "serve"]
+
+# The line printed once the socket listens; `start_server` reads the real port from it.
+ANNOUNCEMENT = "serving {bundle} ({cut_models} cut models) on http://{address}:{port}"
+
+
+def serve(bundle_path: str | Path, host: str = "127.0.0.1", port: int = 8000, token_file: str | Path | None = None,
+          max_body_bytes: int = 256 << 20, log_level: str = "warning") -> None:
+    """Serve the bundle until interrupted. Port 0 picks a free port; the line printed when the
+    server is ready names the real one."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = read_token(token_file) if token_file is not None else None
+    app = InferenceServer(bundle_path, token=token, max_body_bytes=max_body_bytes)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False)
+    _AnnouncingServer(config, app).run()
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """Prints one line once the socket listens, naming the real port (also when port 0 was asked for)."""
+
+    def __init__(self, config: uvicorn.Config, app: InferenceServer):
+        super().__init__(config)
+        self.app = app
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host = self.config.host
+            port = self.servers[0].sockets[0].getsockname()[1]
+            print(ANNOUNCEMENT.format(bundle=self.app.bundle.name, cut_models=len(self.app.models) - 1,
+                                      address=f"[{host}]" if ":" in host else host, port=port), flush=True)

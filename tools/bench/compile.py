@@ -1,0 +1,75 @@
+"""`neurosurgeon bench compile`: the compile cost of partitioning. For each model and target, building
+every segment (what a bundle needs to serve every cut) vs one monolithic build of the whole model,
+and the artifacts' size vs the size of the weights. A benchmark, not a test.
+
+    neurosurgeon bench compile [--models alexnet resnet18 vgg16] [--targets x86-host aarch64-neon cuda-sm80]
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ...compiler.analysis import analyse
+from ...compiler.build import build_graph
+from ...compiler.report import human_bytes
+from ...runtime.progress import Progress
+from ...targets import get_preset
+from .. import zoo
+
+__all__ = ["bench_compile", "compile_table", "measure"]
+
+
+def measure(name: str, target: str, input_size: int | None, workdir: Path) -> dict:
+    frozen, graph, plan = analyse(zoo.build(name, input_size=input_size), name=name)
+    preset = get_preset(target)
+    weights = sum(frozen.tensors[i.name].nbytes for i in frozen.graph.initializer)
+
+    started = time.perf_counter()
+    whole = build_graph(frozen.model, frozen.inputs, preset, workdir / f"{name}_{target}_full.so", "whole model")
+    monolithic_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    segment_bytes = 0
+    with Progress(len(plan.segments), f"{name} {target}", unit="segment") as progress:
+        for segment in plan.segments:
+            built = build_graph(segment.model, segment.inputs, preset,
+                                workdir / f"{name}_{target}_seg{segment.index:03d}.so", f"segment {segment.index}")
+            segment_bytes += built.path.stat().st_size
+            progress.update()
+    segments_s = time.perf_counter() - started
+    return {"model": name, "target": target, "layers": len(graph.layers), "segments": len(plan.segments),
+            "cuts": len(plan.cuts), "monolithic_s": monolithic_s, "segments_s": segments_s,
+            "time_ratio": segments_s / monolithic_s, "weights_bytes": weights,
+            "monolithic_bytes": whole.path.stat().st_size, "segments_bytes": segment_bytes,
+            "size_ratio_vs_weights": segment_bytes / weights,
+            "size_ratio_vs_monolithic": segment_bytes / whole.path.stat().st_size}
+
+
+def bench_compile(models: list[str], targets: list[str], input_size: int | None = None) -> list[dict]:
+    """`measure` for every model and target, each in a scratch folder removed afterwards."""
+    rows = []
+    for name in models:
+        for target in targets:
+            workdir = Path(tempfile.mkdtemp(prefix="ns-bench-"))
+            try:
+                rows.append(measure(name, target, input_size, workdir))
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+    return rows
+
+
+def compile_table(rows: list[dict]) -> str:
+    header = (f"{'model':9} {'target':13} {'segs':>4} {'mono s':>7} {'segs s':>7} {'ratio':>6}   "
+              f"{'weights':>10} {'mono .so':>10} {'all segs':>10} {'vs weights':>10}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['model']:9} {r['target']:13} {r['segments']:>4} {r['monolithic_s']:7.1f} "
+                     f"{r['segments_s']:7.1f} {r['time_ratio']:5.2f}x   {human_bytes(r['weights_bytes']):>10} "
+                     f"{human_bytes(r['monolithic_bytes']):>10} {human_bytes(r['segments_bytes']):>10} "
+                     f"{r['size_ratio_vs_weights']:9.3f}x")
+    lines.append("\nratio = time to build every segment / time to build the whole model once; a bundle serves every "
+                 "cut from these segments.\nvs weights = all segment artifacts of one target / the model's weight bytes.")
+    return "\n".join(lines)
