@@ -28,20 +28,17 @@ import contextlib
 import ctypes
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..runtime.cuda import (
-    _ARCH,
-    CudaRuntimeUnavailable,
-    cuda_device_modules,
-    load_cuda_plugin,
-)
+from ..runtime.cuda import SM_ARCH, CudaRuntimeUnavailable, load_cuda_plugin
 from ..runtime.errors import NeurosurgeonError
+
+__all__ = ["CudaCompileError", "compile_cuda", "cuda_arch", "enable_cuda_codegen", "find_nvcc", "nvcc_compile",
+           "nvcc_device_compile"]
 
 
 class CudaCompileError(NeurosurgeonError, RuntimeError):
@@ -86,7 +83,7 @@ def cuda_arch(target) -> str:
     arch = attrs.get("arch")
     if kind != "cuda" or not arch:
         raise CudaCompileError(f"expected a CUDA target with an explicit arch such as sm_80, got {target}")
-    if not _ARCH.fullmatch(str(arch)):
+    if not SM_ARCH.fullmatch(str(arch)):
         raise CudaCompileError(f"CUDA arch {arch!r} is not of the form sm_XX")
     return str(arch)
 
@@ -104,10 +101,10 @@ def nvcc_compile(source: str, arch: str, *, fmt: str = "fatbin", options: Sequen
                  nvcc: str | None = None) -> bytes:
     """Compile CUDA source to SASS for exactly `arch` (e.g. sm_87), as a fatbin or a cubin.
 
-    No PTX is embedded, so nothing can be JIT-compiled on the device."""
+    No PTX is embedded, so nothing can be JIT-compiled where it runs."""
     if fmt not in ("fatbin", "cubin"):
         raise ValueError(f"fmt must be 'fatbin' or 'cubin', not {fmt!r}")
-    if not _ARCH.fullmatch(arch):
+    if not SM_ARCH.fullmatch(arch):
         raise CudaCompileError(f"CUDA arch {arch!r} is not of the form sm_XX")
     with tempfile.TemporaryDirectory(prefix="neurosurgeon-nvcc-") as tmp:
         src, out = Path(tmp, "kernels.cu"), Path(tmp, f"kernels.{fmt}")
@@ -231,22 +228,3 @@ def compile_cuda(mod, target, *, pipeline: str = "default", fmt: str = "fatbin")
     with nvcc_device_compile(target, fmt=fmt) as target:
         # The "default" string resolves to the GPU pipeline (dlight schedules) for this target.
         return tvm.compile(mod, target=target, relax_pipeline=pipeline)
-
-
-def cuobjdump_archs(path: str | Path) -> set[str] | None:
-    """Cross-check of device_code_archs with NVIDIA's cuobjdump, or None if it is not installed.
-
-    cuobjdump does not look inside TVM's blob, so each device module's code goes to a file first."""
-    tool = shutil.which("cuobjdump")
-    if tool is None:
-        return None
-    archs: set[str] = set()
-    with tempfile.TemporaryDirectory(prefix="neurosurgeon-cuobjdump-") as tmp:
-        for index, (fmt, code) in enumerate(cuda_device_modules(path)):
-            if fmt == "cuda":
-                continue
-            blob = Path(tmp, f"module{index}.bin")
-            blob.write_bytes(code)
-            proc = subprocess.run([tool, "--list-elf", str(blob)], capture_output=True, text=True)
-            archs.update(re.findall(r"\.(sm_\d+[af]?)\.cubin", proc.stdout))
-    return archs

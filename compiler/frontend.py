@@ -17,6 +17,9 @@ from onnx import helper, numpy_helper, shape_inference
 from ..runtime.errors import NeurosurgeonError, first_line
 from ..runtime.tensors import TensorInfo
 
+__all__ = ["CONTROL_FLOW_OPS", "NONDETERMINISTIC_OPS", "ONNX_IR_VERSION", "ONNX_OPSET", "FrozenModel", "ModelError",
+           "load_model", "parse_input_shapes"]
+
 # The opset and IR version of the ONNX models neurosurgeon writes itself (the zoo, the microbenchmarks):
 # onnxruntime and TVM both accept IR 9; newer IR versions buy nothing for opset 17.
 ONNX_OPSET = 17

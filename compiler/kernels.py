@@ -27,7 +27,8 @@ import numpy as np
 
 from ..runtime.kernels import SGEMM
 
-__all__ = ["KERNEL_CHOICES", "cpu_pipeline", "offload_gemm", "parallel_loops_rule"]
+__all__ = ["KERNEL_CHOICES", "count_externs", "count_scheduled", "cpu_phases", "cpu_pipeline", "offload_gemm",
+           "parallel_loops_rule"]
 
 KERNEL_CHOICES = ("blas", "tvm", "naive")
 

@@ -39,6 +39,9 @@ LAYER_TYPES: dict[str, set[str]] = {
              "Tile", "Expand", "Transpose", "Cast", "OneHot", "Range", "ConstantOfShape", "NonZero"},
 }
 # Operators that only relabel a tensor's shape (or pass it through at inference): no cut of their own.
+__all__ = ["LAYER_TYPES", "SHAPE_ONLY_OPS", "Layer", "LayerGraph", "build_layer_graph", "layer_config", "layer_type",
+           "node_flops"]
+
 SHAPE_ONLY_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 _TYPE_OF_OP = {op: kind for kind, ops in LAYER_TYPES.items() for op in ops}
 

@@ -1,6 +1,6 @@
 """Candidate cuts and the segments between them.
 
-A cut is a prefix of the layers' topological order: cut i runs segments 0..i-1 on the device and
+A cut is a prefix of the layers' topological order: cut i runs segments 0..i-1 on the mobile side and
 the rest on the server. In a DAG a cut may cross several tensors (a residual branch, the arms of
 an inception module). Segments are the slices between consecutive candidate cuts, each a
 standalone ONNX graph whose inputs and outputs are crossing tensors, so every cut is served by
@@ -21,14 +21,16 @@ from onnx import helper
 from ..runtime.tensors import TensorInfo
 from .layers import LayerGraph
 
+__all__ = ["Cut", "LayerBoundaryPartitioner", "PartitionPlan", "Partitioner", "Segment", "partition"]
+
 
 @dataclass
 class Cut:
-    index: int  # segments [0, index) run on the device
-    layer_boundary: int  # layers [0, layer_boundary) run on the device
+    index: int  # segments [0, index) run on the mobile side
+    layer_boundary: int  # layers [0, layer_boundary) run on the mobile side
     after_layer: str | None
-    crossing: list[TensorInfo]  # uploaded: made on the device (or a model input), needed by the server
-    device_outputs: list[TensorInfo]  # model outputs already complete on the device
+    crossing: list[TensorInfo]  # uploaded: made on the mobile side (or a model input), needed by the server
+    mobile_outputs: list[TensorInfo]  # model outputs already complete on the mobile side
     server_outputs: list[TensorInfo]  # model outputs the server sends back
 
     @property
@@ -42,7 +44,7 @@ class Cut:
     def to_json(self) -> dict:
         return {"index": self.index, "layer_boundary": self.layer_boundary, "after_layer": self.after_layer,
                 "crossing": [t.to_json() for t in self.crossing], "upload_bytes": self.upload_bytes,
-                "device_outputs": [t.name for t in self.device_outputs],
+                "device_outputs": [t.name for t in self.mobile_outputs],  # the schema 1 name
                 "server_outputs": [t.name for t in self.server_outputs], "download_bytes": self.download_bytes}
 
 
@@ -119,7 +121,7 @@ def partition(graph: LayerGraph, partitioner: Partitioner | None = None) -> Part
             index=i, layer_boundary=b,
             after_layer=graph.layers[b - 1].name if b > 0 else None,
             crossing=crossing,
-            device_outputs=[tensors[n] for n in model_outputs if made_before(n, b)],
+            mobile_outputs=[tensors[n] for n in model_outputs if made_before(n, b)],
             server_outputs=[tensors[n] for n in model_outputs if not made_before(n, b)],
         ))
 

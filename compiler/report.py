@@ -9,6 +9,8 @@ from .frontend import FrozenModel
 from .layers import Layer, LayerGraph
 from .partition import PartitionPlan
 
+__all__ = ["cut_table", "describe_config", "format_rows", "human_bytes", "layer_table", "plot_layers"]
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -56,7 +58,7 @@ def layer_table(frozen: FrozenModel, graph: LayerGraph) -> str:
 
 
 def cut_table(plan: PartitionPlan) -> str:
-    rows = [("cut", "device runs", "after layer", "crossing tensors", "upload", "download")]
+    rows = [("cut", "mobile runs", "after layer", "crossing tensors", "upload", "download")]
     n = len(plan.segments)
     for cut in plan.cuts:
         where = "nothing (cloud-only)" if cut.index == 0 else ("all (mobile-only)" if cut.index == n else

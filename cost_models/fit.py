@@ -23,6 +23,10 @@ from ..compiler.layers import LAYER_TYPES
 from ..runtime.profile import PROFILE_FORMAT, ProfileError
 from .model import COMMON_FEATURES, COSTMODEL_FORMAT, FORMS, PAPER_VARIABLES, clamp_seconds, log_features
 
+__all__ = ["FALLBACK", "FORM_CLASSES", "KNOWN_TYPES", "Fit", "Form", "LinearForm", "LogForm", "ProfileError", "TreeForm",
+           "TypeFit", "cross_validated", "feature_matrix", "fit", "fit_profile", "load_profile", "paper_variables",
+           "select", "validate_profile"]
+
 REQUIRED_SAMPLE_FIELDS = ("key", "type", "features", "seconds")
 KNOWN_TYPES = set(LAYER_TYPES) | {"reshape", "other"}
 

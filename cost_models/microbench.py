@@ -4,7 +4,7 @@
 the zoo networks and common CNN/MLP shapes. Their configuration, FLOPs and bytes come from the
 project's own pipeline (`analyse`), so a microbenchmark is described exactly as the same layer
 inside a real model is. `build_kit` builds every one of them with TVM for a target preset, ahead of
-time, into a kit that a device with only numpy and TVM's runtime times with `python kit/profile.py`
+time, into a kit that a board with only numpy and TVM's runtime times with `python kit/profile.py`
 (runtime/profile.py does the timing, here or there).
 
 Each microbenchmark is one layer and one segment, as in a bundle cut at every layer boundary, so
@@ -34,6 +34,10 @@ from ..runtime.errors import NeurosurgeonError
 from ..runtime.profile import KIT_FILE, KIT_FORMAT, read_kit
 from ..runtime.progress import Progress
 from .model import PAPER_VARIABLES, layer_features
+
+__all__ = ["SCALES", "Const", "KitError", "MicroBench", "activation", "add", "argmax", "batchnorm", "build_kit", "concat",
+           "conv", "fc", "grid", "kit_identity", "lrn", "main_features", "pool", "reduce_mean", "softmax", "transpose",
+           "uncovered", "upsample"]
 
 SCALES = ("default", "small")
 _OUTPUT = "output"
@@ -118,7 +122,7 @@ class MicroBench:
 
     def analyse(self):
         """The pipeline's stages on this model: (frozen model, layer graph, partition plan)."""
-        from ..compiler.pipeline import analyse
+        from ..compiler.analysis import analyse
 
         frozen, graph, plan = analyse(self.model(), name=self.key)
         self.__dict__["record"] = _record(self, frozen, graph)

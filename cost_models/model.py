@@ -12,6 +12,10 @@ import numpy as np
 from ..runtime.errors import NeurosurgeonError
 from ..runtime.jsonfile import JsonFormat
 
+__all__ = ["COMMON_FEATURES", "COSTMODEL_FORMAT", "FORMS", "FORM_FIELDS", "MAX_SECONDS", "MIN_SECONDS", "PAPER_VARIABLES",
+           "CostModel", "CostModelError", "clamp_seconds", "evaluate", "layer_features", "log_features",
+           "manifest_layer_features"]
+
 # The paper's regression variables per layer type (Neurosurgeon, section 4.1), plus what a compiler
 # makes matter: FLOPs and the bytes a layer reads and writes.
 PAPER_VARIABLES = {
@@ -41,10 +45,6 @@ def manifest_layer_features(layer: dict) -> dict[str, float]:
     return layer_features(layer["type"], layer["config"], layer["flops"], layer.get("input_bytes", 0), out_bytes)
 
 
-def safe_log(x: float) -> float:
-    return math.log(max(x, 1.0))
-
-
 # Each regression form and the coefficients it carries besides "features".
 FORM_FIELDS = {"linear": ("intercept", "coef"), "log": ("intercept", "coef"),
                "tree": ("init", "learning_rate", "trees")}
@@ -64,8 +64,8 @@ COSTMODEL_FORMAT = JsonFormat("neurosurgeon-costmodel", 1, "neurosurgeon cost mo
 
 
 def log_features(x: np.ndarray) -> np.ndarray:
-    """The log transform of the `log` and `tree` forms, vectorised `safe_log` (a feature of 0, e.g. no
-    input bytes, stays finite)."""
+    """The log transform of the `log` and `tree` forms: log(max(x, 1)), so a feature of 0 (e.g. no
+    input bytes) stays finite."""
     return np.log(np.maximum(np.asarray(x, dtype=np.float64), 1.0))
 
 

@@ -1,4 +1,4 @@
-"""neurosurgeon: ahead-of-time partition compiler for DNN inference split between device and server."""
+"""neurosurgeon: ahead-of-time partition compiler for DNN inference split between a mobile side and a server."""
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Bearer tokens, shared by the server (which requires one when configured) and the device's client
+"""Bearer tokens, shared by the server (which requires one when configured) and the mobile side's client
 (which sends it). A token lives in a file whose first line is the token."""
 
 from __future__ import annotations

@@ -15,15 +15,15 @@ import numpy as np
 from . import kernels
 from .errors import BundleError
 from .jsonfile import JsonFormat
-from .manifest import MANIFEST, CutSpec, Manifest, SegmentSpec, Side
+from .manifest import Manifest, Side
 from .tensors import TensorInfo
 
 LOAD_MODEL_FILE = "server-load.json"  # the server's fitted load model, beside the manifest
 LOAD_MODEL_FORMAT = JsonFormat("neurosurgeon-server-load", 1, "neurosurgeon server load model", BundleError,
                                hint="fit it again with `neurosurgeon profile --bundle DIR --server-load`")
 
-__all__ = ["LOAD_MODEL_FILE", "LOAD_MODEL_FORMAT", "MANIFEST", "Bundle", "CutSpec", "SegmentExecutor", "SegmentSpec", "elf_machine",
-           "fetch", "load_artifact", "sha256_file"]
+__all__ = ["LOAD_MODEL_FILE", "LOAD_MODEL_FORMAT", "Bundle", "SegmentExecutor", "elf_machine", "fetch", "load_artifact",
+           "sha256_file"]
 
 
 class Bundle:
@@ -32,11 +32,7 @@ class Bundle:
 
     def __init__(self, path: str | Path, manifest: Manifest | None = None):
         self.path = Path(path)
-        if manifest is None:
-            if not (self.path / MANIFEST).is_file():
-                raise BundleError(f"{self.path}: not a bundle ({MANIFEST} is missing)")
-            manifest = Manifest.read(self.path / MANIFEST)
-        self.manifest = manifest
+        self.manifest = manifest = manifest or Manifest.read(self.path)
         self.name: str = manifest.name
         self.inputs = list(manifest.inputs)
         self.outputs = list(manifest.outputs)

@@ -1,5 +1,5 @@
 """The mobile side of the wire: OIP v2 requests over plain HTTP (http.client, no dependencies),
-with a deadline on every request and, for tests and demos, a transport shaped to a network profile.
+with a deadline on every request and, for tests and demos, a transport shaped to a named network's link.
 
 Any way the server can fail (refused or dropped connection, no answer by the deadline, an error
 status, a garbled answer) surfaces as one exception, `ServerUnavailable`, so the caller has one

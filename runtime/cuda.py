@@ -20,11 +20,15 @@ from pathlib import Path
 from .errors import NeurosurgeonError
 
 
+__all__ = ["SM_ARCH", "CudaRuntimeUnavailable", "cuda_device_modules", "device_code_archs", "has_cuda_source",
+           "load_cuda_plugin", "load_cuda_runtime", "tvm_lib_dir"]
+
+
 class CudaRuntimeUnavailable(NeurosurgeonError, RuntimeError):
     """TVM's CUDA runtime cannot be loaded here (no driver, or no CUDA runtime library)."""
 
 
-_ARCH = re.compile(r"sm_(\d+)([af]?)")
+SM_ARCH = re.compile(r"sm_(\d+)([af]?)")  # a CUDA arch name: sm_80, sm_90a
 _FATBIN_MAGIC = 0xBA55ED50
 _EM_CUDA = 190
 _SOURCE_MARKER = b'extern "C" __global__'

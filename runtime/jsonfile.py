@@ -10,6 +10,7 @@ is, the version found and the version read, and what to do about it.
     PROFILE = JsonFormat("neurosurgeon-profile", 1, "profile", ProfileError)
     doc = PROFILE.read(path)                    # checked; raises ProfileError in one line
     PROFILE.write(path, {**PROFILE.stamp(), "samples": [...]})   # atomic
+    KIT.read_folder(kit_dir)                    # a folder marked by its kit.json
 
 Standard library only.
 """
@@ -38,6 +39,11 @@ class JsonFormat:
     error: type[NeurosurgeonError] = NeurosurgeonError
     version_key: str = "version"
     hint: str = ""
+    # Formats that define a folder (a bundle, a profile kit, a tuning folder): the file that marks one,
+    # what the folder is called, and how one is made.
+    file: str = ""
+    folder: str = ""
+    made_by: str = ""
 
     @property
     def major(self) -> int:
@@ -81,6 +87,14 @@ class JsonFormat:
         except OSError as err:
             raise self.error(f"{path}: cannot read {self.what}: {err.strerror}") from None
         return self.parse(text, path)
+
+    def read_folder(self, folder: str | Path) -> dict:
+        """The checked contents of this format's `file` inside `folder`."""
+        path = Path(folder) / self.file
+        if not path.is_file():
+            made_by = f"; make one with {self.made_by}" if self.made_by else ""
+            raise self.error(f"{folder}: not a {self.folder} ({self.file} is missing{made_by})")
+        return self.read(path)
 
     def write(self, path: str | Path, doc: dict, indent: int | None = 1) -> Path:
         """Write `doc` (which must carry this format's stamp) atomically: an interrupted write never

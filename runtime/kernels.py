@@ -1,5 +1,5 @@
 """External kernels that CPU artifacts call at run time: single-precision GEMM from the BLAS that
-numpy ships with (OpenBLAS in numpy's x86_64 and aarch64 wheels), so every device that can run the
+numpy ships with (OpenBLAS in numpy's x86_64 and aarch64 wheels), so every machine that can run the
 runtime already has it.
 
 A CPU build (compiler/kernels.py) lowers convolutions to im2col + GEMM and fully connected layers to

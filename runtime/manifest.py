@@ -1,6 +1,6 @@
 """The manifest, the contract between compiler and runtime, as a typed view.
 
-The compiler writes manifest.json; everything that reads it (the device runtime, the server, verify,
+The compiler writes manifest.json; everything that reads it (the mobile runtime, the server, verify,
 the cost stage, the benchmarks) goes through `Manifest.from_json`, which checks the format and
 version (runtime/jsonfile.py's rule: same major version; a higher minor only adds fields) and turns
 every section into frozen dataclasses. A missing or malformed field is a one-line BundleError
@@ -24,7 +24,8 @@ __all__ = ["MANIFEST", "MANIFEST_FORMAT", "Artifact", "CutSpec", "Identity", "La
 MANIFEST = "manifest.json"
 # 1.1: "externs", functions the artifacts call that the runtime provides
 MANIFEST_FORMAT = JsonFormat("neurosurgeon-bundle", (1, 1), "neurosurgeon bundle manifest", BundleError,
-                             version_key="schema_version", hint="rebuild the bundle or update the runtime")
+                             version_key="schema_version", hint="rebuild the bundle or update the runtime",
+                             file=MANIFEST, folder="bundle", made_by="`neurosurgeon compile`")
 COST_CHOICES = ("measured", "predicted")  # the per-segment times a side may carry besides the chosen ones
 
 
@@ -181,8 +182,9 @@ class Manifest:
     build: dict = field(default_factory=dict)
 
     @classmethod
-    def read(cls, path: str | Path) -> Manifest:
-        return cls.from_json(MANIFEST_FORMAT.read(path), str(path))
+    def read(cls, bundle_dir: str | Path) -> Manifest:
+        """The manifest of the bundle folder `bundle_dir`."""
+        return cls.from_json(MANIFEST_FORMAT.read_folder(bundle_dir), str(Path(bundle_dir) / MANIFEST))
 
     @classmethod
     def from_json(cls, doc: dict, where: str = MANIFEST) -> Manifest:

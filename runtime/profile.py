@@ -29,9 +29,10 @@ class ProfileError(NeurosurgeonError):
     """A kit or profile that cannot be used: wrong format, tampered artifact, another machine's file."""
 
 
-KIT_FORMAT = JsonFormat("neurosurgeon-profile-kit", 1, "neurosurgeon profile kit", ProfileError,
-                        hint="build the kit again with `neurosurgeon profile --kit-only`")
 KIT_FILE = "kit.json"
+KIT_FORMAT = JsonFormat("neurosurgeon-profile-kit", 1, "neurosurgeon profile kit", ProfileError,
+                        hint="build the kit again with `neurosurgeon profile --kit-only`", file=KIT_FILE,
+                        folder="profile kit", made_by="`neurosurgeon profile --kit-only`")
 PROFILE_FORMAT = JsonFormat("neurosurgeon-profile", 1, "neurosurgeon profile", ProfileError,
                             hint="profile again with this neurosurgeon's kit")
 
@@ -54,10 +55,7 @@ def time_segments(bundle: Bundle, side: str, repeats: int = 5, seed: int = 0) ->
 
 def read_kit(kit_dir: str | Path) -> dict:
     """A kit's kit.json, checked for format and version."""
-    path = Path(kit_dir) / KIT_FILE
-    if not path.is_file():
-        raise ProfileError(f"{kit_dir}: not a profile kit ({KIT_FILE} is missing)")
-    return KIT_FORMAT.read(path)
+    return KIT_FORMAT.read_folder(kit_dir)
 
 
 def hardware_info(device: str = "cpu") -> dict:

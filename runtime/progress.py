@@ -1,7 +1,7 @@
 """Progress of long work (builds, tuning, profiling) on stderr, readable both ways: on a terminal one
 line rewritten in place; in a log (stderr is a file or a pipe) a line when the work starts, at most
 one line every `every_s` seconds while it runs, and one when it ends. Standard library only, so the
-device-side tools (a profile kit's profile.py) report the same way the compiler does.
+runtime-only tools (a profile kit's profile.py) report the same way the compiler does.
 
     with Progress(len(jobs), "building 21 segments", unit="build") as progress:
         for job in jobs:

@@ -1,6 +1,6 @@
 """Open Inference Protocol v2 (KServe / Triton HTTP/REST) with the binary tensor data extension.
 
-Shared by the server and the device's client. A message is a JSON header, optionally followed by
+Shared by the server and the mobile side's client. A message is a JSON header, optionally followed by
 raw tensor bytes; the `Inference-Header-Content-Length` header says where the JSON ends. Tensor
 bytes are little-endian and row-major, one block per binary tensor in the order they are listed.
 Only numeric and boolean tensors travel: BYTES (strings) are refused with a clear error.

@@ -34,8 +34,6 @@ class Preset:
     emulation: dict | None = field(default=None, compare=False)
     # Rough speed of TVM's untuned code on this target, for cost estimates until it is measured.
     nominal_gflops: float = 1.0
-    power_w: float | None = None  # device power while computing (mobile presets)
-    power_source: str | None = None
 
     @property
     def cuda_arch(self) -> str | None:
@@ -78,8 +76,7 @@ def _presets() -> dict[str, Preset]:
     return {name: Preset(name=name, description=spec["description"], sides=tuple(spec["sides"]), device=spec["device"],
                          target=spec["target"], cxx=spec["cxx"], machine=spec["machine"],
                          runtime_libs=tuple(spec["runtime_libs"]), host=spec.get("host"),
-                         emulation=spec.get("emulation"), nominal_gflops=spec.get("nominal_gflops", 1.0),
-                         power_w=spec.get("power_w"), power_source=spec.get("power_source"))
+                         emulation=spec.get("emulation"), nominal_gflops=spec.get("nominal_gflops", 1.0))
             for name, spec in raw.items()}
 
 

@@ -1,6 +1,6 @@
 """Check a bundle against an independent reference: onnxruntime on the whole, original model.
 
-For every cut, the device's segments run, then the server's, in this process (both sides must be
+For every cut, the mobile side's segments run, then the server's, in this process (both sides must be
 built for this machine, e.g. x86-host), and the outputs are compared with onnxruntime's.
 """
 

@@ -14,7 +14,7 @@ from ...runtime.jsonfile import JsonFormat
 from ...targets import Preset
 
 __all__ = ["INFO", "RECORD_FILE", "TUNING_FORMAT", "TuningError", "WORKLOAD_FILE", "database", "database_sha256",
-           "open_info", "read_tuning_info", "tuning_identity", "write_info"]
+           "open_info", "paths", "read_tuning_info", "tuning_identity", "write_info"]
 
 
 class TuningError(NeurosurgeonError):
@@ -22,10 +22,11 @@ class TuningError(NeurosurgeonError):
 
 
 # 2: CPU workloads come from compiler/kernels.py's pipeline (GEMMs offloaded, batch norms folded)
+INFO = "tuning.json"
 TUNING_FORMAT = JsonFormat("neurosurgeon-tuning", 2, "tuning folder's tuning.json", TuningError,
                            hint="its workloads differ from this neurosurgeon's (CPU builds offload GEMMs and fold "
-                                "batch norms since version 2): tune again into a new folder")
-INFO = "tuning.json"
+                                "batch norms since version 2): tune again into a new folder",
+                           file=INFO, folder="tuning folder", made_by="`neurosurgeon tune`")
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 
@@ -56,10 +57,7 @@ def database(out_dir: Path):
 
 
 def read_tuning_info(tuning_dir: str | Path) -> dict:
-    path = Path(tuning_dir) / INFO
-    if not path.is_file():
-        raise TuningError(f"{tuning_dir}: not a tuning folder ({INFO} is missing; make one with `neurosurgeon tune`)")
-    return TUNING_FORMAT.read(path)
+    return TUNING_FORMAT.read_folder(tuning_dir)
 
 
 def database_sha256(tuning_dir: str | Path) -> str:
@@ -114,8 +112,8 @@ def open_info(out_dir: Path, preset: Preset, measured: bool, kernels: str = "bla
             "kernels": kernels if preset.device != "cuda" else None,
             "method": ("MetaSchedule: random candidates for every task, then evolutionary search on the tasks "
                        "that take the time; " + ("timed in-process on this machine" if measured_on == "here" else
-                                                 f"timed on the device through TVM RPC ({measured_on})")
+                                                 f"timed on the board through TVM RPC ({measured_on})")
                        if measured else
-                       "MetaSchedule, random valid schedules (candidates built, not timed: no device here)"),
+                       "MetaSchedule, random valid schedules (candidates built, not timed: no board here)"),
             "tasks": {}, "runs": []}
 

@@ -75,9 +75,9 @@ class TuneReport:
 
     def summary(self) -> str:
         if self.measured:
-            how = "measured here" if self.measured_on in (None, "here") else f"measured on the device at {self.measured_on}"
+            how = "measured here" if self.measured_on in (None, "here") else f"measured on the board at {self.measured_on}"
         else:
-            how = f"NOT measured ({self.unmeasured_reason or 'no device here'}: random valid schedules)"
+            how = f"NOT measured ({self.unmeasured_reason or 'no board here'}: random valid schedules)"
         state = "complete" if self.complete else f"{self.remaining} tasks left (run again to resume)"
         return (f"{self.out_dir}: {self.preset}, {self.tasks} workloads: {self.tuned} tuned ({self.trials} trials), "
                 f"{self.skipped} already in the database; {state}; {self.seconds:.0f} s; {how}")

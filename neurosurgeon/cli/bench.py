@@ -79,14 +79,12 @@ def speed(args) -> int:
     from ..tools.bench.speed import apply_threads
 
     apply_threads(args.threads)  # before anything imports numpy (OpenBLAS reads its thread count once)
-    from ..tools import zoo
     from ..tools.bench.speed import SpeedOptions, bench_speed, speed_table
 
-    model, name = zoo.resolve(args.model, args.input_size)
     options = SpeedOptions(target=args.target, tuning=args.tuning, threads=args.threads, steps=args.steps,
                            cuts=args.cuts, repeats=args.repeats, input_shapes=input_shapes(args),
-                           kernels=args.kernels, progress=not args.quiet)
-    return _show(bench_speed(model, options, name=name), speed_table, args.json)
+                           input_size=args.input_size, kernels=args.kernels, progress=not args.quiet)
+    return _show(bench_speed(args.model, options), speed_table, args.json)
 
 
 def runtime(args) -> int:

@@ -32,7 +32,7 @@ def register(verbs) -> None:
                    help="input size (default 112, for speed; 0 = the model's own)")
     p.add_argument("--workdir", default=".cache/demo", help="where the model and bundle are kept between runs")
     p.add_argument("--mobile-share", "--device-share", dest="mobile_share", type=float, default=0.25,
-                   help="CPU share of the emulated mobile side (default 0.25; --device-share is the old name)")
+                   help="CPU share of the emulated mobile side (default 0.25; --device-share, the old name, still works)")
     p.add_argument("--requests", type=int, default=3, help="auto requests per scenario")
     p.set_defaults(run=demo)
 

@@ -66,7 +66,7 @@ def test_dag_cuts_cross_several_tensors():
     outputs = {t.name for t in graph.model.outputs}
     assert len(outputs) == 2
     late = inception.cuts[-2]
-    assert {t.name for t in late.device_outputs} | {t.name for t in late.server_outputs} == outputs
+    assert {t.name for t in late.mobile_outputs} | {t.name for t in late.server_outputs} == outputs
 
 
 def test_inspect_prints_tables_and_plots(tmp_path, capsys):

@@ -235,3 +235,17 @@ def test_bundle_runs_alone_with_only_numpy_and_tvm_runtime(alexnet, server, tmp_
     assert record["cut"] == 5 and not record["fell_back"]
     assert "MAPS True False" in out.stdout
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference[bundle.outputs[0].name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("content, message", [(None, "No such file or directory"), ("", "the first line is empty"),
+                                              ("\n\nsecret\n", "the first line is empty")])
+def test_a_bad_token_file_is_a_one_line_error(alexnet, server, tmp_path, content, message):
+    """run.py --token-file with a missing or empty file: exit 2 and one line naming the file, no traceback."""
+    root, _, _, _ = alexnet
+    token_file = tmp_path / "token"
+    if content is not None:
+        token_file.write_text(content)
+    run = subprocess.run([sys.executable, str(root / "bundle" / "run.py"), "--server", server.url, "--token-file",
+                          str(token_file), "--cut", "0"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr.strip() == f"run.py: error: token file {token_file}: {message}"

@@ -104,7 +104,7 @@ def test_every_cut_over_loopback_then_without_the_server(board, compiled):
 
 
 @pytest.mark.parametrize("compiled", ["alexnet"], indirect=True)
-def test_emulate_verb_runs_the_bundle_on_the_device(compiled, board, capfd):
+def test_emulate_verb_runs_the_bundle_on_the_board(compiled, board, capfd):
     _, bundle, x, reference = compiled
     n = len(bundle.segments)
     # --cpu between BUNDLE and `--` is the verb's own option; what follows `--` is run.py's
@@ -136,7 +136,7 @@ def test_emulate_verb_refuses_bundles_that_are_not_aarch64_cpu(tmp_path, capfd):
         emulation.run_bundle(jetson, ["--cut", "0"])
 
 
-def test_tuning_through_rpc_times_candidates_on_the_device(board, tmp_path):
+def test_tuning_through_rpc_times_candidates_on_the_board(board, tmp_path):
     """`tune --rpc`: the runtime's RPC server runs on the emulated aarch64 board, every candidate is
     cross-compiled here, uploaded, loaded and timed there; the tuned bundle runs on the board and
     matches onnxruntime."""

@@ -33,6 +33,7 @@ from ...runtime.bundle import load_artifact
 from ...runtime.errors import NeurosurgeonError
 from ...runtime.tensors import random_inputs
 from ...targets import get_preset
+from .. import zoo
 
 __all__ = ["SpeedError", "SpeedOptions", "apply_threads", "bench_speed", "speed_table"]
 
@@ -51,6 +52,7 @@ class SpeedOptions:
     repeats: int = 15  # timed rounds (medians kept)
     max_seconds: float = 30.0  # per candidate: slow builds (naive) stop sampling after this, keeping >= 3 samples
     input_shapes: dict = field(default_factory=dict)
+    input_size: int | None = None  # zoo models: input height = width
     kernels: str = "blas"
     progress: bool = True
 
@@ -105,7 +107,8 @@ def _vm_main(path: Path):
 
 
 def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
-    """Build and time (see the module docstring); returns a JSON-able dict (`speed_table` prints it)."""
+    """Build and time `model` (an ONNX file or model, or a zoo model's name; see the module docstring);
+    returns a JSON-able dict (`speed_table` prints it)."""
     import onnxruntime as ort
     import tvm
 
@@ -119,6 +122,9 @@ def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
         raise SpeedError(f"{preset.name} does not run on this machine ({preset.machine} {preset.device}); "
                          "time it on a board (neurosurgeon profile) or under emulation (neurosurgeon emulate), "
                          "where timings mean nothing for speed")
+    if isinstance(model, (str, Path)):
+        model, resolved = zoo.resolve(model, options.input_size)
+        name = name or resolved
     tuning_info = read_tuning_info(options.tuning) if options.tuning else None
     if tuning_info and tuning_info["preset"] != preset.name:
         raise SpeedError(f"{options.tuning}: tuned for {tuning_info['preset']}, not {preset.name}")
