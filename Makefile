@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need first.
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench gpu-pack clean
 setup:
 	@bash scripts/setup.sh
 
@@ -16,6 +16,9 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m neurosurgeon bench compile
+
+gpu-pack: setup
+	$(PY) -m neurosurgeon gpu-pack --force
 
 clean:
 	rm -rf .venv .pytest_cache out

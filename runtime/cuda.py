@@ -20,7 +20,7 @@ from pathlib import Path
 from .errors import NeurosurgeonError
 
 
-__all__ = ["SM_ARCH", "CudaRuntimeUnavailable", "cuda_device_modules", "device_code_archs", "has_cuda_source",
+__all__ = ["CUDART_FOLDERS", "SM_ARCH", "CudaRuntimeUnavailable", "cuda_device_modules", "device_code_archs", "has_cuda_source",
            "load_cuda_plugin", "load_cuda_runtime", "tvm_lib_dir"]
 
 
@@ -41,15 +41,45 @@ def tvm_lib_dir() -> Path:
     return Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
 
 
+# Where CUDA's runtime library (which TVM's CUDA plugin links) lives when it is not on the loader's
+# path: the toolkit's folders and the nvidia-cuda-runtime wheel's.
+CUDART_FOLDERS = ("/usr/local/cuda/lib64", "/usr/local/cuda/lib", "/usr/local/cuda-13.0/lib64", "/usr/local/cuda-13.0/lib")
+
+
 def load_cuda_plugin() -> None:
-    """dlopen libtvm_runtime_cuda.so, which registers the CUDA device API, module factory and loader."""
+    """dlopen libtvm_runtime_cuda.so, which registers the CUDA device API, module factory and loader
+    (after CUDA's runtime library, looked for beside the toolkit or the nvidia wheels if the loader
+    does not find it)."""
     from tvm.base import _LOADED_LIBS
 
     plugin = tvm_lib_dir() / "libtvm_runtime_cuda.so"
     try:
         _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(plugin), mode=ctypes.RTLD_GLOBAL)
     except OSError as err:
-        raise CudaRuntimeUnavailable(f"cannot load {plugin}: {err}") from None
+        if "libcudart" not in str(err) or not _preload_cudart():
+            raise CudaRuntimeUnavailable(f"cannot load {plugin}: {err}") from None
+        try:
+            _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(plugin), mode=ctypes.RTLD_GLOBAL)
+        except OSError as again:
+            raise CudaRuntimeUnavailable(f"cannot load {plugin}: {again}") from None
+
+
+def _preload_cudart() -> bool:
+    """Load libcudart.so.* from a known folder with RTLD_GLOBAL; whether one was found."""
+    import importlib.util
+
+    folders = [Path(f) for f in CUDART_FOLDERS]
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        folders += [Path(root) / "cuda_runtime" / "lib", Path(root) / "cu13" / "lib"]
+    for folder in folders:
+        for library in sorted(folder.glob("libcudart.so.*")) if folder.is_dir() else []:
+            try:
+                ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+                return True
+            except OSError:
+                continue
+    return False
 
 
 def load_cuda_runtime() -> None:

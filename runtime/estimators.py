@@ -24,7 +24,7 @@ class NetworkEstimator:
     """Moving estimates of uplink/downlink bandwidth and RTT, seeded from a named network."""
 
     def __init__(self, network: Network, alpha: float = 0.3):
-        self.network = network
+        self.link = network  # the named network the estimates start from
         self.alpha = alpha
         self.up_mbps = network.up_mbps
         self.down_mbps = network.down_mbps
@@ -101,7 +101,7 @@ class MobileTimeEstimator:
 
 def conditions(network: NetworkEstimator, load: ServerLoadEstimator, server_available: bool,
                server_slowdown: float = 1.0) -> Conditions:
-    link = network.network
+    link = network.link
     return Conditions(
         up_mbps=network.up_mbps, down_mbps=network.down_mbps, rtt_s=network.rtt_s,
         server_wait_s=load.wait_s(), server_slowdown=server_slowdown, server_available=server_available,

@@ -20,9 +20,10 @@ from .bundle import Bundle, SegmentExecutor, load_artifact
 from .errors import BundleError, NeurosurgeonError
 from .jsonfile import JsonFormat
 from .progress import Progress, human_seconds
+from .tensors import random_inputs
 
 __all__ = ["KIT_FILE", "KIT_FORMAT", "PROFILE_FORMAT", "ProfileError", "hardware_info", "profile_kit", "read_kit",
-           "time_calls", "time_segments"]
+           "segment_samples", "time_calls", "time_segments"]
 
 
 class ProfileError(NeurosurgeonError):
@@ -37,18 +38,21 @@ PROFILE_FORMAT = JsonFormat("neurosurgeon-profile", 1, "neurosurgeon profile", P
                             hint="profile again with this neurosurgeon's kit")
 
 
-def time_segments(bundle: Bundle, side: str, repeats: int = 5, seed: int = 0) -> list[float]:
-    """Median seconds of each segment over `repeats` runs, after one warm-up pass of the whole chain
-    that also produces every segment's real inputs."""
-    executor = SegmentExecutor(bundle, side)
-    rng = np.random.default_rng(seed)
-    env: dict = {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in bundle.inputs}
-    executor.run(env, range(len(bundle.segments)))
-    medians = []
-    for index in range(len(bundle.segments)):
-        samples, _ = time_calls(lambda i=index: executor.run(dict(env), (i,)), repeats=repeats, warmup=0)
-        medians.append(float(np.median(samples)))
-    return medians
+def time_segments(bundle: Bundle, side: str, repeats: int = 5, seed: int = 0,
+                  executor: SegmentExecutor | None = None) -> list[float]:
+    """Median seconds of each segment (`segment_samples`)."""
+    return [float(np.median(samples)) for samples in segment_samples(bundle, side, repeats, seed, executor)]
+
+
+def segment_samples(bundle: Bundle, side: str, repeats: int = 5, seed: int = 0,
+                    executor: SegmentExecutor | None = None) -> list[list[float]]:
+    """`repeats` timed runs of each segment, in seconds, after one warm-up pass of the whole chain
+    that also produces every segment's real inputs. Each run ends when its device has finished
+    (a GPU runs kernels asynchronously)."""
+    executor = executor or SegmentExecutor(bundle, side)
+    env = executor.run(random_inputs(bundle.inputs, seed), range(len(bundle.segments)))
+    return [time_calls(lambda i=index: executor.run(dict(env), (i,)), sync=executor.device.sync, repeats=repeats,
+                       warmup=0)[0] for index in range(len(bundle.segments))]
 
 
 # -- profile kits --------------------------------------------------------------------------------

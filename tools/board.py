@@ -39,8 +39,8 @@ from pathlib import Path
 from ..runtime.bundle import Bundle, sha256_file
 from ..runtime.errors import BundleError, NeurosurgeonError
 
-__all__ = ["BOARD_RECIPE", "EmulatedBoard", "EmulationError", "NotEmulatable", "RPCServerProcess", "emulation_cpu",
-           "ensure_board", "recipe_hash", "run_bundle", "start_rpc_server"]
+__all__ = ["BOARD_RECIPE", "EmulatedBoard", "EmulationError", "NotEmulatable", "RPCServerProcess", "download_wheels",
+           "emulation_cpu", "ensure_board", "prune", "recipe_hash", "run_bundle", "start_rpc_server", "unpack_wheel"]
 
 # Bump when the build steps change what lands on the board for the same recipe.
 BUILDER_VERSION = 1
@@ -481,21 +481,25 @@ def relativize_symlinks(root: Path) -> None:
 
 
 def download_wheels(spec: dict, dest: Path, log: _Log) -> list[Path]:
-    """pip download the pinned aarch64 wheels (binary only, no dependency resolution, hashes required)."""
+    """pip download the pinned wheels (binary only, no dependency resolution; hashes required where the
+    pins give them) for the spec's Python and machine (`machine`, default aarch64)."""
     dest.mkdir(parents=True, exist_ok=True)
+    machine = spec.get("machine", "aarch64")
     requirements = dest / "requirements.txt"
-    requirements.write_text("".join(f"{name}=={version} --hash=sha256:{digest}\n"
+    requirements.write_text("".join(f"{name}=={version}" + (f" --hash=sha256:{digest}" if digest else "") + "\n"
                                     for name, (version, digest) in spec["pins"].items()))
     major, minor = spec["glibc"]
-    # pip does not widen a --platform to older glibc tags, so list each one the board can run.
-    platforms = [f"manylinux_{major}_{m}_aarch64" for m in range(minor, 16, -1)] + ["manylinux2014_aarch64"]
+    # pip does not widen a --platform to older glibc tags, so list each one the machine can run.
+    platforms = [f"manylinux_{major}_{m}_{machine}" for m in range(minor, 16, -1)] + [f"manylinux2014_{machine}"]
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", "-q",
-           "--only-binary=:all:", "--no-deps", "--require-hashes", "--python-version", spec["python_version"],
+           "--only-binary=:all:", "--no-deps", "--python-version", spec["python_version"],
            "--implementation", spec["implementation"], "--abi", spec["abi"], "-d", str(dest), "-r", str(requirements)]
+    if all(digest for _, digest in spec["pins"].values()):
+        cmd.append("--require-hashes")
     for platform in platforms:
         cmd += ["--platform", platform]
-    log(f"pip download {len(spec['pins'])} aarch64 wheels ({', '.join(f'{n}=={v}' for n, (v, _) in spec['pins'].items())})")
-    _check_run(cmd, "pip download of the aarch64 wheels")
+    log(f"pip download {len(spec['pins'])} {machine} wheels ({', '.join(f'{n}=={v}' for n, (v, _) in spec['pins'].items())})")
+    _check_run(cmd, f"pip download of the {machine} wheels")
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != len(spec["pins"]):
         raise EmulationError(f"pip download gave {len(wheels)} wheels for {len(spec['pins'])} pins")

@@ -44,6 +44,17 @@ def register(verbs) -> None:
                    help="passed to the bundle's run.py, e.g. -- --server http://127.0.0.1:8000 --cut all")
     p.set_defaults(run=emulate)
 
+    p = verbs.add_parser("gpu-pack", help="a folder to run on a GPU machine without TVM: cuda bundles, TVM's runtime, "
+                                          "references and check.py (every cut checked and timed there)")
+    p.add_argument("-o", "--output", default=".gpu-pack", help="the pack folder (default .gpu-pack, ignored by git)")
+    p.add_argument("--preset", default="cuda-sm90", help="the server preset to pack (default cuda-sm90)")
+    p.add_argument("--python", default="3.12", help="the GPU machine's CPython version (default 3.12)")
+    p.add_argument("--models", nargs="+", metavar="NAME[:WIDTH[:SIZE]]",
+                   help="zoo models with their width and input size (default alexnet:0.125 resnet18:0.5 mobilenetv2)")
+    p.add_argument("--force", action="store_true", help="replace an existing pack")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(run=gpu_pack)
+
     p = verbs.add_parser("emulate-rpc", help="run the runtime's RPC server on the emulated aarch64 board "
                                              "(a board for tune --rpc)")
     p.add_argument("--port", type=int, default=9090)
@@ -99,4 +110,24 @@ def emulate_rpc(args) -> int:
             server.process.wait()
         except KeyboardInterrupt:
             pass
+    return 0
+
+
+def gpu_pack(args) -> int:
+    from ..runtime.errors import NeurosurgeonError
+    from ..tools.gpu_pack import DEFAULT_MODELS, PackModel, build_gpu_pack
+
+    models = DEFAULT_MODELS
+    if args.models:
+        try:
+            models = tuple(PackModel(name, *(float(width) if i == 0 else int(width) for i, width in enumerate(rest)))
+                           for name, *rest in (spec.split(":") for spec in args.models))
+        except (TypeError, ValueError):
+            raise NeurosurgeonError(f"--models {' '.join(args.models)}: expected NAME[:WIDTH[:SIZE]], "
+                                    "e.g. resnet18:0.5:224") from None
+    pack = build_gpu_pack(args.output, models, args.preset, args.python, args.force, progress=not args.quiet)
+    print(f"{args.output}: {len(pack['models'])} {pack['preset']} bundles ("
+          + ", ".join(f"{m['name']} x{m['width']:g}, {m['segments']} segments" for m in pack["models"])
+          + f"), TVM's runtime for CPython {pack['python']}, {pack['bytes'] / 2**20:.1f} MiB; on the GPU machine: "
+          f"python3 {args.output}/check.py OUT_FOLDER")
     return 0
