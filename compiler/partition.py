@@ -44,7 +44,7 @@ class Cut:
     def to_json(self) -> dict:
         return {"index": self.index, "layer_boundary": self.layer_boundary, "after_layer": self.after_layer,
                 "crossing": [t.to_json() for t in self.crossing], "upload_bytes": self.upload_bytes,
-                "device_outputs": [t.name for t in self.mobile_outputs],  # the schema 1 name
+                "mobile_outputs": [t.name for t in self.mobile_outputs],
                 "server_outputs": [t.name for t in self.server_outputs], "download_bytes": self.download_bytes}
 
 

@@ -22,7 +22,8 @@ import onnx
 from .. import __version__
 from ..runtime.errors import NeurosurgeonError
 from ..runtime.kernels import EXTERNS
-from ..runtime.manifest import MANIFEST_FORMAT
+from ..runtime.manifest import DEFAULT_PLANNER, MANIFEST_FORMAT
+from ..runtime.planner import PLANNERS
 from ..runtime.progress import Progress
 from ..targets import Preset, get_preset
 from .analysis import analyse
@@ -56,6 +57,7 @@ class CompileOptions:
     progress: bool = True
     tuning: str | Path | None = None  # a tuning folder (neurosurgeon tune), applied to the side(s) of its preset
     kernels: str = "blas"  # CPU builds: blas (GEMMs to the runtime's BLAS), tvm, or naive (compiler/kernels.py)
+    planner: str = DEFAULT_PLANNER  # the schedule planner run.py uses by default (runtime/planner.py's PLANNERS)
     costs: CostStage | None = None  # None: a bundle without costs, which a planner cannot use
 
 
@@ -86,6 +88,8 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
     check_destination(out, options.force)
     if options.kernels not in KERNEL_CHOICES:
         raise NeurosurgeonError(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, not {options.kernels!r}")
+    if options.planner not in PLANNERS:
+        raise NeurosurgeonError(f"--planner must be one of {', '.join(PLANNERS)}, not {options.planner!r}")
     tuning = _tuning_for(options.tuning, presets)
     frozen, graph, plan = analyse(model, options.input_shapes, options.partitioner, name)
 
@@ -160,6 +164,7 @@ def make_manifest(frozen: FrozenModel, graph: LayerGraph, plan: PartitionPlan, p
         "artifacts": artifacts,
         # functions the artifacts call that the runtime provides (runtime/kernels.py)
         "externs": list(EXTERNS) if options.kernels == "blas" and any(p.device != "cuda" for p in presets.values()) else [],
+        "planner": options.planner,
         "build": {"seconds": {k: round(v, 3) for k, v in build_seconds.items()}},
     }
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from .auth import read_token
 from .bundle import Bundle
 from .errors import BundleError, NeurosurgeonError
-from .planner import NETWORKS, OBJECTIVES
+from .planner import NETWORKS, OBJECTIVES, PLANNERS, Budgets
 
 __all__ = ["main", "profile_main", "rpc_server_main", "run_main"]
 
@@ -38,12 +38,18 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
     parser.add_argument("--network", default="wifi", choices=list(NETWORKS),
                         help="the network whose nominal link seeds the estimates (default wifi)")
     parser.add_argument("--cut", default="auto",
-                        help="auto, a cut index to force, or all: one request at each cut 0..S in order")
+                        help="auto (the planner's choice), a cut index to force, or all: one request at each cut 0..S")
+    parser.add_argument("--schedule", metavar="STAGES",
+                        help='force a schedule: its stages ("m0-4 s5-9 m10-11") or a side per segment ("mmmssm")')
+    parser.add_argument("--planner", choices=list(PLANNERS),
+                        help="prefix (a cut), shortest-path (several transfers), min-cut (DAG placement); "
+                             "default: the bundle's")
     parser.add_argument("--token-file", help="file whose first line is the server's bearer token")
     parser.add_argument("--shape", action="store_true", help="shape this client's transfers to the network's link")
     parser.add_argument("--deadline", type=float, help="seconds to wait for the server before finishing here")
-    parser.add_argument("--max-latency", type=float, help="latency budget in seconds (with --objective energy)")
-    parser.add_argument("--max-energy", type=float, help="mobile energy budget in joules (with --objective latency)")
+    parser.add_argument("--max-latency", type=float, metavar="S", help="latency budget in seconds (QoS)")
+    parser.add_argument("--max-energy", type=float, metavar="J", help="mobile energy budget in joules (battery)")
+    parser.add_argument("--max-server", type=float, metavar="S", help="budget of time on the server, in seconds")
     parser.add_argument("--costs", default="default",
                         help=f"per-segment times: {', '.join(COST_SOURCES)}, or a costs JSON file")
     parser.add_argument("--measure", action="store_true",
@@ -54,6 +60,8 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
     sweep = args.cut == "all"
     if sweep and args.output and not args.output.endswith(".npz"):
         parser.error("--cut all saves every cut's outputs: give -o FILE.npz")
+    if args.schedule and args.cut != "auto":
+        parser.error("--schedule and --cut both fix the schedule: give one")
     try:
         bundle = Bundle(bundle_dir)
         if expected_bundle_id and bundle.bundle_id != expected_bundle_id:
@@ -63,18 +71,19 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
         if args.measure:
             path = measure_bundle(bundle, "mobile")
             print(f"measured this machine's {len(bundle.segments)} segments: {path}", file=sys.stderr)
+        budgets = Budgets(args.max_latency, args.max_energy, args.max_server)
         runtime = MobileRuntime(bundle, args.server, token, args.network, args.objective, args.shape, args.deadline,
-                                max_latency_s=args.max_latency, max_energy_j=args.max_energy, costs=args.costs)
+                                budgets=budgets, costs=args.costs, planner=args.planner)
         runtime.warm_up()
         inputs = read_inputs(bundle, args.input)
-        cuts = range(runtime.n_segments + 1) if sweep else [args.cut]
+        cuts = range(runtime.n_segments + 1) if sweep else [args.schedule or args.cut]
         saved = {}
         for _ in range(args.requests):
             for cut in cuts:
                 outputs, record = runtime.infer(inputs, cut)
                 print(json.dumps(asdict(record)) if args.json else describe(record, bundle), flush=True)
                 # A sweep keeps every cut's outputs apart; otherwise the last request's are saved.
-                saved.update({f"cut{record.cut:03d}/{name}": value for name, value in outputs.items()}
+                saved.update({f"cut{cut:03d}/{name}": value for name, value in outputs.items()}
                              if sweep else outputs)
         if args.output:
             write_outputs(saved, args.output)

@@ -39,6 +39,7 @@ class JsonFormat:
     error: type[NeurosurgeonError] = NeurosurgeonError
     version_key: str = "version"
     hint: str = ""
+    older: tuple[int, ...] = ()  # older major versions this code still reads (it maps their fields)
     # Formats that define a folder (a bundle, a profile kit, a tuning folder): the file that marks one,
     # what the folder is called, and how one is made.
     file: str = ""
@@ -52,8 +53,9 @@ class JsonFormat:
     @property
     def compatibility(self) -> str:
         """The rule, as the files themselves may state it."""
-        return (f"A reader reads {self.name} files whose {self.version_key} major equals its own ({self.major}); "
-                "a higher minor version only adds fields, which older readers ignore.")
+        older = f", or is one of {', '.join(map(str, self.older))}" if self.older else ""
+        return (f"A reader reads {self.name} files whose {self.version_key} major equals its own ({self.major}"
+                f"{older}); a higher minor version only adds fields, which older readers ignore.")
 
     def stamp(self) -> dict:
         """The fields that open every file of this format."""
@@ -67,10 +69,11 @@ class JsonFormat:
             raise self.error(f"{where}: not a {self.what} (format {found!r}, expected {self.name!r})")
         version = doc.get(self.version_key)
         major = version[0] if isinstance(version, list) and len(version) == 2 else version
-        if not isinstance(major, int) or isinstance(major, bool) or major != self.major:
+        if not isinstance(major, int) or isinstance(major, bool) or major not in (self.major, *self.older):
             hint = f"; {self.hint}" if self.hint else ""
+            reads = " and ".join(f"{m}.x" for m in (self.major, *self.older))
             raise self.error(f"{where}: {self.what} {self.version_key.replace('_', ' ')} {version} is not readable by this neurosurgeon "
-                             f"(it reads {self.major}.x){hint}")
+                             f"(it reads {reads}){hint}")
         return doc
 
     def parse(self, text: str | bytes, where: str | Path) -> dict:

@@ -18,14 +18,17 @@ from .errors import BundleError
 from .jsonfile import JsonFormat
 from .tensors import TensorInfo
 
-__all__ = ["MANIFEST", "MANIFEST_FORMAT", "Artifact", "CutSpec", "Identity", "LayerSpec", "Manifest", "SegmentSpec",
+__all__ = ["DEFAULT_PLANNER", "MANIFEST", "MANIFEST_FORMAT", "Artifact", "CutSpec", "Identity", "LayerSpec", "Manifest", "SegmentSpec",
            "Side", "SideCosts", "COST_CHOICES", "parse_costs"]
 
 MANIFEST = "manifest.json"
-# 1.1: "externs", functions the artifacts call that the runtime provides
-MANIFEST_FORMAT = JsonFormat("neurosurgeon-bundle", (1, 1), "neurosurgeon bundle manifest", BundleError,
+# 1.1: "externs", functions the artifacts call that the runtime provides. 2.0: schedules: "planner", the
+# bundle's default planner; cuts name the model outputs already made on the mobile side "mobile_outputs"
+# (1.x: "device_outputs"). This runtime reads 1.x bundles too (their planner is "prefix").
+MANIFEST_FORMAT = JsonFormat("neurosurgeon-bundle", (2, 0), "neurosurgeon bundle manifest", BundleError,
                              version_key="schema_version", hint="rebuild the bundle or update the runtime",
-                             file=MANIFEST, folder="bundle", made_by="`neurosurgeon compile`")
+                             older=(1,), file=MANIFEST, folder="bundle", made_by="`neurosurgeon compile`")
+DEFAULT_PLANNER = "prefix"
 COST_CHOICES = ("measured", "predicted")  # the per-segment times a side may carry besides the chosen ones
 
 
@@ -179,6 +182,7 @@ class Manifest:
     artifacts: dict[str, tuple[Artifact, ...]]  # by preset
     externs: tuple[str, ...]
     costs: dict[str, SideCosts]  # by side; empty in a bundle made without a cost stage
+    planner: str = DEFAULT_PLANNER  # the planner run.py uses unless told otherwise
     build: dict = field(default_factory=dict)
 
     @classmethod
@@ -208,6 +212,7 @@ class Manifest:
                        for preset in m.get("artifacts", dict)},
             externs=tuple(m.get("externs", list, [])),
             costs=parse_costs(m.get("costs", dict, {}), where, "costs"),
+            planner=m.get("planner", str, DEFAULT_PLANNER),
             build=m.get("build", dict, {}),
         )
         manifest._check(where)
@@ -252,9 +257,9 @@ def _segment(segment: _Fields) -> SegmentSpec:
 
 
 def _cut(cut: _Fields) -> CutSpec:
-    # "device_outputs": the schema 1 name of the mobile side's outputs
+    mobile_outputs = "mobile_outputs" if "mobile_outputs" in cut.doc else "device_outputs"  # schema 1's name
     return CutSpec(cut.get("index", int), cut.get("after_layer", (str, type(None)), None), cut.tensors("crossing"),
-                   cut.get("upload_bytes", int), tuple(cut.get("device_outputs", list)),
+                   cut.get("upload_bytes", int), tuple(cut.get(mobile_outputs, list)),
                    tuple(cut.get("server_outputs", list)), cut.get("download_bytes", int))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +19,41 @@ from .estimators import MobileTimeEstimator, NetworkEstimator, ServerLoadEstimat
 from .jsonfile import JsonFormat
 from .manifest import COST_CHOICES, SideCosts, parse_costs
 from .measured import load_measured
-from .planner import OBJECTIVES, Decision, Planner, SegmentCosts, get_network
-from .protocol import cut_model_name
+from .planner import OBJECTIVES, Budgets, Conditions, Decision, Planner, SegmentCosts, get_network, make_planner
+from .protocol import stage_model_name
+from .schedule import MOBILE, SERVER, Schedule, TensorGraph
 from .tensors import random_inputs
 
-__all__ = ["COSTS_FORMAT", "COST_SOURCES", "MobileRuntime", "RequestRecord", "describe", "load_costs", "read_inputs",
-           "write_outputs"]
+__all__ = ["COSTS_FORMAT", "COST_SOURCES", "MobileRuntime", "RequestRecord", "StageRecord", "describe", "load_costs",
+           "read_inputs", "write_outputs"]
+
+
+@dataclass
+class StageRecord:
+    side: str  # where the schedule put it
+    segments: list[int]
+    ran_on: str  # where it ran: a server stage runs here when the server fails
+    predicted_s: float
+    measured_s: float
+    upload_bytes: int = 0  # bytes actually sent and received (tensors plus protocol header)
+    download_bytes: int = 0
 
 
 @dataclass
 class RequestRecord:
-    cut: int
+    schedule: str  # its stages, e.g. "m0-4 s5-9 m10-11"
+    cut: int | None  # k when the schedule is Neurosurgeon's cut k
+    planner: str  # the planner that chose it, or "fixed"
     chosen: str  # "auto" or "fixed"
     objective: str
     predicted_latency_s: float
     predicted_energy_j: float
-    crossing_bytes: int  # tensor bytes that had to cross at this cut
-    upload_bytes: int  # bytes actually sent (tensors plus protocol header)
+    predicted_server_s: float
+    infeasible: list[str]  # budgets no schedule met (the planner then chose without them)
+    crossing_bytes: int  # tensor bytes the schedule uploads
+    upload_bytes: int  # bytes actually sent (tensors plus protocol headers)
     download_bytes: int
-    mobile_s: float
+    mobile_s: float  # computing here, server stages that fell back included
     network_s: float
     server_s: float  # time inside the server (queueing and compute), as it reported it
     total_s: float
@@ -47,6 +63,7 @@ class RequestRecord:
     up_mbps: float  # the estimates the decision was made with
     rtt_s: float
     server_wait_s: float
+    stages: list[StageRecord] = field(default_factory=list)
 
 
 COST_SOURCES = ("default", *COST_CHOICES)
@@ -75,8 +92,6 @@ def load_costs(bundle: Bundle, costs: str | Path | None = None) -> SegmentCosts:
         mobile_s=np.asarray(mobile.segment_seconds, dtype=np.float64),
         server_s=np.asarray(server.segment_seconds, dtype=np.float64),
         mobile_power_w=np.broadcast_to(np.asarray(mobile.power_w, dtype=np.float64), (n,)).copy(),
-        upload_bytes=np.array([c.upload_bytes for c in bundle.cuts], dtype=np.float64),
-        download_bytes=np.array([c.download_bytes for c in bundle.cuts], dtype=np.float64),
         source=f"mobile: {mobile.source}; server: {server.source}",
     )
 
@@ -104,30 +119,42 @@ def _bundle_costs(bundle: Bundle, choice: str) -> dict[str, SideCosts]:
 
 
 class MobileRuntime:
+    """The mobile side of a bundle: per request, a schedule (chosen by a planner from the estimates, or
+    fixed), run stage by stage; a server stage that fails in any way runs here, and so does every
+    stage after it (the server is marked down and probed before it is used again)."""
+
     def __init__(self, bundle: Bundle | str | Path, server_url: str | None = None, token: str | None = None,
                  network: str = "wifi", objective: str = "latency", shape_link: bool = False,
                  deadline_s: float | None = None, learn: bool = True, retry_after_s: float = 5.0,
-                 max_latency_s: float | None = None, max_energy_j: float | None = None,
-                 costs: str | Path | None = None):
+                 budgets: Budgets = Budgets(), costs: str | Path | None = None, planner: str | None = None):
         if objective not in OBJECTIVES:
             raise NeurosurgeonError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
         self.executor = SegmentExecutor(self.bundle, "mobile")
         self.costs = load_costs(self.bundle, costs)
-        self.planner = Planner(self.costs)
+        self.graph = TensorGraph.of_bundle(self.bundle)
+        self.planner_name = planner or self.bundle.manifest.planner
+        self._planners: dict[str, Planner] = {}
+        self.planner = self.planner_for(self.planner_name)
         link = get_network(network)
         self.network = NetworkEstimator(link)
         self.load = ServerLoadEstimator()
         self.mobile_times = MobileTimeEstimator(self.costs.mobile_s)
         self.learn = learn
         self.server_slowdown = 1.0  # observed / predicted server compute, learned from answers
-        self.objective, self.max_latency_s, self.max_energy_j = objective, max_latency_s, max_energy_j
+        self.objective, self.budgets = objective, budgets
         self.deadline_s = deadline_s
         self.retry_after_s = retry_after_s
         self.client = (InferenceClient(server_url, token, ShapedLink.from_network(link) if shape_link else None)
                        if server_url else None)
         self._server_down_until = 0.0
         self.n_segments = len(self.bundle.segments)
+        self._stage_model = stage_model_name(self.bundle.name)
+
+    def planner_for(self, name: str) -> Planner:
+        if name not in self._planners:
+            self._planners[name] = make_planner(name, self.graph, self.costs)
+        return self._planners[name]
 
     def warm_up(self) -> None:
         """Verify and load every mobile segment now, so the first request is not the slow one."""
@@ -152,62 +179,86 @@ class MobileRuntime:
     def _mark_down(self) -> None:
         self._server_down_until = time.monotonic() + self.retry_after_s
 
-    def decide(self, cut: int | str = "auto") -> tuple[Decision, str, bool]:
-        """The cut for the next request, how it was chosen, and whether the server is thought up."""
+    def decide(self, schedule: int | str | Schedule = "auto", planner: str | None = None
+               ) -> tuple[Decision, Conditions, bool]:
+        """The schedule for the next request: "auto" (the planner's choice), a cut k, a schedule
+        (or its text: "m0-4 s5-9 m10-11"); with the conditions it was made for and whether the
+        server is thought up."""
         available = self.server_available()
         c = conditions(self.network, self.load, available, self.server_slowdown)
-        if cut == "auto":
-            return self.planner.choose(c, self.objective, self.max_latency_s, self.max_energy_j), "auto", available
-        k = int(cut)
-        if not 0 <= k <= self.n_segments:
-            raise NeurosurgeonError(f"cut {k} does not exist; this bundle has cuts 0..{self.n_segments}")
-        latency, energy = self.planner.predict(c)
-        return Decision(k, float(latency[k]), float(energy[k]), self.objective), "fixed", available
+        chooser = self.planner_for(planner or self.planner_name)
+        if schedule == "auto":
+            return chooser.choose(c, self.objective, self.budgets), c, available
+        if isinstance(schedule, str) and not schedule.isdigit():
+            schedule = Schedule.parse(self.graph, schedule)
+        elif not isinstance(schedule, Schedule):
+            k = int(schedule)
+            if not 0 <= k <= self.n_segments:
+                raise NeurosurgeonError(f"cut {k} does not exist; this bundle has cuts 0..{self.n_segments}")
+            schedule = Schedule.cut(self.graph, k)
+        return Decision(schedule, *chooser.evaluate(c, schedule), self.objective, "fixed"), c, available
 
-    def infer(self, inputs: dict[str, np.ndarray], cut: int | str = "auto") -> tuple[dict[str, np.ndarray], RequestRecord]:
+    def infer(self, inputs: dict[str, np.ndarray], schedule: int | str | Schedule = "auto",
+              planner: str | None = None) -> tuple[dict[str, np.ndarray], RequestRecord]:
         env = self._check_inputs(inputs)
-        decision, chosen, available = self.decide(cut)
-        k = decision.cut
+        decision, c, available = self.decide(schedule, planner)
+        chooser = self.planner_for(planner or self.planner_name)
+        predicted = chooser.stage_times(c, decision.schedule)
+        names = self.graph.names
         started = time.perf_counter()
-        mobile_s = self._run_here(env, range(k))
-        network_s = server_s = fallback_s = 0.0
-        upload = download = 0
+        stages: list[StageRecord] = []
+        network_s = server_s = fallback_s = mobile_s = 0.0
         reason = None
-        spec = self.bundle.cuts[k]
-        if k < self.n_segments:
-            try:
-                if self.client is None:
-                    raise ServerUnavailable("no server configured")
-                if not available:
-                    raise ServerUnavailable("server marked down after a recent failure")
-                answer = self.client.infer(
-                    cut_model_name(self.bundle.name, k), {t.name: fetch(env[t.name]) for t in spec.crossing},
-                    [t.name for t in self.bundle.outputs if t.name not in env], self._deadline(decision, k))
-                env.update(answer.outputs)
-                upload, download = answer.upload_bytes, answer.download_bytes
-                compute_s = float(answer.parameters.get("compute_s", 0.0))
-                # Time inside the server (queueing included) is not network time.
-                server_s = float(answer.parameters.get("server_s", compute_s))
-                network_s = max(answer.seconds - server_s, 0.0)
-                self._learn_from_answer(answer, k, compute_s, network_s)
-            except ServerUnavailable as err:
-                reason = err.reason
-                if available:
-                    self._mark_down()
-                fallback_s = self._run_here(env, range(k, self.n_segments))
+        for stage, predicted_s in zip(decision.schedule.stages, predicted):
+            t0 = time.perf_counter()
+            record = StageRecord(stage.side, list(stage.segments), stage.side, predicted_s, 0.0)
+            if stage.side == SERVER and reason is None:
+                try:
+                    if self.client is None:
+                        raise ServerUnavailable("no server configured")
+                    if not available:
+                        raise ServerUnavailable("server marked down after a recent failure")
+                    answer = self.client.infer(self._stage_model, {names[t]: fetch(env[names[t]]) for t in stage.uploads},
+                                               [names[t] for t in stage.downloads], self._deadline(predicted_s))
+                    env.update(answer.outputs)
+                    record.upload_bytes, record.download_bytes = answer.upload_bytes, answer.download_bytes
+                    compute_s = float(answer.parameters.get("compute_s", 0.0))
+                    # Time inside the server (queueing included) is not network time.
+                    inside = float(answer.parameters.get("server_s", compute_s))
+                    server_s += inside
+                    network_s += max(answer.seconds - inside, 0.0)
+                    self._learn_from_answer(answer, chooser, stage.segments, compute_s, max(answer.seconds - inside, 0.0))
+                except ServerUnavailable as err:
+                    reason = err.reason
+                    if available:
+                        self._mark_down()
+            if stage.side == MOBILE or reason is not None:
+                ran = self._run_here(env, stage.segments)
+                mobile_s += ran
+                record.ran_on = MOBILE
+                if stage.side == SERVER:
+                    fallback_s += ran
+            record.measured_s = time.perf_counter() - t0
+            stages.append(record)
         outputs = {t.name: fetch(env[t.name]) for t in self.bundle.outputs}
         total = time.perf_counter() - started
         if self.learn:
-            self.planner.update_mobile_times(self.mobile_times.times)
+            for p in self._planners.values():
+                p.update_mobile_times(self.mobile_times.times)
+        uploads = [t for stage in decision.schedule.stages for t in stage.uploads]
         record = RequestRecord(
-            cut=k, chosen=chosen, objective=decision.objective, predicted_latency_s=decision.latency_s,
-            predicted_energy_j=decision.energy_j, crossing_bytes=spec.upload_bytes, upload_bytes=upload,
-            download_bytes=download, mobile_s=mobile_s, network_s=network_s, server_s=server_s, total_s=total,
-            fell_back=reason is not None, fallback_reason=reason, fallback_s=fallback_s,
-            up_mbps=self.network.up_mbps, rtt_s=self.network.rtt_s, server_wait_s=self.load.wait_s())
+            schedule=decision.schedule.describe(), cut=decision.cut, planner=decision.planner,
+            chosen="fixed" if decision.planner == "fixed" else "auto", objective=decision.objective,
+            predicted_latency_s=decision.latency_s, predicted_energy_j=decision.energy_j,
+            predicted_server_s=decision.server_s, infeasible=list(decision.infeasible),
+            crossing_bytes=int(self.graph.nbytes[uploads].sum()) if uploads else 0,
+            upload_bytes=sum(s.upload_bytes for s in stages), download_bytes=sum(s.download_bytes for s in stages),
+            mobile_s=mobile_s, network_s=network_s, server_s=server_s, total_s=total, fell_back=reason is not None,
+            fallback_reason=reason, fallback_s=fallback_s, up_mbps=self.network.up_mbps, rtt_s=self.network.rtt_s,
+            server_wait_s=self.load.wait_s(), stages=stages)
         return outputs, record
 
-    def _run_here(self, env: dict, segments: range) -> float:
+    def _run_here(self, env: dict, segments) -> float:
         started = time.perf_counter()
         for index in segments:
             t0 = time.perf_counter()
@@ -215,18 +266,15 @@ class MobileRuntime:
             self.mobile_times.observe(index, time.perf_counter() - t0)
         return time.perf_counter() - started
 
-    def _deadline(self, decision: Decision, k: int) -> float:
-        if self.deadline_s is not None:
-            return self.deadline_s
-        remote = decision.latency_s - self.planner.mobile_time(k)
-        return max(2.0, 4.0 * remote)
+    def _deadline(self, predicted_s: float) -> float:
+        return self.deadline_s if self.deadline_s is not None else max(2.0, 4.0 * predicted_s)
 
-    def _learn_from_answer(self, answer, k: int, compute_s: float, network_s: float) -> None:
+    def _learn_from_answer(self, answer, planner: Planner, segments, compute_s: float, network_s: float) -> None:
         self.load.update(answer.parameters)
         self.network.observe_transfer(answer.upload_bytes, answer.download_bytes, network_s)
         if not self.learn:
             return
-        predicted = self.planner.server_time(k)
+        predicted = float(planner.server_s[list(segments)].sum())
         if predicted > 0 and compute_s > 0:
             self.server_slowdown = ewma(self.server_slowdown, compute_s / predicted, 0.3)
 
@@ -275,11 +323,15 @@ def write_outputs(outputs: dict[str, np.ndarray], path: str) -> None:
 
 def describe(record: RequestRecord, bundle: Bundle) -> str:
     n = len(bundle.segments)
-    where = "cloud-only" if record.cut == 0 else "mobile-only" if record.cut == n else f"segments 0..{record.cut - 1} here"
-    text = (f"cut {record.cut}/{n} ({where}, {record.chosen}, {record.objective}): predicted {record.predicted_latency_s * 1e3:.1f} ms, "
-            f"took {record.total_s * 1e3:.1f} ms = mobile {record.mobile_s * 1e3:.1f} + network {record.network_s * 1e3:.1f} "
-            f"+ server {record.server_s * 1e3:.1f}; uploaded {record.upload_bytes} B "
-            f"(estimates: up {record.up_mbps:.2f} Mbps, rtt {record.rtt_s * 1e3:.0f} ms)")
+    where = ("cloud-only" if record.cut == 0 else "mobile-only" if record.cut == n
+             else f"cut {record.cut}/{n}" if record.cut is not None
+             else f"{sum(s.side == SERVER for s in record.stages)} server stages")
+    text = (f"{record.schedule} ({where}; {record.chosen} {record.planner}, {record.objective}): predicted "
+            f"{record.predicted_latency_s * 1e3:.1f} ms, took {record.total_s * 1e3:.1f} ms = mobile "
+            f"{record.mobile_s * 1e3:.1f} + network {record.network_s * 1e3:.1f} + server {record.server_s * 1e3:.1f}; "
+            f"uploaded {record.upload_bytes} B (estimates: up {record.up_mbps:.2f} Mbps, rtt {record.rtt_s * 1e3:.0f} ms)")
+    if record.infeasible:
+        text += f"; no schedule meets the {' and '.join(record.infeasible)} budget: best without it"
     if record.fell_back:
         text += f"; server failed ({record.fallback_reason}), finished here in {record.fallback_s * 1e3:.1f} ms"
     return text

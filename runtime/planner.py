@@ -1,25 +1,38 @@
-"""Pick the cut for a request: Neurosurgeon's argmin over predicted end-to-end latency or mobile
-energy, from per-segment cost estimates and the current network and server conditions.
+"""Pick the schedule for a request: which side runs each segment (runtime/schedule.py), the one that
+minimises predicted end-to-end latency or mobile energy, optionally under budgets, from per-segment
+cost estimates and the current network and server conditions. Three planners, one interface
+(`choose(conditions, objective, budgets) -> Decision`), picked per bundle or per request:
 
-The decision reads only numbers already in memory (numpy arrays prepared once per bundle), so it
-costs microseconds. Where the per-segment costs come from (measured at compile time, fitted cost
-models, the mobile side's own measurements) is the `SegmentCosts` provider's business, not the planner's.
+- `prefix` (Neurosurgeon): the best cut k, segments 0..k-1 on the mobile side. Exact over cuts, on
+  any graph, with any budgets: every cut is evaluated.
+- `shortest-path` (Eshratifar & Pedram): any side for any segment, as many transfers as pay, found
+  as a shortest path over (segment, side) states; with budgets, an exact resource-constrained
+  shortest path (labels pruned by dominance and by the budgets). Exact on chains (each segment
+  reads only what the one before made); on DAGs a heuristic, since a tensor that skips segments
+  is not on the path's edges: the schedule it picks is then priced exactly before it is reported.
+- `min-cut` (DADS): a placement of a DAG whose mobile part is closed under "is read by" (one
+  upload, no way back), found as a minimum s-t cut (max flow), exact over those placements; with
+  budgets, every such placement is evaluated (exact), up to MAX_PLACEMENTS of them.
 
-    latency(k) = sum_{i<k} TM_i + [k<S] (RTT + U_k / B_up + wait + slowdown * sum_{i>=k} TC_i + D_k / B_down)
-    energy(k)  = sum_{i<k} TM_i * PM_i + [k<S] (U_k / B_up * P_up + D_k / B_down * P_down)
-
-with the radio power model P = alpha * throughput_Mbps + beta (Huang et al., MobiSys 2012).
+With no schedule meeting the budgets, the decision says which budgets cannot be met and falls back
+to the planner's best schedule without budgets. Without a server, everything runs on the mobile
+side. The radio power model is P = alpha * throughput_Mbps + beta (Huang et al., MobiSys 2012).
 """
 
 from __future__ import annotations
 
+import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import NeurosurgeonError
+from .schedule import MOBILE, Schedule, ScheduleTerms, TensorGraph
 
-__all__ = ["NETWORKS", "OBJECTIVES", "Conditions", "Decision", "Network", "Planner", "SegmentCosts", "get_network"]
+__all__ = ["MAX_PLACEMENTS", "NETWORKS", "OBJECTIVES", "PLANNERS", "Budgets", "Conditions", "Decision",
+           "MinCutPlanner", "Network", "Planner", "PrefixPlanner", "SegmentCosts", "ShortestPathPlanner",
+           "get_network", "make_planner"]
 
 
 @dataclass(frozen=True)
@@ -61,13 +74,11 @@ def get_network(name: str) -> Network:
 
 @dataclass(frozen=True)
 class SegmentCosts:
-    """What the planner needs to know about a bundle, filled by a cost provider."""
+    """What the planner needs to know about each segment, filled by a cost provider."""
 
     mobile_s: np.ndarray  # per segment: predicted time on the mobile side
     server_s: np.ndarray  # per segment: predicted time on an idle server
     mobile_power_w: np.ndarray  # per segment: mobile power while computing it
-    upload_bytes: np.ndarray  # per cut: bytes the mobile side uploads
-    download_bytes: np.ndarray  # per cut: bytes the server sends back
     source: str = "unknown"
 
 
@@ -78,7 +89,7 @@ class Conditions:
     up_mbps: float
     down_mbps: float
     rtt_s: float
-    server_wait_s: float = 0.0  # queueing ahead of this request
+    server_wait_s: float = 0.0  # queueing ahead of each request the server gets
     server_slowdown: float = 1.0  # server compute time multiplier under load
     server_available: bool = True
     upload_power_w: float = 0.0
@@ -86,75 +97,446 @@ class Conditions:
 
 
 @dataclass(frozen=True)
+class Budgets:
+    """Ceilings a schedule must stay under (None: no ceiling): end-to-end latency (QoS), mobile energy
+    (battery), time on the server (limited cloud resources)."""
+
+    max_latency_s: float | None = None
+    max_energy_j: float | None = None
+    max_server_s: float | None = None
+
+    def limits(self) -> np.ndarray:
+        """(latency, energy, server) ceilings, inf where there is none."""
+        return np.array([math.inf if v is None else v for v in (self.max_latency_s, self.max_energy_j,
+                                                                 self.max_server_s)])
+
+    def __bool__(self) -> bool:
+        return bool(np.isfinite(self.limits()).any())
+
+
+BUDGET_NAMES = ("latency", "energy", "server time")
+
+
+@dataclass(frozen=True)
 class Decision:
-    cut: int
+    schedule: Schedule
     latency_s: float  # predicted
     energy_j: float  # predicted mobile energy
+    server_s: float  # predicted time on the server
     objective: str
+    planner: str
+    infeasible: tuple[str, ...] = ()  # budgets no schedule meets: then the best schedule without budgets
+
+    @property
+    def cut(self) -> int | None:
+        return self.schedule.prefix_cut
 
 
-class Planner:
-    """Both predictions are linear in a few condition-dependent terms, so each is one small
-    matrix-vector product over columns prepared once per bundle:
+class Planner(ABC):
+    """Chooses a schedule per request from per-segment costs (`update_mobile_times` as the mobile side
+    learns its own) and the conditions. A new planner is a new subclass listed in PLANNERS."""
 
-        latency = [mobile prefix | upload bits | download bits | server suffix | offloads] @
-                  [1, 1/B_up, 1/B_down, slowdown, RTT + wait]
-        energy  = [mobile energy prefix | upload bits | download bits] @ [1, P_up/B_up, P_down/B_down]
-    """
+    name = ""
 
-    def __init__(self, costs: SegmentCosts):
-        self.costs = costs
-        self.n_segments = len(costs.mobile_s)
-        n_cuts = self.n_segments + 1
-        offloads = (np.arange(n_cuts) < self.n_segments).astype(np.float64)
-        upload_bits = np.asarray(costs.upload_bytes, dtype=np.float64) * 8 * offloads
-        download_bits = np.asarray(costs.download_bytes, dtype=np.float64) * 8 * offloads
-        if not (len(upload_bits) == len(download_bits) == n_cuts):
-            raise ValueError(f"costs describe {self.n_segments} segments but {len(costs.upload_bytes)} cuts")
-        server = np.asarray(costs.server_s, dtype=np.float64)
-        server_suffix = np.concatenate((np.cumsum(server[::-1])[::-1], [0.0]))
-        self._power = np.asarray(costs.mobile_power_w, dtype=np.float64)
-        self._latency_terms = np.column_stack([np.zeros(n_cuts), upload_bits, download_bits, server_suffix, offloads])
-        self._energy_terms = np.column_stack([np.zeros(n_cuts), upload_bits, download_bits])
-        self.update_mobile_times(costs.mobile_s)
+    def __init__(self, graph: TensorGraph, costs: SegmentCosts):
+        if not (len(costs.mobile_s) == len(costs.server_s) == graph.n):
+            raise ValueError(f"costs describe {len(costs.mobile_s)} segments, the graph has {graph.n}")
+        self.graph, self.costs = graph, costs
+        self.mobile_s = np.asarray(costs.mobile_s, dtype=np.float64).copy()
+        self.server_s = np.asarray(costs.server_s, dtype=np.float64)
+        self.power_w = np.broadcast_to(np.asarray(costs.mobile_power_w, dtype=np.float64), (graph.n,))
+        self._schedules: dict[bytes, tuple[Schedule, ScheduleTerms]] = {}
+        self._mobile_only = self.schedule(np.zeros(graph.n, dtype=bool))
 
-    def update_mobile_times(self, mobile_s: np.ndarray) -> None:
-        """New per-segment mobile times (e.g. as the mobile side measured them); O(segments)."""
-        mobile = np.asarray(mobile_s, dtype=np.float64)
-        self._latency_terms[1:, 0] = np.cumsum(mobile)
-        self._energy_terms[1:, 0] = np.cumsum(mobile * self._power)
+    def update_mobile_times(self, mobile_s) -> None:
+        """New per-segment mobile times (e.g. as the mobile side measured them)."""
+        self.mobile_s = np.asarray(mobile_s, dtype=np.float64).copy()
 
-    def mobile_time(self, cut: int) -> float:
-        """Predicted time of the mobile side's share of `cut`."""
-        return float(self._latency_terms[cut, 0])
+    def schedule(self, server_mask) -> Schedule:
+        """The schedule of a server mask, with its stages and cost terms (kept: planners come back to
+        the same few schedules request after request)."""
+        key = np.asarray(server_mask, dtype=bool).tobytes()
+        found = self._schedules.get(key)
+        if found is None:
+            if len(self._schedules) > 4096:
+                self._schedules.clear()
+            schedule = Schedule.of(self.graph, server_mask)
+            found = self._schedules[key] = (schedule, ScheduleTerms.of_schedule(self.graph, schedule))
+        return found[0]
 
-    def server_time(self, cut: int) -> float:
-        """Predicted compute time of the server's share of `cut`, on an idle server."""
-        return float(self._latency_terms[cut, 3])
+    def evaluate(self, c: Conditions, schedule: Schedule) -> tuple[float, float, float]:
+        """(latency, energy, server time) of one schedule, priced exactly."""
+        self.schedule(schedule.server_mask)
+        terms = self._schedules[schedule.server_mask.tobytes()][1]
+        latency, energy, server = terms.costs(self.mobile_s, self.server_s, self.power_w, c)
+        return float(latency[0]), float(energy[0]), float(server[0])
 
-    def predict(self, c: Conditions) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted latency (s) and mobile energy (J) of every cut."""
-        up, down = 1.0 / (c.up_mbps * 1e6), 1.0 / (c.down_mbps * 1e6)
-        latency = self._latency_terms @ np.array((1.0, up, down, c.server_slowdown, c.rtt_s + c.server_wait_s))
-        energy = self._energy_terms @ np.array((1.0, c.upload_power_w * up, c.download_power_w * down))
-        return latency, energy
+    def stage_times(self, c: Conditions, schedule: Schedule) -> list[float]:
+        """Predicted seconds of each stage of a schedule (they add up to its latency): a server stage's
+        RTT, queue, upload, compute and download."""
+        times = []
+        for stage in schedule.stages:
+            segments = list(stage.segments)
+            if stage.side == MOBILE:
+                times.append(float(self.mobile_s[segments].sum()))
+                continue
+            up = float(self.graph.nbytes[list(stage.uploads)].sum()) * 8 / (c.up_mbps * 1e6)
+            down = float(self.graph.nbytes[list(stage.downloads)].sum()) * 8 / (c.down_mbps * 1e6)
+            times.append(c.rtt_s + c.server_wait_s + up + c.server_slowdown * float(self.server_s[segments].sum()) + down)
+        return times
 
-    def choose(self, c: Conditions, objective: str = "latency", max_latency_s: float | None = None,
-               max_energy_j: float | None = None) -> Decision:
-        """The best cut for `objective`, optionally under a latency (QoS) or energy (battery) budget.
-        With no feasible cut, the best unconstrained one is returned."""
+    def choose(self, c: Conditions, objective: str = "latency", budgets: Budgets = Budgets()) -> Decision:
+        if objective not in OBJECTIVES:
+            raise NeurosurgeonError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
         if not c.server_available:
-            k = self.n_segments
-            return Decision(k, self.mobile_time(k), float(self._energy_terms[k, 0]), objective)
-        latency, energy = self.predict(c)
-        score = latency if objective == "latency" else energy
-        if max_latency_s is not None or max_energy_j is not None:
-            feasible = np.ones(len(score), dtype=bool)
-            if max_latency_s is not None:
-                feasible &= latency <= max_latency_s
-            if max_energy_j is not None:
-                feasible &= energy <= max_energy_j
-            if feasible.any():
-                score = np.where(feasible, score, np.inf)
-        k = int(np.argmin(score))
-        return Decision(k, float(latency[k]), float(energy[k]), objective)
+            schedule = self._mobile_only
+        else:
+            schedule, infeasible = self._choose(c, objective, budgets)
+            if infeasible:
+                return self._decision(c, self._choose(c, objective, Budgets())[0], objective, infeasible)
+        return self._decision(c, schedule, objective, ())
+
+    def _decision(self, c: Conditions, schedule: Schedule, objective: str, infeasible: tuple[str, ...]) -> Decision:
+        return Decision(schedule, *self.evaluate(c, schedule), objective, self.name, infeasible)
+
+    @abstractmethod
+    def _choose(self, c: Conditions, objective: str, budgets: Budgets) -> tuple[Schedule, tuple[str, ...]]:
+        """The best schedule under the budgets, or (any schedule, the budgets none meets)."""
+
+
+class _CandidatePlanner(Planner):
+    """Planners over a fixed set of schedules made of one mobile stage then one server stage: each
+    request evaluates all of them with a few matrix-vector products (ScheduleTerms), and any budgets
+    are met exactly by masking."""
+
+    def _candidates(self, masks: np.ndarray) -> None:
+        self.terms = ScheduleTerms.placements(self.graph, masks)
+
+    def predict(self, c: Conditions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(latency, energy, server time) of every candidate."""
+        return self.terms.costs(self.mobile_s, self.server_s, self.power_w, c)
+
+    def _argmin(self, c: Conditions, objective: str, budgets: Budgets) -> tuple[int, tuple[str, ...]]:
+        costs = self.predict(c)
+        score = costs[OBJECTIVES.index(objective)]
+        if budgets:
+            within = np.stack(costs) <= budgets.limits()[:, None] * (1 + 1e-12)
+            feasible = within.all(axis=0)
+            if not feasible.any():
+                return int(np.argmin(score)), tuple(n for n, ok in zip(BUDGET_NAMES, within.any(axis=1)) if not ok) \
+                    or BUDGET_NAMES_TOGETHER
+            score = np.where(feasible, score, np.inf)
+        return int(np.argmin(score)), ()
+
+    def _choose(self, c, objective, budgets):
+        best, infeasible = self._argmin(c, objective, budgets)
+        return self.schedule(self.terms.server_masks[best]), infeasible
+
+
+BUDGET_NAMES_TOGETHER = ("the budgets together",)
+
+
+class PrefixPlanner(_CandidatePlanner):
+    """Neurosurgeon: the best of the n + 1 cuts."""
+
+    name = "prefix"
+
+    def __init__(self, graph: TensorGraph, costs: SegmentCosts):
+        super().__init__(graph, costs)
+        self._candidates(np.arange(graph.n)[None, :] >= np.arange(graph.n + 1)[:, None])
+
+
+MAX_PLACEMENTS = 20_000  # min-cut with budgets evaluates every placement, up to this many
+
+
+class MinCutPlanner(_CandidatePlanner):
+    """DADS: the mobile part closed under "is read by" (every segment a mobile segment reads from runs
+    on the mobile side too), so one upload and no way back; the best such placement is a minimum s-t
+    cut. The flow network, with e the mobile side and c the server:
+
+        e -> v  the server's cost of v (its compute, and downloading the model outputs it makes)
+        v -> c  the mobile side's cost of v
+        producer(t) -> aux(t) -> each reader of t   the cost of uploading t, paid once (aux -> reader: inf)
+        reader -> producer   inf: no server segment feeds a mobile one
+        e -> aux(t) for a model input t   its upload cost (model inputs are on the mobile side)
+
+    The cut's capacity is the placement's cost but for one RTT + queue wait, paid once whenever any
+    segment runs on the server: the min cut is compared with running everything on the mobile side,
+    which makes the answer exact. With budgets, every placement is evaluated (MAX_PLACEMENTS at most;
+    beyond, budgets fall back to the prefix planner's answer, and the decision says so)."""
+
+    name = "min-cut"
+
+    def __init__(self, graph: TensorGraph, costs: SegmentCosts):
+        super().__init__(graph, costs)
+        self._flow = _FlowNetwork(graph)
+        masks = _placements(graph, MAX_PLACEMENTS)
+        self.enumerable = masks is not None
+        self._candidates(masks if masks is not None else np.arange(graph.n)[None, :] >= np.arange(graph.n + 1)[:, None])
+
+    def _choose(self, c, objective, budgets):
+        if budgets:
+            return super()._choose(c, objective, budgets)  # exact over every placement (or cuts, see above)
+        server = self._flow.server_side(self, c, objective)
+        mobile_only = np.zeros(self.graph.n, dtype=bool)
+        candidates = ScheduleTerms.placements(self.graph, np.stack([server, mobile_only]))
+        score = candidates.costs(self.mobile_s, self.server_s, self.power_w, c)[OBJECTIVES.index(objective)]
+        return self.schedule(candidates.server_masks[int(np.argmin(score))]), ()
+
+
+class ShortestPathPlanner(Planner):
+    """Eshratifar & Pedram: states (segment i, side), edges i -> i + 1 carrying the next segment's
+    compute on its side (on the server, with the model outputs it makes downloaded), plus on a side
+    switch at boundary k the transfer of what crosses it (up: RTT + queue + upload; down: download).
+    Unconstrained: one pass of dynamic programming. With budgets: labels (latency, energy, server
+    time) per state, extended along every edge, dropped when over a budget or dominated, so the best
+    feasible path is found exactly."""
+
+    name = "shortest-path"
+
+    def __init__(self, graph: TensorGraph, costs: SegmentCosts):
+        super().__init__(graph, costs)
+        consumers = graph.consumers
+        last_read = np.array([max((r for r in readers if r < graph.n), default=-1) for readers in consumers])
+        # bytes crossing boundary k (made before k, read at or after k), and the model outputs each
+        # segment makes (a server stage brings them back in its answer)
+        self.cross_bytes = np.array([graph.nbytes[(graph.producer < k) & (last_read >= k)].sum()
+                                     for k in range(graph.n)])
+        self.output_bytes = np.zeros(graph.n)
+        for t in graph.outputs:
+            if graph.producer[t] >= 0:
+                self.output_bytes[graph.producer[t]] += graph.nbytes[t]
+
+    def _edges(self, c: Conditions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per segment k, the (latency, energy, server) cost vectors of its four incoming edges
+        [m->m, s->m, m->s, s->s] (k = 0: from the mobile start), and of the two exits [m, s]."""
+        n = self.graph.n
+        x, y = self.mobile_s, self.server_s * c.server_slowdown
+        up = self.cross_bytes * 8 / (c.up_mbps * 1e6)
+        down = self.cross_bytes * 8 / (c.down_mbps * 1e6)
+        out = self.output_bytes * 8 / (c.down_mbps * 1e6)  # a server segment's model outputs come back
+        trip = c.rtt_s + c.server_wait_s
+        latency = np.stack([x, down + x, trip + up + y + out, y + out], axis=1)
+        energy = np.stack([x * self.power_w, down * c.download_power_w + x * self.power_w,
+                           (up * c.upload_power_w + out * c.download_power_w), out * c.download_power_w], axis=1)
+        server = np.stack([np.zeros(n), np.zeros(n), y, y], axis=1)
+        exits = np.zeros((2, 3))  # the end is on the mobile side; what the server made is already back
+        return latency, energy, server, exits
+
+    def _choose(self, c, objective, budgets):
+        latency, energy, server, exits = self._edges(c)
+        weights = np.stack([latency, energy, server], axis=2)  # (segments, 4 edges, 3 resources)
+        o = OBJECTIVES.index(objective)
+        if not budgets:
+            return self.schedule(self._shortest(weights[:, :, o], exits[:, o])), ()
+        limits = budgets.limits()
+        sides = self._labels(weights, exits, limits, o)
+        if sides is not None:
+            return self.schedule(sides), ()
+        lowest = [self._cost(self._shortest(weights[:, :, r], exits[:, r]), weights[:, :, r], exits[:, r])
+                  for r in range(3)]
+        return self._mobile_only, tuple(n for n, low, limit in zip(BUDGET_NAMES, lowest, limits) if low > limit) \
+            or BUDGET_NAMES_TOGETHER
+
+    def _shortest(self, w: np.ndarray, exits: np.ndarray) -> np.ndarray:
+        """The server mask of the cheapest path for edge weights w (segments x [mm, sm, ms, ss])."""
+        n = self.graph.n
+        rows = w.tolist()
+        m, s = rows[0][0], rows[0][2]  # arrive at (0, m) / (0, s) from the mobile start
+        came = [(0, 0)] * n
+        for k in range(1, n):
+            mm, sm, ms, ss = rows[k]
+            to_m, from_s_m = (m + mm, False) if m + mm <= s + sm else (s + sm, True)
+            to_s, from_s_s = (m + ms, False) if m + ms <= s + ss else (s + ss, True)
+            came[k] = (int(from_s_m), int(from_s_s))
+            m, s = to_m, to_s
+        side = int(s + exits[1] < m + exits[0])
+        mask = np.zeros(n, dtype=bool)
+        for k in range(n - 1, -1, -1):
+            mask[k] = bool(side)
+            side = came[k][side]
+        return mask
+
+    @staticmethod
+    def _cost(mask: np.ndarray, w: np.ndarray, exits: np.ndarray) -> float:
+        prev = np.concatenate(([0], mask[:-1].astype(int)))
+        return float(w[np.arange(len(mask)), 2 * mask + prev].sum() + exits[int(mask[-1])])
+
+    def _labels(self, weights: np.ndarray, exits: np.ndarray, limits: np.ndarray, o: int) -> np.ndarray | None:
+        """The exact budgeted path: per state a Pareto set of (latency, energy, server) labels."""
+        n = self.graph.n
+        watched = [o] + [r for r in range(3) if np.isfinite(limits[r]) and r != o]
+        # labels[side] = (values (L, 3), parent side (L,), parent label (L,)) at the current segment
+        start = [(weights[0, 0][None, :], np.zeros(1, int), np.zeros(1, int)),
+                 (weights[0, 2][None, :], np.zeros(1, int), np.zeros(1, int))]
+        history = [start]
+        for k in range(1, n):
+            current = history[-1]
+            step = []
+            for to, (from_m, from_s) in enumerate(((0, 1), (2, 3))):
+                values = [current[0][0] + weights[k, from_m], current[1][0] + weights[k, from_s]]
+                parents = [np.zeros(len(values[0]), int), np.ones(len(values[1]), int)]
+                labels = [np.arange(len(values[0])), np.arange(len(values[1]))]
+                step.append(_pareto(np.concatenate(values), np.concatenate(parents), np.concatenate(labels),
+                                    limits, watched))
+            history.append(step)
+        final = [(history[-1][side][0] + exits[side], side) for side in (0, 1)]
+        best = None
+        for values, side in final:
+            ok = (values <= limits * (1 + 1e-12)).all(axis=1)
+            if ok.any():
+                i = int(np.argmin(np.where(ok, values[:, o], np.inf)))
+                if best is None or values[i, o] < best[0]:
+                    best = (values[i, o], side, i)
+        if best is None:
+            return None
+        _, side, i = best
+        mask = np.zeros(n, dtype=bool)
+        for k in range(n - 1, -1, -1):
+            mask[k] = bool(side)
+            _, parent_side, parent_label = history[k][side]
+            side, i = int(parent_side[i]), int(parent_label[i])
+        return mask
+
+
+def _pareto(values: np.ndarray, parents: np.ndarray, labels: np.ndarray, limits: np.ndarray, watched: list[int]):
+    """Labels within the limits that no other label beats or equals in every watched resource."""
+    keep = (values <= limits * (1 + 1e-12)).all(axis=1)
+    values, parents, labels = values[keep], parents[keep], labels[keep]
+    if len(values) > 1:
+        v = values[:, watched]
+        order = np.lexsort(v.T[::-1])
+        v = v[order]
+        # a label is dominated if an earlier one (sorted, so no worse in the first resource) is <= in all
+        # (dominance is transitive: comparing with dominated labels too changes nothing)
+        dominated = np.tril((v[None, :, :] <= v[:, None, :]).all(axis=2), -1).any(axis=1)
+        order = order[~dominated]
+        values, parents, labels = values[order], parents[order], labels[order]
+    return values, parents, labels
+
+
+def _placements(graph: TensorGraph, limit: int) -> np.ndarray | None:
+    """Every server mask whose mobile part is closed under "is read by" (a segment runs on the mobile
+    side only if every segment it reads from does), or None if there are more than `limit`."""
+    makers = [sorted({int(graph.producer[t]) for t in read if graph.producer[t] >= 0}) for read in graph.reads]
+    masks = np.zeros((1, 0), dtype=bool)
+    for i in range(graph.n):
+        forced = masks[:, makers[i]].any(axis=1) if makers[i] else np.zeros(len(masks), dtype=bool)
+        free = masks[~forced]
+        masks = np.vstack([np.column_stack([masks, np.ones(len(masks), dtype=bool)]),
+                           np.column_stack([free, np.zeros(len(free), dtype=bool)])])
+        if len(masks) > limit:
+            return None
+    return masks
+
+
+class _FlowNetwork:
+    """MinCutPlanner's flow network: its structure made once per bundle, its capacities per request."""
+
+    def __init__(self, graph: TensorGraph):
+        n = graph.n
+        self.n = n
+        consumers = graph.consumers
+        self.source, self.sink = n, n + 1
+        self.tensors = [t for t in range(len(graph.names)) if any(r < n for r in consumers[t])]
+        aux = {t: n + 2 + j for j, t in enumerate(self.tensors)}
+        self.nodes = n + 2 + len(self.tensors)
+        edges = []  # (from, to, kind, index): kind picks the capacity per request
+        for v in range(n):
+            edges += [(self.source, v, "server", v), (v, self.sink, "mobile", v)]
+        for t in self.tensors:
+            maker = int(graph.producer[t])
+            edges.append((self.source if maker < 0 else maker, aux[t], "upload", t))
+            for reader in consumers[t]:
+                if reader < n:
+                    edges.append((aux[t], reader, "inf", 0))
+                    if maker >= 0:
+                        edges.append((reader, maker, "inf", 0))
+        self.edges = edges
+        # the residual network's structure, made once: per node the arcs leaving it; arc e ^ 1 is e's reverse
+        self.head: list[list[int]] = [[] for _ in range(self.nodes)]
+        self.to: list[int] = []
+        for u, v, _, _ in edges:
+            self.head[u].append(len(self.to))
+            self.to.append(v)
+            self.head[v].append(len(self.to))
+            self.to.append(u)
+        self.output_bytes = np.zeros(n)
+        for t in graph.outputs:
+            if graph.producer[t] >= 0:
+                self.output_bytes[graph.producer[t]] += graph.nbytes[t]
+        self.nbytes = graph.nbytes
+
+    def server_side(self, planner: Planner, c: Conditions, objective: str) -> np.ndarray:
+        """The server mask of the minimum cut for the objective."""
+        up_s = self.nbytes * 8 / (c.up_mbps * 1e6)
+        down_s = self.output_bytes * 8 / (c.down_mbps * 1e6)
+        if objective == "latency":
+            server = planner.server_s * c.server_slowdown + down_s
+            mobile, upload = planner.mobile_s, up_s
+        else:
+            server = down_s * c.download_power_w
+            mobile, upload = planner.mobile_s * planner.power_w, up_s * c.upload_power_w
+        capacity = {"server": server.tolist(), "mobile": mobile.tolist(), "upload": upload.tolist()}
+        cap = [0.0] * len(self.to)
+        cap[::2] = [math.inf if kind == "inf" else capacity[kind][i] for _, _, kind, i in self.edges]
+        reachable = _max_flow_source_side(self.nodes, self.head, self.to, cap, self.source, self.sink)
+        return ~reachable[: self.n]
+
+
+def _max_flow_source_side(nodes: int, head: list[list[int]], to: list[int], cap: list[float], source: int,
+                          sink: int) -> np.ndarray:
+    """Dinic's max flow over arcs `to` with capacities `cap` (changed in place; arc e ^ 1 is the reverse
+    of e); returns which nodes the source still reaches in the residual network (the source side of a
+    minimum cut)."""
+    eps = 1e-15
+    while True:
+        level = [-1] * nodes
+        level[source] = 0
+        queue = [source]
+        for u in queue:
+            for e in head[u]:
+                if cap[e] > eps and level[to[e]] < 0:
+                    level[to[e]] = level[u] + 1
+                    queue.append(to[e])
+        if level[sink] < 0:
+            break
+        cursor = [0] * nodes
+
+        def push(u: int, flow: float) -> float:
+            if u == sink:
+                return flow
+            edges_u = head[u]
+            while cursor[u] < len(edges_u):
+                e = edges_u[cursor[u]]
+                v = to[e]
+                if cap[e] > eps and level[v] == level[u] + 1:
+                    sent = push(v, min(flow, cap[e]))
+                    if sent > eps:
+                        cap[e] -= sent
+                        cap[e ^ 1] += sent
+                        return sent
+                cursor[u] += 1
+            return 0.0
+
+        while push(source, math.inf) > eps:
+            pass
+    seen = np.zeros(nodes, dtype=bool)
+    seen[source] = True
+    queue = [source]
+    for u in queue:
+        for e in head[u]:
+            if cap[e] > eps and not seen[to[e]]:
+                seen[to[e]] = True
+                queue.append(to[e])
+    return seen
+
+
+PLANNERS: dict[str, type[Planner]] = {p.name: p for p in (PrefixPlanner, ShortestPathPlanner, MinCutPlanner)}
+
+
+def make_planner(name: str, graph: TensorGraph, costs: SegmentCosts) -> Planner:
+    try:
+        return PLANNERS[name](graph, costs)
+    except KeyError:
+        raise NeurosurgeonError(f"unknown planner {name!r}; valid: {', '.join(PLANNERS)}") from None

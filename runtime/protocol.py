@@ -17,7 +17,7 @@ from .errors import NeurosurgeonError
 
 __all__ = ["DATATYPES", "NUMPY_DTYPES", "HEADER_LENGTH", "LOAD_HEADER", "ProtocolError", "encode_infer_request",
            "decode_infer_request", "encode_infer_response", "decode_infer_response", "parse_header_length",
-           "cut_model_name", "parse_cut_model_name"]
+           "cut_model_name", "parse_cut_model_name", "stage_model_name"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 LOAD_HEADER = "X-Neurosurgeon-Load"  # the server's load, on every answer to an authorised client
@@ -42,6 +42,11 @@ class ProtocolError(NeurosurgeonError):
 
 def cut_model_name(bundle_name: str, cut: int) -> str:
     return f"{bundle_name}-cut{cut:02d}"
+
+
+def stage_model_name(bundle_name: str) -> str:
+    """The model that runs any stage: the segments between the tensors given and those asked for."""
+    return f"{bundle_name}-stage"
 
 
 def parse_cut_model_name(bundle_name: str, name: str) -> int | None:

@@ -1,10 +1,15 @@
 """The server half: a bundle's server-side segments behind the Open Inference Protocol v2.
 
 A plain ASGI 3 application (run it under any ASGI server; `neurosurgeon serve` uses uvicorn).
-Each cut k < S of an S-segment bundle is a model `<bundle>-cutKK` that takes the tensors the
-mobile side uploads at that cut and runs segments k..S-1; the bundle's own name is the whole model
-(cut 0), so a plain Triton client can send the raw input. Every answer carries the server's load
-(queue length, busy share, mean service time), which the mobile side's planner feeds on.
+Models:
+- `<bundle>-stage` runs any stage of any schedule: given tensors by name and asked for tensors by
+  name, it runs exactly the segments between them (runtime/schedule.py's `TensorGraph.stage`), and
+  refuses with 400 what does not add up (a tensor needed but not given, one given but not read);
+- `<bundle>-cutKK`, for each cut k < S, takes the tensors the mobile side uploads at cut k and runs
+  segments k..S-1; the bundle's own name is the whole model (cut 0), so a plain Triton client can
+  send the raw input.
+The server keeps nothing between requests. Every answer carries its load (queue length, busy share,
+mean service time, expected wait), which the mobile side's planner feeds on.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from .auth import token_matches
 from .bundle import LOAD_MODEL_FILE, LOAD_MODEL_FORMAT, Bundle, SegmentExecutor, fetch
 from .errors import BundleError
+from .schedule import StageError, TensorGraph
 from .protocol import (
     DATATYPES,
     HEADER_LENGTH,
@@ -34,7 +40,9 @@ from .protocol import (
     cut_model_name,
     decode_infer_request,
     encode_infer_response,
+    parse_cut_model_name,
     parse_header_length,
+    stage_model_name,
 )
 from .tensors import TensorInfo
 
@@ -49,19 +57,24 @@ LIVE_PATH = "/v2/health/live"
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One OIP model: the server's part of cut `cut`."""
+    """One OIP model: fixed `segments` from fixed inputs (a cut), or, with `segments` None, any stage:
+    its inputs and outputs are every tensor that may cross, and a request sends some and asks for some."""
 
     name: str
-    cut: int
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
+    segments: tuple[int, ...] | None
 
     def metadata(self) -> dict:
         def describe(t: TensorInfo) -> dict:
             return {"name": t.name, "datatype": DATATYPES[t.dtype], "shape": list(t.shape)}
 
-        return {"name": self.name, "versions": [MODEL_VERSION], "platform": PLATFORM,
+        meta = {"name": self.name, "versions": [MODEL_VERSION], "platform": PLATFORM,
                 "inputs": [describe(t) for t in self.inputs], "outputs": [describe(t) for t in self.outputs]}
+        if self.segments is None:
+            meta["parameters"] = {"stage": "send any of the inputs and name the outputs wanted: the server runs the "
+                                           "segments that make those from these"}
+        return meta
 
 
 class LoadMeter:
@@ -155,6 +168,7 @@ class InferenceServer:
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.server_name = server_name
+        self.graph = TensorGraph.of_bundle(self.bundle)
         self.models = served_models(self.bundle)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neurosurgeon-worker")
         try:
@@ -274,25 +288,31 @@ class InferenceServer:
         inputs, requested, parameters = decode_infer_request(body, parse_header_length(header(scope, HEADER_LENGTH)))
         check_inputs(model, inputs)
         wanted = requested_outputs(model, requested, parameters)
+        segments = model.segments
+        if segments is None:
+            try:
+                segments = self.graph.stage(inputs, list(wanted))
+            except StageError as err:
+                raise ProtocolError(f"model {model.name!r}: {err}") from None
         self._pending += 1
         try:
             outputs, compute_s = await asyncio.get_running_loop().run_in_executor(
-                self._worker, self._compute, model, inputs)
+                self._worker, self._compute, segments, inputs, list(wanted))
         finally:
             self._pending -= 1
         answer = {**self.load(), "compute_s": compute_s, "server_s": round(time.perf_counter() - received, 6),
-                  "server_segments": len(self.bundle.segments) - model.cut}
+                  "server_segments": len(segments)}
         body, headers = encode_infer_response(model.name, {name: outputs[name] for name in wanted},
                                               {name for name, binary in wanted.items() if binary},
                                               parameters=answer, model_version=MODEL_VERSION)
         return Reply(200, body, headers)
 
-    def _compute(self, model: ServedModel, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    def _compute(self, segments, inputs: dict[str, np.ndarray], wanted: list[str]) -> tuple[dict[str, np.ndarray], float]:
         """Runs on the worker thread."""
         started = self._meter.start()
         try:
-            env = self._executor.run(dict(inputs), range(model.cut, len(self.bundle.segments)))
-            outputs = {t.name: fetch(env[t.name]) for t in model.outputs}
+            env = self._executor.run(dict(inputs), segments)
+            outputs = {name: fetch(env[name]) for name in wanted}
         finally:
             compute_s = self._meter.stop(started)
         return outputs, compute_s
@@ -301,9 +321,10 @@ class InferenceServer:
         name, version = match["model"], match["version"]
         model = self.models.get(name)
         if model is None:
-            cuts = sorted(m.name for m in self.models.values() if m.name != self.bundle.name)
-            raise ProtocolError(f"unknown model {name!r}: this server serves {self.bundle.name!r} (the whole model) "
-                                f"and the cut models {cuts[0]!r}..{cuts[-1]!r}", 404)
+            cuts = sorted(m.name for m in self.models.values() if parse_cut_model_name(self.bundle.name, m.name) is not None)
+            raise ProtocolError(f"unknown model {name!r}: this server serves {self.bundle.name!r} (the whole model), "
+                                f"{stage_model_name(self.bundle.name)!r} (any stage) and the cut models "
+                                f"{cuts[0]!r}..{cuts[-1]!r}", 404)
         if version is not None and version != MODEL_VERSION:
             raise ProtocolError(f"model {name!r} has no version {version!r} (versions: {MODEL_VERSION})", 404)
         return model
@@ -349,24 +370,33 @@ def read_load_model(bundle: Bundle) -> tuple[float, float]:
 
 
 def served_models(bundle: Bundle) -> dict[str, ServedModel]:
-    """One model per cut that leaves work for the server, plus the bundle's name for the whole model."""
+    """The stage model, one model per cut that leaves work for the server, and the bundle's name for the
+    whole model."""
     outputs = {t.name: t for t in bundle.outputs}
+    n = len(bundle.segments)
     models = {}
-    for cut in bundle.cuts[:len(bundle.segments)]:  # cut S runs nothing here
+    for cut in bundle.cuts[:n]:  # cut S runs nothing here
         name = cut_model_name(bundle.name, cut.index)
-        models[name] = ServedModel(name, cut.index, cut.crossing, tuple(outputs[n] for n in cut.server_outputs))
+        models[name] = ServedModel(name, cut.crossing, tuple(outputs[o] for o in cut.server_outputs),
+                                   tuple(range(cut.index, n)))
     models[bundle.name] = replace(models[cut_model_name(bundle.name, 0)], name=bundle.name)
+    tensors = {t.name: t for t in [*bundle.inputs, *(t for s in bundle.segments for t in s.outputs)]}
+    made = [t for name, t in tensors.items() if name not in {i.name for i in bundle.inputs}]
+    stage = stage_model_name(bundle.name)
+    models[stage] = ServedModel(stage, tuple(tensors.values()), tuple(made), None)
     return models
 
 
 def check_inputs(model: ServedModel, inputs: dict[str, np.ndarray]) -> None:
     expected = {t.name: t for t in model.inputs}
-    missing = [n for n in expected if n not in inputs]
+    missing = [n for n in expected if n not in inputs] if model.segments is not None else []
     unexpected = [n for n in inputs if n not in expected]
     if missing or unexpected:
         problems = [f"missing input {n!r}" for n in missing] + [f"unexpected input {n!r}" for n in unexpected]
         raise ProtocolError(f"model {model.name!r}: {', '.join(problems)} (it takes {', '.join(expected)})")
     for name, info in expected.items():
+        if name not in inputs:
+            continue
         array = inputs[name]
         if array.dtype != np.dtype(info.dtype):
             raise ProtocolError(f"input {name!r}: expected datatype {DATATYPES[info.dtype]}, "
@@ -377,7 +407,9 @@ def check_inputs(model: ServedModel, inputs: dict[str, np.ndarray]) -> None:
 
 def requested_outputs(model: ServedModel, requested: dict[str, bool], parameters: dict) -> dict[str, bool]:
     """Output name -> send as binary. Nothing requested means every output, binary only when the
-    request says `binary_data_output` (the protocol's default is JSON)."""
+    request says `binary_data_output` (the protocol's default is JSON); the stage model needs names."""
+    if not requested and model.segments is None:
+        raise ProtocolError(f"model {model.name!r} runs any stage: name the outputs wanted back")
     if not requested:
         binary = bool(parameters.get("binary_data_output", False))
         return {t.name: binary for t in model.outputs}

@@ -29,7 +29,7 @@ def bundle_dir(tmp_path_factory):
 
 def test_manifest_describes_model_cuts_segments_and_files(bundle_dir):
     manifest = json.loads((bundle_dir / "out" / "manifest.json").read_text())
-    assert manifest["format"] == "neurosurgeon-bundle" and manifest["schema_version"] == [1, 1]
+    assert manifest["format"] == "neurosurgeon-bundle" and manifest["schema_version"] == [2, 0]
     assert "compatibility" in manifest
     assert manifest["externs"] == ["neurosurgeon.sgemm"] and manifest["identity"]["options"]["kernels"] == "blas"
     counts = manifest["build"]["kernels"]["x86-host"]  # untuned: TVM kernels with our default schedules, GEMMs to BLAS
@@ -119,12 +119,32 @@ def test_unknown_schema_and_foreign_machine_are_refused(bundle_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(bundle_dir / "out", copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["schema_version"] = [2, 0]
+    manifest["schema_version"] = [3, 0]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="schema version"):
         Bundle(copy)
-    manifest["schema_version"] = [1, 7]  # a newer minor version only adds fields
+    manifest["schema_version"] = [2, 7]  # a newer minor version only adds fields
     manifest["sides"]["mobile"]["machine"] = "aarch64"
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="built for x86-host \\(aarch64\\), this machine is x86_64"):
         SegmentExecutor(Bundle(copy), "mobile")
+
+
+def test_a_schema_1_bundle_is_still_read(bundle_dir, tmp_path):
+    """Bundles made before schedules (schema 1.x): no planner, the mobile side's outputs named
+    device_outputs. This runtime reads them, with the prefix planner."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir / "out", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    current = Bundle(copy)
+    manifest["schema_version"] = [1, 1]
+    del manifest["planner"]
+    for cut in manifest["cuts"]:
+        cut["device_outputs"] = cut.pop("mobile_outputs")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    old = Bundle(copy)
+    assert old.manifest.planner == "prefix" and old.manifest.version == (1, 1)
+    assert [c.mobile_outputs for c in old.cuts] == [c.mobile_outputs for c in current.cuts]
+    assert old.cuts[-1].mobile_outputs  # the last cut: every model output is made on the mobile side

@@ -1,26 +1,30 @@
-"""The planner's argmin against a direct transcription of the papers' formulas, and the estimators."""
+"""The prefix planner's argmin against a direct transcription of Neurosurgeon's formulas, and the estimators."""
 
 import numpy as np
 import pytest
 
 from neurosurgeon.runtime.estimators import NetworkEstimator, ServerLoadEstimator, conditions
-from neurosurgeon.runtime.planner import NETWORKS, Conditions, Planner, SegmentCosts
+from neurosurgeon.runtime.planner import NETWORKS, Budgets, Conditions, PrefixPlanner, SegmentCosts
+from neurosurgeon.runtime.schedule import TensorGraph
+
+OUTPUT_BYTES = 4e3
 
 
-def random_costs(rng, n=12):
-    return SegmentCosts(mobile_s=rng.uniform(1e-3, 5e-2, n), server_s=rng.uniform(1e-4, 5e-3, n),
-                        mobile_power_w=rng.uniform(1, 4, n), upload_bytes=rng.uniform(1e3, 1e6, n + 1),
-                        download_bytes=np.full(n + 1, 4e3) * (np.arange(n + 1) < n))
+def random_case(rng, n=12):
+    """Costs and a chain graph: tensor k (the model input for k = 0) crosses cut k; a 4 kB output."""
+    costs = SegmentCosts(mobile_s=rng.uniform(1e-3, 5e-2, n), server_s=rng.uniform(1e-4, 5e-3, n),
+                         mobile_power_w=rng.uniform(1, 4, n))
+    return costs, TensorGraph.chain(rng.uniform(1e3, 1e6, n), OUTPUT_BYTES)
 
 
-def reference(costs, c, k):
+def reference(costs, graph, c, k):
     """Neurosurgeon's latency and energy of cut k, written out term by term."""
     n = len(costs.mobile_s)
     latency = sum(costs.mobile_s[:k])
     energy = sum(costs.mobile_s[i] * costs.mobile_power_w[i] for i in range(k))
     if k < n:
-        t_up = costs.upload_bytes[k] * 8 / (c.up_mbps * 1e6)
-        t_down = costs.download_bytes[k] * 8 / (c.down_mbps * 1e6)
+        t_up = graph.nbytes[k] * 8 / (c.up_mbps * 1e6)
+        t_down = OUTPUT_BYTES * 8 / (c.down_mbps * 1e6)
         latency += c.rtt_s + t_up + c.server_wait_s + c.server_slowdown * sum(costs.server_s[k:]) + t_down
         energy += t_up * c.upload_power_w + t_down * c.download_power_w
     return latency, energy
@@ -30,14 +34,14 @@ def reference(costs, c, k):
 @pytest.mark.parametrize("network", list(NETWORKS))
 def test_planner_matches_the_formulas(seed, network):
     rng = np.random.default_rng(seed)
-    costs = random_costs(rng)
+    costs, graph = random_case(rng)
     profile = NETWORKS[network]
     c = Conditions(profile.up_mbps, profile.down_mbps, profile.rtt_s, server_wait_s=rng.uniform(0, 0.05),
                    server_slowdown=rng.uniform(1, 3), upload_power_w=profile.upload_power_w(profile.up_mbps),
                    download_power_w=profile.download_power_w(profile.down_mbps))
-    planner = Planner(costs)
-    latency, energy = planner.predict(c)
-    expected = [reference(costs, c, k) for k in range(len(costs.upload_bytes))]
+    planner = PrefixPlanner(graph, costs)
+    latency, energy, _ = planner.predict(c)
+    expected = [reference(costs, graph, c, k) for k in range(graph.n + 1)]
     np.testing.assert_allclose(latency, [e[0] for e in expected], rtol=1e-12)
     np.testing.assert_allclose(energy, [e[1] for e in expected], rtol=1e-12)
     assert planner.choose(c, "latency").cut == int(np.argmin([e[0] for e in expected]))
@@ -46,24 +50,24 @@ def test_planner_matches_the_formulas(seed, network):
 
 def test_budgets_and_an_unavailable_server():
     # Two 2 s segments on a 0.1 W device; the server is 20x faster; uploading the input takes 1 s.
-    costs = SegmentCosts(mobile_s=np.array([2.0, 2.0]), server_s=np.array([0.1, 0.1]), mobile_power_w=np.array([0.1, 0.1]),
-                         upload_bytes=np.array([1e6, 1e3, 0.0]), download_bytes=np.array([10.0, 10.0, 0.0]))
+    costs = SegmentCosts(mobile_s=np.array([2.0, 2.0]), server_s=np.array([0.1, 0.1]), mobile_power_w=np.array([0.1, 0.1]))
     c = Conditions(8.0, 8.0, 0.01, upload_power_w=1.0, download_power_w=1.0)
-    planner = Planner(costs)
+    planner = PrefixPlanner(TensorGraph.chain([1e6, 1e3], 10.0), costs)
     # latency: cut 0 = 0.01 + 1 + 0.2 = 1.21 s, cut 1 = 2 + 0.01 + 0.001 + 0.1 = 2.11 s, cut 2 = 4 s
     # energy:  cut 0 = 1 J of radio, cut 1 = 0.2 J compute + 0.001 J radio, cut 2 = 0.4 J
     assert planner.choose(c, "latency").cut == 0
     assert planner.choose(c, "energy").cut == 1
-    assert planner.choose(c, "latency", max_energy_j=0.5).cut == 1  # battery budget: fastest cut under 0.5 J
-    assert planner.choose(c, "energy", max_latency_s=2.0).cut == 0  # QoS: least energy within 2 s
-    assert planner.choose(c, "energy", max_latency_s=0.5).cut == 1  # nothing fits: best unconstrained
+    assert planner.choose(c, "latency", Budgets(max_energy_j=0.5)).cut == 1  # battery budget: fastest cut under 0.5 J
+    assert planner.choose(c, "energy", Budgets(max_latency_s=2.0)).cut == 0  # QoS: least energy within 2 s
+    assert planner.choose(c, "energy", Budgets(max_latency_s=0.5)).cut == 1  # nothing fits: best unconstrained
+    assert planner.choose(c, "latency", Budgets(max_server_s=0.15)).cut == 1  # the server's time: 0.1 s of it
     assert planner.choose(Conditions(8.0, 8.0, 0.01, server_available=False), "latency").cut == 2
 
 
 def test_a_decision_for_50_cuts_is_fast():
     import time
 
-    planner = Planner(random_costs(np.random.default_rng(0), n=49))
+    planner = PrefixPlanner(*reversed(random_case(np.random.default_rng(0), n=49)))
     c = Conditions(5.85, 13.76, 0.05, upload_power_w=3.9, download_power_w=2.0)
     for _ in range(200):
         planner.choose(c)

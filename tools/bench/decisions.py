@@ -14,10 +14,11 @@ from ...compiler.build import build_graph
 from ...compiler.pipeline import CompileOptions, compile_model
 from ...cost_models.annotate import CostAnnotation
 from ...cost_models.model import CostModel
-from ...runtime.bundle import load_artifact
-from ...runtime.planner import Conditions, Planner, SegmentCosts
+from ...runtime.bundle import Bundle, load_artifact
+from ...runtime.planner import Conditions, PrefixPlanner, SegmentCosts
 from ...runtime.profile import time_calls
 from ...runtime.progress import Progress
+from ...runtime.schedule import TensorGraph
 from ...runtime.tensors import random_inputs
 from ...targets import get_preset
 from .. import zoo
@@ -28,16 +29,15 @@ GRID = {"uplinks_mbps": list(np.geomspace(0.1, 100, 13)), "server_ratios": [1, 4
         "server_waits_s": [0.0, 0.05, 0.2]}
 
 
-def decision_quality(predicted_mobile: np.ndarray, measured_mobile: np.ndarray, predicted_server: np.ndarray,
-                     measured_server: np.ndarray, upload_bytes: np.ndarray, download_bytes: np.ndarray,
-                     uplinks_mbps, server_ratios, server_waits_s, rtt_s: float = 0.02) -> dict:
+def decision_quality(graph: TensorGraph, predicted_mobile: np.ndarray, measured_mobile: np.ndarray,
+                     predicted_server: np.ndarray, measured_server: np.ndarray, uplinks_mbps, server_ratios,
+                     server_waits_s, rtt_s: float = 0.02) -> dict:
     """Over a grid of conditions: how often the cut chosen from predictions is the oracle's (chosen from
     measured times), and how much slower, in measured time, the chosen cut is than the oracle's."""
-    n = len(predicted_mobile)
-    zeros = np.zeros(n)
+    zeros = np.zeros(graph.n)
 
     def planner(mobile, server):
-        return Planner(SegmentCosts(mobile, server, zeros, upload_bytes, download_bytes))
+        return PrefixPlanner(graph, SegmentCosts(mobile, server, zeros))
 
     same, ratios = 0, []
     for ratio in server_ratios:
@@ -47,7 +47,7 @@ def decision_quality(predicted_mobile: np.ndarray, measured_mobile: np.ndarray, 
             for wait in server_waits_s:
                 c = Conditions(up, up * 2.5, rtt_s, server_wait_s=wait)
                 chosen = predicted.choose(c).cut
-                truth, _ = measured.predict(c)
+                truth = measured.predict(c)[0]
                 oracle = int(np.argmin(truth))
                 same += chosen == oracle
                 ratios.append(truth[chosen] / truth[oracle])
@@ -93,10 +93,8 @@ def bench_decisions(models: list[str], cost_model: str | Path, input_size: int |
             costs = result.manifest["costs"]["mobile"]
             predicted, measured = np.array(costs["predicted_seconds"]), np.array(costs["measured_seconds"])
             errors = np.abs(predicted - measured) / measured
-            cuts = result.manifest["cuts"]
-            quality = decision_quality(predicted, measured, predicted, measured,
-                                       np.array([c["upload_bytes"] for c in cuts], dtype=float),
-                                       np.array([c["download_bytes"] for c in cuts], dtype=float), **GRID)
+            quality = decision_quality(TensorGraph.of_bundle(Bundle(result.path)), predicted, measured, predicted,
+                                       measured, **GRID)
             rows.append({"model": name, "segments": len(predicted), "segment_mape": float(np.mean(errors)),
                          "segment_worst": float(np.max(errors)), "total_predicted_s": float(predicted.sum()),
                          "total_measured_s": float(measured.sum()), "whole_model_s": whole_s,

@@ -13,8 +13,9 @@ import numpy as np
 
 from ...runtime.bundle import Bundle, SegmentExecutor, fetch
 from ...runtime.mobile import MobileRuntime
-from ...runtime.planner import Conditions, Planner, SegmentCosts
+from ...runtime.planner import Conditions, PrefixPlanner, SegmentCosts
 from ...runtime.protocol import cut_model_name
+from ...runtime.schedule import TensorGraph
 from ...runtime.tensors import random_inputs
 from ...serving import LoadGenerator, start_server
 
@@ -30,8 +31,8 @@ def decision_times(runtime: MobileRuntime) -> dict:
     a synthetic 50-cut planner for the issue's target."""
     rng = np.random.default_rng(0)
     n = 49
-    synthetic = Planner(SegmentCosts(rng.uniform(size=n), rng.uniform(size=n), rng.uniform(size=n),
-                                     rng.uniform(size=n + 1), rng.uniform(size=n + 1)))
+    synthetic = PrefixPlanner(TensorGraph.chain(rng.uniform(1e3, 1e6, n), 4e3),
+                              SegmentCosts(rng.uniform(size=n), rng.uniform(size=n), rng.uniform(size=n)))
     c = Conditions(5.85, 13.76, 0.05, upload_power_w=3.9, download_power_w=2.0)
     return {
         "cuts": len(runtime.bundle.cuts),
