@@ -65,6 +65,7 @@ class Layer:
     outputs: list[TensorInfo] = field(default_factory=list)  # tensors used outside the layer or as graph outputs
 
     input_bytes: int = 0  # bytes of the tensors it reads from other layers or the model inputs
+    weight_bytes: int = 0  # bytes of the constants (weights, biases, statistics) it reads
 
     @property
     def output_bytes(self) -> int:
@@ -73,6 +74,7 @@ class Layer:
     def to_json(self) -> dict:
         return {"index": self.index, "name": self.name, "type": self.type, "ops": self.ops, "config": self.config,
                 "flops": self.flops, "inputs": self.inputs, "input_bytes": self.input_bytes,
+                "weight_bytes": self.weight_bytes,
                 "outputs": [t.to_json() for t in self.outputs]}
 
 
@@ -140,6 +142,8 @@ def build_layer_graph(frozen: FrozenModel) -> LayerGraph:
             inputs=inputs,
             outputs=outputs,
             input_bytes=sum(frozen.tensors[name].nbytes for name in inputs),
+            weight_bytes=sum(frozen.tensors[name].nbytes
+                             for name in _unique(n for i in members for n in nodes[i].input if n in constants)),
         ))
 
     dag = nx.DiGraph()

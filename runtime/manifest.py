@@ -24,7 +24,8 @@ __all__ = ["DEFAULT_PLANNER", "MANIFEST", "MANIFEST_FORMAT", "Artifact", "CutSpe
 MANIFEST = "manifest.json"
 # 1.1: "externs", functions the artifacts call that the runtime provides. 2.0: schedules: "planner", the
 # bundle's default planner; cuts name the model outputs already made on the mobile side "mobile_outputs"
-# (1.x: "device_outputs"). This runtime reads 1.x bundles too (their planner is "prefix").
+# (1.x: "device_outputs"); layers give their "weight_bytes". This runtime reads 1.x bundles too (their
+# planner is "prefix").
 MANIFEST_FORMAT = JsonFormat("neurosurgeon-bundle", (2, 0), "neurosurgeon bundle manifest", BundleError,
                              version_key="schema_version", hint="rebuild the bundle or update the runtime",
                              older=(1,), file=MANIFEST, folder="bundle", made_by="`neurosurgeon compile`")
@@ -111,6 +112,7 @@ class LayerSpec:
     flops: float
     input_bytes: int
     outputs: tuple[TensorInfo, ...]
+    weight_bytes: int = 0  # schema 2.0; 0 in 1.x manifests
 
     @property
     def output_bytes(self) -> int:
@@ -247,7 +249,7 @@ def _side(s: _Fields) -> Side:
 def _layer(layer: _Fields) -> LayerSpec:
     return LayerSpec(layer.get("index", int), layer.get("name", str), layer.get("type", str),
                      tuple(layer.get("ops", list)), layer.get("config", dict), layer.get("flops", (int, float)),
-                     layer.get("input_bytes", int, 0), layer.tensors("outputs"))
+                     layer.get("input_bytes", int, 0), layer.tensors("outputs"), layer.get("weight_bytes", int, 0))
 
 
 def _segment(segment: _Fields) -> SegmentSpec:

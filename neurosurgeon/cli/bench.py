@@ -39,10 +39,12 @@ def register(verbs) -> None:
     b.add_argument("--json", action="store_true")
     b.set_defaults(run=runtime)
 
-    b = benches.add_parser("decisions", help="cost-model error and decision quality vs an oracle")
-    b.add_argument("--cost-model", required=True, help="a cost model fitted here (neurosurgeon fit)")
-    b.add_argument("--models", nargs="+", default=ZOO_MODELS)
-    b.add_argument("--input-size", type=int, help="cap image models' input size (faster)")
+    b = benches.add_parser("decisions", help="schedules (single cut vs several transfers vs DAG placement) over the "
+                                             "zoo, decision times; with --cost-model, cost-model error and decision "
+                                             "quality vs an oracle")
+    b.add_argument("--cost-model", help="a cost model fitted here (neurosurgeon fit): also its error and decisions")
+    b.add_argument("--models", nargs="+", help="zoo models (default: all)")
+    b.add_argument("--input-size", type=int, help="with --cost-model: cap image models' input size (faster)")
     b.add_argument("--workdir", default=".cache/bench-decisions")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--json", action="store_true")
@@ -95,9 +97,15 @@ def runtime(args) -> int:
 
 def decisions(args) -> int:
     from ..tools.bench.decisions import bench_decisions, decisions_table
+    from ..tools.bench.schedules import MODELS, bench_schedules, schedules_table
 
-    result = bench_decisions(args.models, args.cost_model, args.input_size, Path(args.workdir), progress=not args.quiet)
-    return _show(result, decisions_table, args.json)
+    result = {"schedules": bench_schedules(args.models or MODELS, progress=not args.quiet)}
+    if args.cost_model:
+        result["cost_model"] = bench_decisions(args.models or ZOO_MODELS, args.cost_model, args.input_size,
+                                               Path(args.workdir), progress=not args.quiet)
+    return _show(result, lambda r: "\n\n".join([schedules_table(r["schedules"])]
+                                                + ([decisions_table(r["cost_model"])] if "cost_model" in r else [])),
+                 args.json)
 
 
 def compile_cost(args) -> int:

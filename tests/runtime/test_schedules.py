@@ -127,7 +127,8 @@ def test_exact_planners_equal_brute_force_on_small_graphs(seed):
     np.testing.assert_allclose(np.stack(ScheduleTerms.placements(graph, placements).costs(
         costs.mobile_s, costs.server_s, costs.mobile_power_w, c)), np.stack(brute(graph, costs, c, placements)))
     cuts = np.arange(n)[None, :] >= np.arange(n + 1)[:, None]
-    spaces = [(PrefixPlanner, brute(graph, costs, c, cuts)), (MinCutPlanner, brute(graph, costs, c, placements))]
+    spaces = [(PrefixPlanner, brute(graph, costs, c, cuts)), (MinCutPlanner, brute(graph, costs, c, placements)),
+              (lambda g, k: MinCutPlanner(g, k, method="flow"), brute(graph, costs, c, placements))]
     if chain:  # a path over segments is every schedule of a chain
         spaces.append((ShortestPathPlanner, values))
     for planner_class, space in spaces:
@@ -141,7 +142,7 @@ def test_exact_planners_equal_brute_force_on_small_graphs(seed):
                     assert decision.infeasible, (planner.name, objective, budgets)
                 else:
                     assert not decision.infeasible and got == pytest.approx(expected, rel=REL), \
-                        (planner.name, objective, budgets, decision.schedule.describe())
+                        (planner.name, getattr(planner, "method", ""), objective, budgets, decision.schedule.describe())
                 # the reported prediction is the schedule's exact price
                 exact = brute(graph, costs, c, decision.schedule.server_mask[None, :])
                 assert decision.latency_s == pytest.approx(float(exact[0][0]), rel=REL)
@@ -238,10 +239,11 @@ def test_min_cut_equals_networkx_and_the_best_placement(seed):
     n = int(rng.integers(10, 40))
     graph = random_dag(rng, n)
     costs, c = segment_costs(rng, n), conditions(rng)
-    decision = MinCutPlanner(graph, costs).choose(c)
     value, _ = dads_networkx(graph, costs, c)
     mobile_only = costs.mobile_s.sum()
-    assert decision.latency_s == pytest.approx(min(value, mobile_only), rel=1e-9)
+    for method in ("flow", "placements"):
+        decision = MinCutPlanner(graph, costs, method=method).choose(c)
+        assert decision.latency_s == pytest.approx(min(value, mobile_only), rel=1e-9), method
     placements = _placements(graph, 10 ** 6)
     if placements is not None:
         assert decision.latency_s == pytest.approx(brute(graph, costs, c, placements)[0].min(), rel=1e-9)
@@ -267,7 +269,8 @@ def test_every_planner_pays_for_bringing_the_outputs_back():
     graph = TensorGraph.chain([1e3, 1e3], 1e7)
     costs = SegmentCosts(np.array([0.1, 0.1]), np.array([0.001, 0.001]), np.array([1.0, 1.0]))
     c = Conditions(10.0, 20.0, 0.01, upload_power_w=1.0, download_power_w=1.0)
-    for planner in (PrefixPlanner(graph, costs), ShortestPathPlanner(graph, costs), MinCutPlanner(graph, costs)):
+    for planner in (PrefixPlanner(graph, costs), ShortestPathPlanner(graph, costs), MinCutPlanner(graph, costs),
+                    MinCutPlanner(graph, costs, method="flow")):
         for objective in OBJECTIVES:
             schedule = planner.choose(c, objective).schedule
             assert not schedule.server_mask[-1], (planner.name, objective, schedule.describe())
@@ -283,5 +286,6 @@ def test_a_dag_keeps_the_branch_with_the_big_output_and_sends_the_other():
     graph = TensorGraph.from_segments([x], [([x], [a]), ([a], [b]), ([a], [c_])], [b, c_])
     costs = SegmentCosts(np.array([0.01, 0.1, 2.0]), np.array([0.001, 0.001, 0.01]), np.ones(3))
     c = Conditions(10.0, 20.0, 0.01)
-    for planner in (MinCutPlanner(graph, costs), ShortestPathPlanner(graph, costs)):
+    for planner in (MinCutPlanner(graph, costs), MinCutPlanner(graph, costs, method="flow"),
+                    ShortestPathPlanner(graph, costs)):
         assert planner.choose(c).schedule.describe() == "m0-1 s2", planner.name
