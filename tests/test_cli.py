@@ -52,3 +52,17 @@ def test_bench_speed_compares_with_onnxruntime_side_by_side(capsys):
 def test_bench_speed_refuses_targets_that_do_not_run_here(capsys):
     assert main(["bench", "speed", "lenet", "--target", "aarch64-neon"]) == 2
     assert "aarch64-neon does not run on this machine" in capsys.readouterr().err
+
+
+def test_bench_decisions_compares_the_planners(capsys):
+    assert main(["bench", "decisions", "--models", "lenet", "asr", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)["schedules"]
+    rows = result["rows"]
+    assert len(rows) == 2 * 2 * 2 * 3  # models x mobile devices x servers x networks
+    for r in rows:
+        for objective, key in (("latency", "latency_s"), ("energy", "energy_j")):
+            cut, path = r[f"prefix/{objective}"][key], r[f"shortest-path/{objective}"][key]
+            # several transfers can only do better than the best cut, the best cut than cloud-only
+            assert path <= cut * (1 + 1e-9) and cut <= r["cloud_only"][key] * (1 + 1e-9)
+    assert {d["planner"] for d in result["decision_times"]} >= {"prefix", "shortest-path", "min-cut"}
+    assert all(d["median_us"] > 0 for d in result["decision_times"])

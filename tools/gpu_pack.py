@@ -96,7 +96,7 @@ def build_gpu_pack(out: str | Path, models: tuple[PackModel, ...] = DEFAULT_MODE
                 onnx_model = zoo.build(model.name, input_size=model.input_size, width=model.width)
                 built = compile_model(onnx_model, Path(tmp) / model.name,
                                       CompileOptions("x86-host", preset, progress=progress), name=model.name)
-                _copy_server_side(built.path, staged / "bundles" / model.name)
+                bundle = _copy_server_side(built.path, staged / "bundles" / model.name)
                 feeds = random_inputs(built.frozen.inputs)
                 expected = reference_outputs(onnx_model, feeds)
                 (staged / "references").mkdir(exist_ok=True)
@@ -105,7 +105,7 @@ def build_gpu_pack(out: str | Path, models: tuple[PackModel, ...] = DEFAULT_MODE
                          **{REFERENCE_OUTPUT + k: v for k, v in expected.items()})
                 entries.append({**asdict(model), "segments": len(built.plan.segments),
                                 "onnx_sha256": hashlib.sha256(onnx_model.SerializeToString()).hexdigest(),
-                                "bundle_id": built.manifest["identity"]["bundle_id"],
+                                "bundle_id": bundle.bundle_id,
                                 "bytes": _bytes(staged / "bundles" / model.name)})
         _render_script(staged)
         size = _bytes(staged)
@@ -162,7 +162,7 @@ def _copy_lib(lib: Path) -> None:
             shutil.copyfile(source, target)
 
 
-def _copy_server_side(bundle_dir: Path, dest: Path) -> None:
+def _copy_server_side(bundle_dir: Path, dest: Path) -> Bundle:
     """The manifest and the server's artifacts: all a server needs of a bundle."""
     bundle = Bundle(bundle_dir)
     dest.mkdir(parents=True)
@@ -170,6 +170,7 @@ def _copy_server_side(bundle_dir: Path, dest: Path) -> None:
     for entry in bundle.manifest.artifacts[bundle.side("server").preset]:
         (dest / entry.file).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(bundle_dir / entry.file, dest / entry.file)
+    return bundle
 
 
 def _render_script(root: Path) -> None:

@@ -90,11 +90,11 @@ def bench_decisions(models: list[str], cost_model: str | Path, input_size: int |
                                    CompileOptions("x86-host", "x86-host", force=True, progress=False,
                                                   costs=CostAnnotation(cost_model, cost_model)))
             whole_s = _time_whole_model(result.frozen, workdir / f"{name}_whole.so")
-            costs = result.manifest["costs"]["mobile"]
-            predicted, measured = np.array(costs["predicted_seconds"]), np.array(costs["measured_seconds"])
+            bundle = Bundle(result.path)
+            costs = bundle.manifest.costs["mobile"]
+            predicted, measured = np.array(costs.predicted_seconds), np.array(costs.measured_seconds)
             errors = np.abs(predicted - measured) / measured
-            quality = decision_quality(TensorGraph.of_bundle(Bundle(result.path)), predicted, measured, predicted,
-                                       measured, **GRID)
+            quality = decision_quality(TensorGraph.of_bundle(bundle), predicted, measured, predicted, measured, **GRID)
             rows.append({"model": name, "segments": len(predicted), "segment_mape": float(np.mean(errors)),
                          "segment_worst": float(np.max(errors)), "total_predicted_s": float(predicted.sum()),
                          "total_measured_s": float(measured.sum()), "whole_model_s": whole_s,
