@@ -289,3 +289,66 @@ def test_a_dag_keeps_the_branch_with_the_big_output_and_sends_the_other():
     for planner in (MinCutPlanner(graph, costs), MinCutPlanner(graph, costs, method="flow"),
                     ShortestPathPlanner(graph, costs)):
         assert planner.choose(c).schedule.describe() == "m0-1 s2", planner.name
+
+
+def placement_milp(graph, costs, c, objective, budgets):
+    """DADS's placements (no server segment feeds a mobile one) with budgets, as an ILP: x_i (segment i
+    on the server), y_t (tensor t uploaded), z (any segment on the server: one round trip)."""
+    n, tensors = graph.n, len(graph.names)
+    consumers = graph.consumers
+    up = graph.nbytes * 8 / (c.up_mbps * 1e6)
+    out = np.zeros(n)
+    for t in graph.outputs:
+        if graph.producer[t] >= 0:
+            out[graph.producer[t]] += graph.nbytes[t] * 8 / (c.down_mbps * 1e6)
+    x, y, p = costs.mobile_s, costs.server_s * c.server_slowdown, costs.mobile_power_w
+    size = n + tensors + 1
+    lat = np.concatenate([y - x + out, up, [c.rtt_s + c.server_wait_s]])
+    energy = np.concatenate([-x * p + out * c.download_power_w, up * c.upload_power_w, [0.0]])
+    server = np.concatenate([y, np.zeros(tensors + 1)])
+    rows = []
+    for t in range(tensors):
+        maker = int(graph.producer[t])
+        for reader in consumers[t]:
+            if reader == n:
+                continue
+            row = np.zeros(size)  # y_t >= x_reader - x_maker
+            row[n + t], row[reader] = 1, -1
+            if maker >= 0:
+                row[maker] += 1
+                order = np.zeros(size)  # x_reader >= x_maker
+                order[reader], order[maker] = 1, -1
+                rows.append(order)
+            rows.append(row)
+    for i in range(n):  # z >= x_i
+        row = np.zeros(size)
+        row[size - 1], row[i] = 1, -1
+        rows.append(row)
+    constraints = [LinearConstraint(np.array(rows), 0, np.inf)]
+    for coef, const, limit in ((lat, x.sum(), budgets.max_latency_s), (energy, (x * p).sum(), budgets.max_energy_j),
+                               (server, 0.0, budgets.max_server_s)):
+        if limit is not None:
+            constraints.append(LinearConstraint(coef[None, :], -np.inf, limit * (1 + 1e-12) - const))
+    coef, const = (lat, x.sum()) if objective == "latency" else (energy, (x * p).sum())
+    result = milp(coef, constraints=constraints, integrality=np.ones(size), bounds=Bounds(0, 1))
+    return None if result.x is None else result.fun + const
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_min_cut_with_budgets_equals_the_milp_on_larger_dags(seed):
+    rng = np.random.default_rng(300 + seed)
+    n = int(rng.integers(15, 30))
+    graph = random_dag(rng, n)
+    costs, c = segment_costs(rng, n), conditions(rng)
+    planner = MinCutPlanner(graph, costs)
+    assert planner.enumerable
+    sample = brute(graph, costs, c, _placements(graph, 10 ** 6))
+    for objective in OBJECTIVES:
+        for budgets in budget_cases(sample, rng):
+            expected = placement_milp(graph, costs, c, objective, budgets)
+            decision = planner.choose(c, objective, budgets)
+            got = (decision.latency_s, decision.energy_j)[OBJECTIVES.index(objective)]
+            if expected is None:
+                assert decision.infeasible, (objective, budgets)
+            else:
+                assert not decision.infeasible and got == pytest.approx(expected, rel=1e-6), (objective, budgets)
