@@ -25,6 +25,7 @@ from ..runtime.kernels import EXTERNS
 from ..runtime.manifest import DEFAULT_PLANNER, MANIFEST_FORMAT
 from ..runtime.planner import PLANNERS
 from ..runtime.progress import Progress
+from ..runtime.signing import read_private_key, sign_manifest
 from ..targets import Preset, get_preset
 from .analysis import analyse
 from .build import artifact_name, build_graph
@@ -58,6 +59,7 @@ class CompileOptions:
     tuning: str | Path | None = None  # a tuning folder (neurosurgeon tune), applied to the side(s) of its preset
     kernels: str = "blas"  # CPU builds: blas (GEMMs to the runtime's BLAS), tvm, or naive (compiler/kernels.py)
     planner: str = DEFAULT_PLANNER  # the schedule planner run.py uses by default (runtime/planner.py's PLANNERS)
+    sign_key: str | Path | None = None  # an Ed25519 private key (PEM): the manifest is signed (manifest.sig)
     costs: CostStage | None = None  # None: a bundle without costs, which a planner cannot use
 
 
@@ -91,6 +93,7 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
     if options.planner not in PLANNERS:
         raise NeurosurgeonError(f"--planner must be one of {', '.join(PLANNERS)}, not {options.planner!r}")
     tuning = _tuning_for(options.tuning, presets)
+    seed = read_private_key(options.sign_key) if options.sign_key else None  # a bad key fails before any work
     frozen, graph, plan = analyse(model, options.input_shapes, options.partitioner, name)
 
     # Identical presets on both sides share one set of artifacts: every weight is stored once per target.
@@ -122,6 +125,8 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
             manifest["costs"] = options.costs(staged, manifest, presets)
         manifest["runtime_files"] = generate_runtime(staged, manifest)
         write_manifest(staged, manifest)
+        if seed is not None:
+            sign_manifest(staged, seed)
         path = publish(staged, out, options.as_tar)
     return CompileResult(path, manifest, frozen, graph, plan, build_seconds)
 

@@ -34,16 +34,37 @@ if TYPE_CHECKING:  # scikit-learn loads only when fitting
     from .cost_models.fit import Fit
 
 __all__ = ["CompileOptions", "CompileResult", "CostAnnotation", "ProfileOutcome", "TuneOptions", "TuneReport",
-           "analyse", "board_instructions", "compile", "fit", "fit_server_load", "measure", "profile_target", "serve",
-           "tune"]
+           "analyse", "board_instructions", "compile", "fit", "fit_server_load", "keygen", "measure", "profile_target",
+           "serve", "tune"]
 
 
-def compile(model: str | Path | onnx.ModelProto, out: str | Path, options: CompileOptions,  # noqa: A001
+def compile(model: str | Path | onnx.ModelProto, out: str | Path, options: CompileOptions,
             costs: CostAnnotation | None = None, name: str | None = None) -> CompileResult:
     """Compile `model` into a bundle at `out`, with the cost stage `costs` (default: segments measured
     here where the target runs on this machine, estimated from FLOPs elsewhere) unless `options`
     already names one."""
     return compile_model(model, out, replace(options, costs=costs or options.costs or CostAnnotation()), name)
+
+
+def keygen(out: str | Path, force: bool = False) -> tuple[Path, Path]:
+    """An Ed25519 key pair for signing bundles: `out` (the private key, PKCS#8 PEM, mode 600) and, beside
+    it, OUT.pub.pem (the public key), as `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout` write."""
+    import os
+
+    from .runtime import signing
+    from .runtime.errors import NeurosurgeonError
+
+    private = Path(out)
+    public = private.with_name(private.name.removesuffix(".pem") + ".pub.pem")
+    for path in (private, public):
+        if path.exists() and not force:
+            raise NeurosurgeonError(f"{path}: already exists; pass --force to replace it")
+    seed = os.urandom(32)
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(signing.private_key_pem(seed))
+    public.write_text(signing.public_key_pem(signing.public_key(seed)))
+    return private, public
 
 
 def measure(bundle: str | Path, side: str = "mobile", repeats: int = 5) -> Path:
@@ -53,7 +74,8 @@ def measure(bundle: str | Path, side: str = "mobile", repeats: int = 5) -> Path:
 
 def fit(profile: str | Path, out: str | Path, report: str | Path | None = None, seed: int = 0) -> Fit:
     """Fit the per-layer-type cost regressions to a profile; write the cost model (and a plot)."""
-    from .cost_models.fit import fit as fit_profile, load_profile
+    from .cost_models.fit import fit as fit_profile
+    from .cost_models.fit import load_profile
     from .cost_models.report import write_fit
 
     result = fit_profile(load_profile(profile), seed=seed)

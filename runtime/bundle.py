@@ -15,7 +15,8 @@ import numpy as np
 from . import kernels
 from .errors import BundleError
 from .jsonfile import JsonFormat
-from .manifest import Manifest, Side
+from .manifest import MANIFEST, MANIFEST_FORMAT, Manifest, Side
+from .signing import verify_manifest
 from .tensors import TensorInfo
 
 LOAD_MODEL_FILE = "server-load.json"  # the server's fitted load model, beside the manifest
@@ -30,9 +31,18 @@ class Bundle:
     """A compiled bundle on disk: its manifest (read and checked once, or given: the compiler's cost
     stage measures a bundle whose manifest is not written yet) and where each side's artifacts are."""
 
-    def __init__(self, path: str | Path, manifest: Manifest | None = None):
+    def __init__(self, path: str | Path, manifest: Manifest | None = None, trust_key: bytes | None = None):
+        """With `trust_key` (an Ed25519 public key), the manifest is read only if manifest.sig is its
+        signature by that key (runtime/signing.py), and the runtime files it lists are checked."""
         self.path = Path(path)
+        if manifest is None and trust_key is not None:
+            if not (self.path / MANIFEST).is_file():
+                Manifest.read(self.path)  # the "not a bundle" error
+            where = str(self.path / MANIFEST)
+            manifest = Manifest.from_json(MANIFEST_FORMAT.parse(verify_manifest(self.path, trust_key), where), where)
         self.manifest = manifest = manifest or Manifest.read(self.path)
+        if trust_key is not None:
+            self.check_files(manifest.runtime_files, "runtime file")
         self.name: str = manifest.name
         self.inputs = list(manifest.inputs)
         self.outputs = list(manifest.outputs)
@@ -48,6 +58,15 @@ class Bundle:
             return self.manifest.sides[side]
         except KeyError:
             raise BundleError(f"{self.path}: the manifest has no {side!r} side") from None
+
+    def check_files(self, entries, what: str) -> None:
+        """Every listed file is there with the sha256 the manifest gives (BundleError otherwise)."""
+        for entry in entries:
+            path = self.path / entry.file
+            actual = sha256_file(path) if path.is_file() else "missing"
+            if actual != entry.sha256:
+                raise BundleError(f"{path}: {what} {'is missing' if actual == 'missing' else 'does not match the manifest'}"
+                                  "; refusing to use a changed bundle")
 
     def artifact(self, side: str, segment: int) -> tuple[Path, str]:
         try:

@@ -1,5 +1,8 @@
-"""The mobile side of the wire: OIP v2 requests over plain HTTP (http.client, no dependencies),
-with a deadline on every request and, for tests and demos, a transport shaped to a named network's link.
+"""The mobile side of the wire: OIP v2 requests over HTTP or HTTPS (http.client and ssl, no
+dependencies), with a deadline on every request and, for tests and demos, a transport shaped to a
+named network's link. Over HTTPS the server's certificate is verified against the system's CAs or
+a given CA file; a bearer token never goes in clear text to a host that is not this machine unless
+the caller allows it.
 
 Any way the server can fail (refused or dropped connection, no answer by the deadline, an error
 status, a garbled answer) surfaces as one exception, `ServerUnavailable`, so the caller has one
@@ -9,8 +12,10 @@ thing to catch before finishing the request itself.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -26,7 +31,7 @@ from .protocol import (
     encode_infer_request,
 )
 
-__all__ = ["InferAnswer", "InferenceClient", "ServerUnavailable", "ShapedLink"]
+__all__ = ["InferAnswer", "InferenceClient", "ServerUnavailable", "ShapedLink", "is_loopback"]
 
 
 class ServerUnavailable(NeurosurgeonError):
@@ -46,7 +51,7 @@ class ShapedLink:
         self.chunk_bytes = chunk_bytes
 
     @classmethod
-    def from_network(cls, network) -> "ShapedLink":
+    def from_network(cls, network) -> ShapedLink:
         """The link of a named network (runtime/planner.py's NETWORKS)."""
         return cls(network.up_mbps, network.down_mbps, network.rtt_s)
 
@@ -70,15 +75,34 @@ class InferAnswer:
     download_bytes: int
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class InferenceClient:
-    def __init__(self, url: str, token: str | None = None, link: ShapedLink | None = None, connect_timeout_s: float = 2.0):
+    def __init__(self, url: str, token: str | None = None, link: ShapedLink | None = None, connect_timeout_s: float = 2.0,
+                 ca_file: str | None = None, allow_plain_token: bool = False):
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise NeurosurgeonError(f"server URL {url!r}: expected http://HOST:PORT")
+            raise NeurosurgeonError(f"server URL {url!r}: expected http://HOST:PORT or https://HOST:PORT")
         self.url = url
         self._scheme, self._host = parts.scheme, parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._prefix = parts.path.rstrip("/")
+        if token and self._scheme == "http" and not is_loopback(self._host) and not allow_plain_token:
+            raise NeurosurgeonError(f"refusing to send the bearer token in clear text to {self._host} over http://: "
+                                    "use https:// (or allow it on a network you trust: --allow-plain-token)")
+        self._context = None
+        if self._scheme == "https":
+            try:
+                self._context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as err:
+                raise NeurosurgeonError(f"CA file {ca_file}: cannot use it ({getattr(err, 'strerror', None) or err})") from None
         self.token = token
         self.link = link
         self.connect_timeout_s = connect_timeout_s
@@ -91,8 +115,9 @@ class InferenceClient:
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if self._conn is None:
-            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=min(timeout, self.connect_timeout_s))
+            timeout = min(timeout, self.connect_timeout_s)
+            self._conn = (http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._context)
+                          if self._context else http.client.HTTPConnection(self._host, self._port, timeout=timeout))
             self._conn.connect()
             self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conn.sock.settimeout(timeout)
@@ -107,7 +132,7 @@ class InferenceClient:
         def remaining() -> float:
             left = end - time.perf_counter()
             if left <= 0:
-                raise socket.timeout("deadline passed")
+                raise TimeoutError("deadline passed")
             return left
 
         headers = {**headers, "Content-Length": str(len(body))}
@@ -131,9 +156,13 @@ class InferenceClient:
             if response.getheader("Connection", "").lower() == "close":
                 self.close()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, payload, time.perf_counter() - started
-        except socket.timeout:
+        except TimeoutError:
             self.close()
             raise ServerUnavailable(f"no answer within the {deadline_s:.2f} s deadline") from None
+        except ssl.SSLCertVerificationError as err:
+            self.close()
+            raise ServerUnavailable(f"the server's TLS certificate does not verify ({err.verify_message}): give the CA "
+                                    "that signed it (--ca-file) or fix the server's certificate") from None
         except (OSError, http.client.HTTPException) as err:
             self.close()
             raise ServerUnavailable(f"connection failed: {type(err).__name__}: {err}") from None

@@ -5,6 +5,10 @@ kit's profile.py, and the RPC server a board runs for tuning.
     python run.py --server http://HOST:8000 ...             # a bundle's generated run.py -> run_main
     python profile.py -o mobile.profile.json ...            # a profile kit's script -> profile_main
     python -m neurosurgeon_runtime rpc-server --port 9090   # from an unpacked bundle -> rpc_server_main
+    python -m neurosurgeon.runtime run BUNDLE ...           # a bundle run by an installed runtime -> run_main
+
+Running a bundle with an installed runtime (`run`) executes none of the bundle's own Python: with
+--trust-key, nothing the bundle brings runs before its signature is verified.
 
 Every other command line lives in the command package (neurosurgeon/cli/).
 """
@@ -21,16 +25,25 @@ from .auth import read_token
 from .bundle import Bundle
 from .errors import BundleError, NeurosurgeonError
 from .planner import NETWORKS, OBJECTIVES, PLANNERS, Budgets
+from .signing import read_public_key
 
-__all__ = ["main", "profile_main", "rpc_server_main", "run_main"]
+__all__ = ["main", "profile_main", "rpc_server_main", "run_bundle_main", "run_main"]
 
 
-def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv: list[str] | None = None) -> int:
+def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv: list[str] | None = None,
+             prog: str = "run.py") -> int:
     """A bundle's run.py: run its model split between this mobile machine and a server."""
     from .measured import measure_bundle
-    from .mobile import COST_SOURCES, MobileRuntime, describe, read_inputs, write_outputs
+    from .mobile import (
+        COST_SOURCES,
+        MobileRuntime,
+        describe,
+        read_inputs,
+        write_outputs,
+    )
 
-    parser = argparse.ArgumentParser(description="Run this bundle's model, split between this machine and a server.")
+    parser = argparse.ArgumentParser(prog=prog, description="Run this bundle's model, split between this machine and a "
+                                                            "server.")
     parser.add_argument("--server", help="server URL, e.g. http://host:8000 (none: run everything here)")
     parser.add_argument("--input", help=".npy (or .npz by input name); random input if omitted")
     parser.add_argument("-o", "--output", help="write the outputs here (.npy, or .npz for several)")
@@ -45,6 +58,11 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
                         help="prefix (a cut), shortest-path (several transfers), min-cut (DAG placement); "
                              "default: the bundle's")
     parser.add_argument("--token-file", help="file whose first line is the server's bearer token")
+    parser.add_argument("--ca-file", help="verify an https:// server's certificate with this CA (PEM)")
+    parser.add_argument("--allow-plain-token", action="store_true",
+                        help="send the token over http:// to another host (refused by default)")
+    parser.add_argument("--trust-key", metavar="PUB.pem",
+                        help="run the bundle only if it is signed with this Ed25519 key (compile --sign-key)")
     parser.add_argument("--shape", action="store_true", help="shape this client's transfers to the network's link")
     parser.add_argument("--deadline", type=float, help="seconds to wait for the server before finishing here")
     parser.add_argument("--max-latency", type=float, metavar="S", help="latency budget in seconds (QoS)")
@@ -63,7 +81,7 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
     if args.schedule and args.cut != "auto":
         parser.error("--schedule and --cut both fix the schedule: give one")
     try:
-        bundle = Bundle(bundle_dir)
+        bundle = Bundle(bundle_dir, trust_key=read_public_key(args.trust_key) if args.trust_key else None)
         if expected_bundle_id and bundle.bundle_id != expected_bundle_id:
             raise BundleError(f"{bundle_dir}: manifest is for bundle {bundle.bundle_id}, "
                               f"this run.py was generated for {expected_bundle_id}")
@@ -73,7 +91,8 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
             print(f"measured this machine's {len(bundle.segments)} segments: {path}", file=sys.stderr)
         budgets = Budgets(args.max_latency, args.max_energy, args.max_server)
         runtime = MobileRuntime(bundle, args.server, token, args.network, args.objective, args.shape, args.deadline,
-                                budgets=budgets, costs=args.costs, planner=args.planner)
+                                budgets=budgets, costs=args.costs, planner=args.planner, ca_file=args.ca_file,
+                                allow_plain_token=args.allow_plain_token)
         runtime.warm_up()
         inputs = read_inputs(bundle, args.input)
         cuts = range(runtime.n_segments + 1) if sweep else [args.schedule or args.cut]
@@ -135,7 +154,16 @@ def rpc_server_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_COMMANDS = {"rpc-server": rpc_server_main}
+def run_bundle_main(argv: list[str] | None = None) -> int:
+    """`python -m neurosurgeon.runtime run BUNDLE [run.py options]`: a bundle run by this runtime."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m neurosurgeon_runtime run BUNDLE [run.py options]", file=sys.stderr)
+        return 2
+    return run_main(argv[0], argv=argv[1:], prog=f"run {argv[0]}")
+
+
+_COMMANDS = {"rpc-server": rpc_server_main, "run": run_bundle_main}
 
 
 def main(argv: list[str] | None = None) -> int:

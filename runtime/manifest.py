@@ -18,8 +18,21 @@ from .errors import BundleError
 from .jsonfile import JsonFormat
 from .tensors import TensorInfo
 
-__all__ = ["DEFAULT_PLANNER", "MANIFEST", "MANIFEST_FORMAT", "Artifact", "CutSpec", "Identity", "LayerSpec", "Manifest", "SegmentSpec",
-           "Side", "SideCosts", "COST_CHOICES", "parse_costs"]
+__all__ = [
+    "COST_CHOICES",
+    "DEFAULT_PLANNER",
+    "MANIFEST",
+    "MANIFEST_FORMAT",
+    "Artifact",
+    "CutSpec",
+    "Identity",
+    "LayerSpec",
+    "Manifest",
+    "SegmentSpec",
+    "Side",
+    "SideCosts",
+    "parse_costs",
+]
 
 MANIFEST = "manifest.json"
 # 1.1: "externs", functions the artifacts call that the runtime provides. 2.0: schedules: "planner", the
@@ -185,6 +198,7 @@ class Manifest:
     externs: tuple[str, ...]
     costs: dict[str, SideCosts]  # by side; empty in a bundle made without a cost stage
     planner: str = DEFAULT_PLANNER  # the planner run.py uses unless told otherwise
+    runtime_files: tuple[Artifact, ...] = ()  # run.py and the runtime copy (segment -1), with their sha256
     build: dict = field(default_factory=dict)
 
     @classmethod
@@ -215,6 +229,8 @@ class Manifest:
             externs=tuple(m.get("externs", list, [])),
             costs=parse_costs(m.get("costs", dict, {}), where, "costs"),
             planner=m.get("planner", str, DEFAULT_PLANNER),
+            runtime_files=tuple(Artifact(-1, f.get("file", str), f.get("sha256", str), f.get("bytes", int))
+                                for f in m.items("runtime_files")) if "runtime_files" in doc else (),
             build=m.get("build", dict, {}),
         )
         manifest._check(where)

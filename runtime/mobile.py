@@ -15,11 +15,26 @@ import numpy as np
 from .bundle import Bundle, SegmentExecutor, fetch
 from .client import InferenceClient, ServerUnavailable, ShapedLink
 from .errors import BundleError, NeurosurgeonError
-from .estimators import MobileTimeEstimator, NetworkEstimator, ServerLoadEstimator, conditions, ewma
+from .estimators import (
+    MobileTimeEstimator,
+    NetworkEstimator,
+    ServerLoadEstimator,
+    conditions,
+    ewma,
+)
 from .jsonfile import JsonFormat
 from .manifest import COST_CHOICES, SideCosts, parse_costs
 from .measured import load_measured
-from .planner import OBJECTIVES, Budgets, Conditions, Decision, Planner, SegmentCosts, get_network, make_planner
+from .planner import (
+    OBJECTIVES,
+    Budgets,
+    Conditions,
+    Decision,
+    Planner,
+    SegmentCosts,
+    get_network,
+    make_planner,
+)
 from .protocol import stage_model_name
 from .schedule import MOBILE, SERVER, Schedule, TensorGraph
 from .tensors import random_inputs
@@ -126,7 +141,8 @@ class MobileRuntime:
     def __init__(self, bundle: Bundle | str | Path, server_url: str | None = None, token: str | None = None,
                  network: str = "wifi", objective: str = "latency", shape_link: bool = False,
                  deadline_s: float | None = None, learn: bool = True, retry_after_s: float = 5.0,
-                 budgets: Budgets = Budgets(), costs: str | Path | None = None, planner: str | None = None):
+                 budgets: Budgets | None = None, costs: str | Path | None = None, planner: str | None = None,
+                 ca_file: str | None = None, allow_plain_token: bool = False):
         if objective not in OBJECTIVES:
             raise NeurosurgeonError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
@@ -142,11 +158,11 @@ class MobileRuntime:
         self.mobile_times = MobileTimeEstimator(self.costs.mobile_s)
         self.learn = learn
         self.server_slowdown = 1.0  # observed / predicted server compute, learned from answers
-        self.objective, self.budgets = objective, budgets
+        self.objective, self.budgets = objective, budgets or Budgets()
         self.deadline_s = deadline_s
         self.retry_after_s = retry_after_s
-        self.client = (InferenceClient(server_url, token, ShapedLink.from_network(link) if shape_link else None)
-                       if server_url else None)
+        self.client = (InferenceClient(server_url, token, ShapedLink.from_network(link) if shape_link else None,
+                                       ca_file=ca_file, allow_plain_token=allow_plain_token) if server_url else None)
         self._server_down_until = 0.0
         self.n_segments = len(self.bundle.segments)
         self._stage_model = stage_model_name(self.bundle.name)
@@ -168,7 +184,7 @@ class MobileRuntime:
             return False
         if self._server_down_until:  # it failed before: a cheap probe before offloading again
             try:
-                load, seconds = self.client.ready(deadline_s=max(0.5, 4 * self.network.rtt_s))
+                load, _ = self.client.ready(deadline_s=max(0.5, 4 * self.network.rtt_s))
             except ServerUnavailable:
                 self._mark_down()
                 return False

@@ -31,7 +31,6 @@ import numpy as np
 from .auth import token_matches
 from .bundle import LOAD_MODEL_FILE, LOAD_MODEL_FORMAT, Bundle, SegmentExecutor, fetch
 from .errors import BundleError
-from .schedule import StageError, TensorGraph
 from .protocol import (
     DATATYPES,
     HEADER_LENGTH,
@@ -44,9 +43,10 @@ from .protocol import (
     parse_header_length,
     stage_model_name,
 )
+from .schedule import StageError, TensorGraph
 from .tensors import TensorInfo
 
-__all__ = ["InferenceServer", "PLATFORM", "ServedModel", "read_load_model", "served_models"]
+__all__ = ["PLATFORM", "InferenceServer", "ServedModel", "read_load_model", "served_models"]
 
 log = logging.getLogger("neurosurgeon.server")
 
@@ -163,8 +163,8 @@ class InferenceServer:
     """
 
     def __init__(self, bundle_path: str | Path, token: str | None = None, max_body_bytes: int = 256 << 20,
-                 server_name: str = "neurosurgeon"):
-        self.bundle = Bundle(bundle_path)
+                 server_name: str = "neurosurgeon", trust_key: bytes | None = None):
+        self.bundle = Bundle(bundle_path, trust_key=trust_key)
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.server_name = server_name

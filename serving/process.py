@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from ..runtime.errors import NeurosurgeonError
 __all__ = ["ServerProcess", "ServerStartError", "start_server"]
 
 READY_TIMEOUT_S = 120.0
-_ANNOUNCED = re.compile(r"^serving .* on http://127\.0\.0\.1:(\d+)$", re.MULTILINE)
+_ANNOUNCED = re.compile(r"^serving .* on (https?)://127\.0\.0\.1:(\d+)$", re.MULTILINE)
 
 
 class ServerStartError(NeurosurgeonError):
@@ -58,10 +59,12 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def start_server(bundle_path: str | Path, token: str | None = None, port: int | None = None,
-                 extra_env: dict | None = None, extra_args: list[str] | tuple[str, ...] = ()):
+                 extra_env: dict | None = None, extra_args: list[str] | tuple[str, ...] = (),
+                 ca_file: str | Path | None = None):
     """Start `neurosurgeon serve` for `bundle_path` on 127.0.0.1 and yield a ServerProcess once
     /v2/health/ready answers 200; stop it on exit. With `port` None the server binds port 0 and the
-    port is read from what it prints. `extra_args` go to `neurosurgeon serve` as they are."""
+    port is read from what it prints. `extra_args` go to `neurosurgeon serve` as they are (with
+    --ssl-certfile, `ca_file` is what the readiness probe verifies the certificate with)."""
     with tempfile.TemporaryDirectory(prefix="neurosurgeon-server-") as tmp:
         log_path = Path(tmp) / "server.log"
         args = [sys.executable, "-m", "neurosurgeon", "serve", str(bundle_path), "--host", "127.0.0.1",
@@ -74,31 +77,32 @@ def start_server(bundle_path: str | Path, token: str | None = None, port: int | 
             process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(extra_env or {})})
         server = ServerProcess("", 0, process, token, log_path)
         try:
-            server.port = _wait_for_port(server)
-            server.url = f"http://127.0.0.1:{server.port}"
-            _wait_until_ready(server)
+            scheme, server.port = _wait_for_port(server)
+            server.url = f"{scheme}://127.0.0.1:{server.port}"
+            _wait_until_ready(server, ca_file)
             yield server
         finally:
             server.stop()
 
 
-def _wait_for_port(server: ServerProcess) -> int:
+def _wait_for_port(server: ServerProcess) -> tuple[str, int]:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         found = _ANNOUNCED.search(server.output())
         if found:
-            return int(found.group(1))
+            return found.group(1), int(found.group(2))
         _check_alive(server)
         time.sleep(0.05)
     raise ServerStartError(f"the server did not start listening within {READY_TIMEOUT_S:.0f} s:\n{server.output()}")
 
 
-def _wait_until_ready(server: ServerProcess) -> None:
+def _wait_until_ready(server: ServerProcess, ca_file: str | Path | None = None) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     request = urllib.request.Request(f"{server.url}/v2/health/ready", headers=server.headers())
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None) if server.url.startswith("https") else None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(request, timeout=5) as answer:
+            with urllib.request.urlopen(request, timeout=5, context=context) as answer:
                 if answer.status == 200:
                     return
         except urllib.error.HTTPError as err:

@@ -29,11 +29,20 @@ def register(verbs) -> None:
     p.add_argument("--mobile-power", metavar="JSON", help="power table, watts per layer type (defaults ship)")
     p.add_argument("--no-measure", action="store_true", help="do not time segments whose target runs here")
     p.add_argument("--tuning", metavar="DIR", help="apply a tuning folder made by `neurosurgeon tune`")
+    p.add_argument("--planner", default="prefix", help="the bundle's default planner: prefix, shortest-path, min-cut")
+    p.add_argument("--sign-key", metavar="KEY.pem",
+                   help="sign the manifest with this Ed25519 private key (neurosurgeon keygen, or openssl genpkey "
+                        "-algorithm ed25519); devices and servers with --trust-key refuse unsigned or changed bundles")
     p.add_argument("--kernels", choices=("blas", "tvm", "naive"), default="blas",
                    help="CPU builds: blas (default) hands convolutions (as im2col + GEMM) and fully connected "
                         "layers to the BLAS numpy ships, which the runtime calls; tvm generates every kernel with "
                         "neurosurgeon's schedules; naive is TVM's default pipeline")
     p.set_defaults(run=compile_bundle)
+
+    p = verbs.add_parser("keygen", help="make an Ed25519 key pair to sign bundles with (KEY.pem and KEY.pub.pem)")
+    p.add_argument("-o", "--output", required=True, metavar="KEY.pem", help="the private key to write (mode 600)")
+    p.add_argument("--force", action="store_true", help="replace existing key files")
+    p.set_defaults(run=keygen)
 
     p = verbs.add_parser("verify", help="run every cut of a bundle here and compare with onnxruntime on the model")
     p.add_argument("bundle", help="bundle folder (both sides built for this machine, e.g. x86-host)")
@@ -62,7 +71,7 @@ def compile_bundle(args) -> int:
 
     options = api.CompileOptions(mobile=args.mobile, server=args.server, input_shapes=input_shapes(args),
                                  as_tar=args.tar, force=args.force, progress=not args.quiet, tuning=args.tuning,
-                                 kernels=args.kernels)
+                                 kernels=args.kernels, planner=args.planner, sign_key=args.sign_key)
     costs = api.CostAnnotation(mobile_model=args.mobile_cost, server_model=args.server_cost,
                                mobile_power=args.mobile_power, measure=not args.no_measure)
     result = api.compile(args.model, Path(args.output), options, costs)
@@ -72,6 +81,15 @@ def compile_bundle(args) -> int:
           f"{len(m['segments'])} segments; mobile {args.mobile}, server {args.server}; "
           f"{human_bytes(total)} of artifacts; built in "
           + ", ".join(f"{k} {v:.1f} s" for k, v in result.build_seconds.items()))
+    return 0
+
+
+def keygen(args) -> int:
+    from .. import api
+
+    private, public = api.keygen(args.output, force=args.force)
+    print(f"private key {private} (keep it secret: compile --sign-key {private}); public key {public} "
+          f"(give it to devices and servers: --trust-key {public})")
     return 0
 
 

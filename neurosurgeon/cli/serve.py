@@ -13,6 +13,10 @@ def register(verbs) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--token-file", help="require `Authorization: Bearer <first line of this file>`")
+    p.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    p.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--trust-key", metavar="PUB.pem",
+                   help="serve the bundle only if its manifest is signed with this Ed25519 key (compile --sign-key)")
     p.add_argument("--max-body-mb", type=float, default=256, help="largest request body (default 256 MiB)")
     p.add_argument("--max-body-bytes", type=int, help=argparse.SUPPRESS)  # for tests: a limit below 1 MiB
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -20,8 +24,11 @@ def register(verbs) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from ..serving import serve  # not the API module: a server process loads no compiler
+    from ..serving import (
+        serve,  # not the API module: a server process loads no compiler
+    )
 
     limit = args.max_body_bytes if args.max_body_bytes is not None else int(args.max_body_mb * (1 << 20))
-    serve(args.bundle, args.host, args.port, args.token_file, limit, args.log_level)
+    serve(args.bundle, args.host, args.port, args.token_file, limit, args.log_level, args.ssl_certfile,
+          args.ssl_keyfile, args.trust_key)
     return 0
