@@ -81,6 +81,7 @@ def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, tup
     except onnx.checker.ValidationError as err:
         raise ModelError(f"{label}: invalid ONNX model: {first_line(err)}") from None
 
+    _refuse_unknown_opset(model, label)
     _refuse_unsupported_ops(model, label)
     graph = model.graph
     init_names = {i.name for i in graph.initializer}
@@ -89,10 +90,12 @@ def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, tup
     del graph.input[:]
     graph.input.extend(real_inputs)
 
+    declared = {o.name: _declared(o.type.tensor_type) for o in graph.output}
     _freeze_inputs(graph, input_shapes or {}, label)
     model = _fold_and_infer(model, label)
     _refuse_unsupported_ops(model, label)  # folding may have exposed or removed nodes; check the final graph
     tensors = _tensor_table(model, label)
+    _check_declared_outputs(declared, tensors, label)
     return FrozenModel(
         model=model,
         name=name,
@@ -302,6 +305,38 @@ def _tensor_table(model: onnx.ModelProto, label: str) -> dict[str, TensorInfo]:
                 raise ModelError(f"{label}: tensor {out!r} (output of node {node.name or '#' + str(index)!r}, op {node.op_type}) "
                                  "has no static shape after freezing the inputs; give --input-shape for every dynamic input")
     return table
+
+
+def _refuse_unknown_opset(model: onnx.ModelProto, label: str) -> None:
+    """An opset newer than the installed onnx package knows: its operators' meaning is unknown here
+    (the checker lets such models through)."""
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            raise ModelError(f"{label}: the model uses ONNX opset {opset.version}; this installation knows opsets up "
+                             f"to {newest} (onnx {onnx.__version__}); export with opset <= {newest}")
+
+
+def _declared(ttype) -> tuple[str | None, list[int | None] | None]:
+    """(dtype, dims with None for a symbolic or missing one) as the model declares a tensor; None: not said."""
+    dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type).name if ttype.elem_type else None
+    dims = ([d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+            if ttype.HasField("shape") else None)
+    return dtype, dims
+
+
+def _check_declared_outputs(declared: dict, tensors: dict[str, TensorInfo], label: str) -> None:
+    """Shape inference ran without the outputs' declared shapes (freezing a dynamic input changes them);
+    a fixed dimension or a type the model declares must still be what the graph computes, or
+    onnxruntime and the bundle would disagree about the model."""
+    for name, (dtype, dims) in declared.items():
+        got = tensors[name]
+        shape_ok = dims is None or (len(dims) == len(got.shape)
+                                    and all(d is None or d == g for d, g in zip(dims, got.shape)))
+        if not shape_ok or dtype not in (None, got.dtype):
+            said = f"{dtype or '?'}[{', '.join('?' if d is None else str(d) for d in dims or [])}]"
+            raise ModelError(f"{label}: output {name!r} is declared {said} but the graph computes "
+                             f"{got.dtype}{list(got.shape)}")
 
 
 def _safe_name(name: str) -> str:

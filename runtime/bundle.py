@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import kernels
-from .errors import BundleError
+from .errors import BundleError, first_line
 from .jsonfile import JsonFormat
 from .manifest import MANIFEST, MANIFEST_FORMAT, Manifest, Side
 from .signing import verify_manifest
@@ -77,7 +77,7 @@ class Bundle:
 
 
 def load_artifact(path: Path, device, sha256: str | None = None, what: str = "artifact",
-                  listed_in: str = "the manifest"):
+                  listed_in: str = "the manifest", arity: int | None = None):
     """The `main` function of an exported artifact in a TVM VM on `device`. With `sha256`, the file is
     checked first (loading a shared object runs its code); the runtime's external kernels are
     registered, since CPU artifacts call them."""
@@ -93,7 +93,13 @@ def load_artifact(path: Path, device, sha256: str | None = None, what: str = "ar
             raise BundleError(f"{path}: sha256 {actual[:16]}... does not match {listed_in}'s {sha256[:16]}...; "
                               "refusing to load a modified artifact")
     kernels.register()
-    return tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(path)), device)["main"]
+    try:
+        vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(path)), device)
+    except tvm.error.TVMError as err:
+        raise BundleError(f"{path}: {what} does not load: {first_line(err)}") from None
+    if arity is not None and vm._get_function_arity("main") != arity:
+        raise BundleError(f"{path}: {what} takes {vm._get_function_arity('main')} tensors, {listed_in} says {arity}")
+    return vm["main"]
 
 
 def sha256_file(path: Path) -> str:
@@ -131,13 +137,16 @@ class SegmentExecutor:
         if lacking:
             raise BundleError(f"{bundle.path}: the artifacts call {', '.join(lacking)}, which this runtime does not "
                               "provide; run the bundle with the runtime it ships (run.py) or update neurosurgeon")
+        # Every artifact of this side is checked now, before any is loaded (loading runs its code).
+        bundle.check_files([bundle.manifest.artifact(side, i) for i in range(len(bundle.segments))],
+                           f"{side} artifact")
         self._functions: dict[int, object] = {}
 
     def load(self, segment: int):
         if segment not in self._functions:
-            path, expected = self.bundle.artifact(self.side, segment)
-            self._functions[segment] = load_artifact(path, self.device, expected,
-                                                     f"artifact for segment {segment}", "the manifest")
+            path, _ = self.bundle.artifact(self.side, segment)
+            self._functions[segment] = load_artifact(path, self.device, None, f"artifact for segment {segment}",
+                                                     "the manifest", arity=len(self.bundle.segments[segment].inputs))
         return self._functions[segment]
 
     def run(self, env: dict, segments) -> dict:
@@ -148,7 +157,10 @@ class SegmentExecutor:
             function = self.load(index)
             spec = self.bundle.segments[index]
             args = [self._on_device(env[t.name], t) for t in spec.inputs]
-            result = function(*args)
+            try:
+                result = function(*args)
+            except tvm.error.TVMError as err:
+                raise BundleError(f"{self.bundle.path}: {self.side} segment {index} failed: {first_line(err)}") from None
             values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
             for t, value in zip(spec.outputs, values):
                 env[t.name] = value

@@ -93,8 +93,9 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
         runtime = MobileRuntime(bundle, args.server, token, args.network, args.objective, args.shape, args.deadline,
                                 budgets=budgets, costs=args.costs, planner=args.planner, ca_file=args.ca_file,
                                 allow_plain_token=args.allow_plain_token)
-        runtime.warm_up()
         inputs = read_inputs(bundle, args.input)
+        runtime.check_inputs(inputs)  # before any of the bundle's code loads
+        runtime.warm_up()
         cuts = range(runtime.n_segments + 1) if sweep else [args.schedule or args.cut]
         saved = {}
         for _ in range(args.requests):

@@ -12,7 +12,7 @@ Numbers are kept as the manifest has them (seconds, bytes); tensors become `Tens
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import BundleError
 from .jsonfile import JsonFormat
@@ -75,6 +75,12 @@ class _Fields:
             return tuple(TensorInfo.from_json(t) for t in self.get(key, list))
         except (KeyError, TypeError, ValueError) as err:
             raise BundleError(f"{self.where}: a tensor in {self._name(key)} is malformed ({err})") from None
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        values = self.get(key, list, [])
+        if not all(isinstance(v, str) for v in values):
+            raise BundleError(f"{self.where}: {self._name(key)} must be a list of strings")
+        return tuple(values)
 
     def seconds(self, key: str, required: bool = False) -> tuple[float, ...] | None:
         values = self.get(key, list, ... if required else None)
@@ -226,10 +232,10 @@ class Manifest:
             segments=tuple(_segment(segment) for segment in m.items("segments")),
             artifacts={preset: tuple(_artifact(a) for a in m.section("artifacts").items(preset))
                        for preset in m.get("artifacts", dict)},
-            externs=tuple(m.get("externs", list, [])),
+            externs=m.strings("externs"),
             costs=parse_costs(m.get("costs", dict, {}), where, "costs"),
             planner=m.get("planner", str, DEFAULT_PLANNER),
-            runtime_files=tuple(Artifact(-1, f.get("file", str), f.get("sha256", str), f.get("bytes", int))
+            runtime_files=tuple(Artifact(-1, _inside(f, "file"), f.get("sha256", str), f.get("bytes", int))
                                 for f in m.items("runtime_files")) if "runtime_files" in doc else (),
             build=m.get("build", dict, {}),
         )
@@ -241,11 +247,55 @@ class Manifest:
         if [s.index for s in self.segments] != list(range(n)) or [c.index for c in self.cuts] != list(range(n + 1)):
             raise BundleError(f"{where}: segments must be numbered 0..S-1 and cuts 0..S ({n} segments, "
                               f"{len(self.cuts)} cuts)")
+        self._check_dataflow(where)
+        for side in self.sides.values():
+            numbered = sorted(a.segment for a in self.artifacts.get(side.preset, ()))
+            if numbered != list(range(n)):
+                raise BundleError(f"{where}: artifacts.{side.preset} must have one artifact per segment 0..{n - 1}, "
+                                  f"has {numbered}")
         for side, costs in self.costs.items():
             for kind in ("segment", *COST_CHOICES):
                 seconds = getattr(costs, f"{kind}_seconds")
                 if seconds is not None and len(seconds) != n:
                     raise BundleError(f"{where}: costs.{side}.{kind}_seconds has {len(seconds)} values for {n} segments")
+
+    def _check_dataflow(self, where: str) -> None:
+        """The tensors add up: every segment reads what the model's inputs or earlier segments make
+        (same shape and type), nothing is made twice, the outputs are made, each cut's crossing is
+        exactly what later segments read of what was made before it, and the layers exist."""
+        made = {t.name: t for t in self.inputs}
+        before = [dict(made)]  # tensors available at each cut
+        for s in self.segments:
+            first, end = s.layers
+            if not 0 <= first < end <= len(self.layers):
+                raise BundleError(f"{where}: segment {s.index} covers layers {first}..{end - 1} of {len(self.layers)}")
+            if len({t.name for t in s.inputs}) != len(s.inputs):
+                raise BundleError(f"{where}: segment {s.index} lists an input twice")
+            for t in s.inputs:
+                if made.get(t.name) != t:
+                    raise BundleError(f"{where}: segment {s.index} reads {_describe(t)}, "
+                                      + (f"but it is made as {_describe(made[t.name])}" if t.name in made
+                                         else "which neither a model input nor an earlier segment makes"))
+            for t in s.outputs:
+                if t.name in made:
+                    raise BundleError(f"{where}: segment {s.index} makes {t.name!r}, which is made before it")
+                made[t.name] = t
+            before.append(dict(made))
+        for t in self.outputs:
+            if made.get(t.name) != t:
+                raise BundleError(f"{where}: the model output {_describe(t)} is not what any segment makes")
+        outputs = [t.name for t in self.outputs]
+        for c in self.cuts:
+            later = {t.name for s in self.segments[c.index:] for t in s.inputs}
+            crossing = {t.name: t for t in c.crossing}
+            needed = {name: t for name, t in before[c.index].items() if name in later}
+            if crossing != needed:
+                raise BundleError(f"{where}: cut {c.index} says {sorted(crossing)} cross it, but the segments after it "
+                                  f"read {sorted(needed)} of what is made before it")
+            done = [name for name in outputs if name in before[c.index]]
+            if list(c.mobile_outputs) != done or list(c.server_outputs) != [n for n in outputs if n not in done]:
+                raise BundleError(f"{where}: cut {c.index} splits the outputs into {list(c.mobile_outputs)} (mobile) "
+                                  f"and {list(c.server_outputs)} (server); the segments make {done} before it")
 
     def artifact(self, side: str, segment: int) -> Artifact:
         preset = self.sides[side].preset
@@ -256,7 +306,13 @@ class Manifest:
                           "compiles: rebuild the bundle with `neurosurgeon compile`)")
 
 
+def _describe(t: TensorInfo) -> str:
+    return f"{t.name!r} ({t.dtype}{list(t.shape)})"
+
+
 def _side(s: _Fields) -> Side:
+    if s.get("device", str) not in ("cpu", "cuda"):
+        raise BundleError(f"{s.where}: {s.path}.device must be cpu or cuda, not {s.get('device')!r}")
     return Side(s.get("name", str), s.get("device", str), s.get("machine", str), s.get("target", dict),
                 s.get("host", (dict, type(None)), None), s.get("cuda_arch", (str, type(None)), None),
                 s.get("emulation", (dict, type(None)), None))
@@ -264,25 +320,36 @@ def _side(s: _Fields) -> Side:
 
 def _layer(layer: _Fields) -> LayerSpec:
     return LayerSpec(layer.get("index", int), layer.get("name", str), layer.get("type", str),
-                     tuple(layer.get("ops", list)), layer.get("config", dict), layer.get("flops", (int, float)),
+                     layer.strings("ops"), layer.get("config", dict), layer.get("flops", (int, float)),
                      layer.get("input_bytes", int, 0), layer.tensors("outputs"), layer.get("weight_bytes", int, 0))
 
 
 def _segment(segment: _Fields) -> SegmentSpec:
-    first, end = segment.get("layers", list)
-    return SegmentSpec(segment.get("index", int), (int(first), int(end)), segment.get("flops", (int, float), 0),
+    layers = segment.get("layers", list)
+    if len(layers) != 2 or not all(type(i) is int for i in layers):
+        raise BundleError(f"{segment.where}: {segment.path}.layers must be [first, end], two integers; got {layers!r}")
+    return SegmentSpec(segment.get("index", int), tuple(layers), segment.get("flops", (int, float), 0),
                        segment.tensors("inputs"), segment.tensors("outputs"))
 
 
 def _cut(cut: _Fields) -> CutSpec:
     mobile_outputs = "mobile_outputs" if "mobile_outputs" in cut.doc else "device_outputs"  # schema 1's name
     return CutSpec(cut.get("index", int), cut.get("after_layer", (str, type(None)), None), cut.tensors("crossing"),
-                   cut.get("upload_bytes", int), tuple(cut.get(mobile_outputs, list)),
-                   tuple(cut.get("server_outputs", list)), cut.get("download_bytes", int))
+                   cut.get("upload_bytes", int), cut.strings(mobile_outputs), cut.strings("server_outputs"),
+                   cut.get("download_bytes", int))
 
 
 def _artifact(entry: _Fields) -> Artifact:
-    return Artifact(entry.get("segment", int), entry.get("file", str), entry.get("sha256", str), entry.get("bytes", int))
+    return Artifact(entry.get("segment", int), _inside(entry, "file"), entry.get("sha256", str), entry.get("bytes", int))
+
+
+def _inside(entry: _Fields, key: str) -> str:
+    """A file name that stays inside the bundle folder (relative, no `..`)."""
+    name = entry.get(key, str)
+    parts = PurePosixPath(name).parts
+    if not parts or name.startswith("/") or "\\" in name or ".." in parts:
+        raise BundleError(f"{entry.where}: {entry._name(key)} {name!r} is not a path inside the bundle")
+    return name
 
 
 def parse_costs(doc: dict, where: str, path: str = "") -> dict[str, SideCosts]:

@@ -172,6 +172,11 @@ class MobileRuntime:
             self._planners[name] = make_planner(name, self.graph, self.costs)
         return self._planners[name]
 
+    def close(self) -> None:
+        """Close the connection to the server (the next request opens a new one)."""
+        if self.client is not None:
+            self.client.close()
+
     def warm_up(self) -> None:
         """Verify and load every mobile segment now, so the first request is not the slow one."""
         for segment in range(self.n_segments):
@@ -216,7 +221,7 @@ class MobileRuntime:
 
     def infer(self, inputs: dict[str, np.ndarray], schedule: int | str | Schedule = "auto",
               planner: str | None = None) -> tuple[dict[str, np.ndarray], RequestRecord]:
-        env = self._check_inputs(inputs)
+        env = self.check_inputs(inputs)
         decision, c, available = self.decide(schedule, planner)
         chooser = self.planner_for(planner or self.planner_name)
         predicted = chooser.stage_times(c, decision.schedule)
@@ -294,7 +299,8 @@ class MobileRuntime:
         if predicted > 0 and compute_s > 0:
             self.server_slowdown = ewma(self.server_slowdown, compute_s / predicted, 0.3)
 
-    def _check_inputs(self, inputs: dict[str, np.ndarray]) -> dict:
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict:
+        """The request's inputs, checked against the model's (NeurosurgeonError naming the first mismatch)."""
         env = {}
         for t in self.bundle.inputs:
             if t.name not in inputs:

@@ -185,6 +185,8 @@ def _split(body: bytes, header_length: int | None, what: str) -> tuple[dict, mem
         header = json.loads(bytes(view[:header_length]))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ProtocolError(f"{what} header is not valid JSON ({err})") from None
+    except RecursionError:
+        raise ProtocolError(f"{what} header nests JSON too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"{what} header must be a JSON object, got {type(header).__name__}")
     return header, view[header_length:]

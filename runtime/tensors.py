@@ -7,7 +7,11 @@ from math import prod
 
 import numpy as np
 
-__all__ = ["TensorInfo", "random_inputs"]
+__all__ = ["DTYPES", "TensorInfo", "random_inputs"]
+
+# The element types a bundle's tensors may have (numpy names).
+DTYPES = ("float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+          "bool")
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,17 @@ class TensorInfo:
 
     @classmethod
     def from_json(cls, data: dict) -> "TensorInfo":
-        return cls(data["name"], tuple(int(d) for d in data["shape"]), data["dtype"])
+        """From {"name", "shape", "dtype"}; ValueError names what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object, got {type(data).__name__}")
+        name, shape, dtype = data.get("name"), data.get("shape"), data.get("dtype")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise ValueError(f"{name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"{name!r}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        return cls(name, tuple(shape), dtype)
 
 
 def random_inputs(tensors, seed: int = 0) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ import onnx
 
 from ..compiler.report import format_rows, human_bytes
 from ..runtime.bundle import Bundle, SegmentExecutor, fetch
-from ..runtime.errors import NeurosurgeonError
+from ..runtime.errors import NeurosurgeonError, first_line
 from ..runtime.tensors import random_inputs
 
 __all__ = ["CutCheck", "check_table", "reference_outputs", "run_cut", "verify_bundle"]
@@ -39,7 +39,11 @@ def reference_outputs(model: str | Path | onnx.ModelProto, feeds: dict[str, np.n
     options = ort.SessionOptions()
     # The reference must be the model as written: no graph rewrites that could mask our own.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 (onnxruntime's exception types have no stable import path)
+        what = "the model" if isinstance(model, onnx.ModelProto) else str(model)
+        raise NeurosurgeonError(f"{what}: onnxruntime cannot load it: {first_line(err)}") from None
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds)))
 

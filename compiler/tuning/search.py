@@ -295,19 +295,25 @@ def _commit_default_schedules(workloads: list[Workload], info: dict, database, b
         seconds = [float(s) for s in result.run_secs]
         database.commit_tuning_record(ms.database.TuningRecord(sch.trace, database.commit_workload(w.mod), seconds,
                                                                target, args_info))
-        info["tasks"][w.key]["default_us"] = round(min(seconds) * 1e6, 2)
+        info["tasks"][w.key]["default_us"] = round(mean_seconds(seconds) * 1e6, 2)
         committed += 1
     return committed
 
 
 def _best_seconds(database, workload: Workload, target) -> float | None:
-    """The best valid time the database holds for a workload (MetaSchedule records failed candidates
-    as 1e10 s), or None."""
+    """The best valid time (mean of its runs) the database holds for a workload (MetaSchedule records
+    failed candidates as 1e10 s), or None."""
     record = database.query_tuning_record(workload.mod, target, workload.name)
     if record is None or not record.run_secs:
         return None
-    best = min(float(s) for s in record.run_secs)
+    best = mean_seconds(record.run_secs)
     return best if best < 1e9 else None
+
+
+def mean_seconds(run_secs) -> float:
+    """The statistic MetaSchedule's database ranks candidates by (the mean of their timed runs): the
+    one `best_us` and `default_us` report, so that they say which candidate a tuned build takes."""
+    return sum(float(s) for s in run_secs) / len(run_secs)
 
 
 def _cost_model(measured: bool):

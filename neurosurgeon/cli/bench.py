@@ -1,4 +1,4 @@
-"""bench speed|runtime|decisions|compile|suite: benchmarks that print tables (or JSON), measured here,
+"""bench speed|runtime|decisions|compile|suite|soak: benchmarks that print tables (or JSON), measured here,
 medians side by side in one run since the machine is shared and noisy (neurosurgeon.tools.bench)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ ZOO_MODELS = ["alexnet", "vgg16", "deepface", "lenet", "asr", "pos", "ner", "chk
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser("bench", help="benchmarks that print tables (speed, runtime, decisions, compile, suite)")
+    p = verbs.add_parser("bench", help="benchmarks that print tables (speed, runtime, decisions, compile, suite, soak)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
 
     b = benches.add_parser("speed", help="our generated code vs onnxruntime on this CPU, medians and ratios")
@@ -71,6 +71,20 @@ def register(verbs) -> None:
     b.add_argument("--json", action="store_true")
     b.set_defaults(run=suite)
 
+    b = benches.add_parser("soak", help="many devices and abusive clients against a real server on loopback, "
+                                        "a restart mid-run: nothing wrong, nothing lost, no leaks")
+    b.add_argument("--seconds", type=float, default=120.0, help="how long (default 120)")
+    b.add_argument("--devices", type=int, default=6, help="devices, each a MobileRuntime (default 6)")
+    b.add_argument("--abusers", type=int, default=4, help="clients that cut uploads and answers, read slowly, send "
+                                                          "garbage (default 4)")
+    b.add_argument("--no-restart", action="store_true", help="keep one server for the whole run")
+    b.add_argument("--model", default="lenet", help="zoo model (default lenet)")
+    b.add_argument("--width", type=float, default=0.25, help="its width multiplier (default 0.25)")
+    b.add_argument("--workdir", default=".cache/bench-soak")
+    b.add_argument("--plot", help="write the servers' memory over time here (PNG)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(run=soak)
+
 
 def _show(result, table, as_json: bool) -> int:
     print(json.dumps(result, indent=1) if as_json else table(result))
@@ -122,3 +136,18 @@ def suite(args) -> int:
     if args.plot:
         plot(results, args.plot)
     return _show(results, suite_table, args.json)
+
+
+def soak(args) -> int:
+    import sys
+    from dataclasses import asdict
+
+    from ..tools.bench.soak import SoakOptions, bench_soak, plot_soak, soak_table
+
+    options = SoakOptions(seconds=args.seconds, devices=args.devices, abusers=args.abusers,
+                          restart=not args.no_restart, model=args.model, width=args.width, workdir=args.workdir)
+    result = bench_soak(options, log=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.plot:
+        plot_soak(result, args.plot)
+    _show(asdict(result), lambda _: soak_table(result), args.json)
+    return 0 if result.wrong == result.lost == 0 else 1

@@ -131,6 +131,7 @@ def test_emulate_verb_refuses_bundles_that_are_not_aarch64_cpu(tmp_path, capfd):
     jetson.mkdir()
     manifest = json.loads((tmp_path / "x86.bundle" / "manifest.json").read_text())
     manifest["sides"]["mobile"] = get_preset("jetson-orin").to_json()
+    manifest["artifacts"]["jetson-orin"] = manifest["artifacts"]["x86-host"]  # the manifest must add up
     (jetson / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(emulation.NotEmulatable, match="jetson-orin.*cuda GPU; qemu emulates the ARM CPU only"):
         emulation.run_bundle(jetson, ["--cut", "0"])
