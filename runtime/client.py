@@ -194,9 +194,11 @@ class InferenceClient:
                 self.link.pace(started, received, self.link.down_mbps)
         return b"".join(chunks)
 
-    def ready(self, deadline_s: float = 2.0) -> tuple[dict, float]:
-        """The server's load from its ready endpoint, and the round trip it took."""
-        status, _, payload, seconds = self._exchange("GET", "/v2/health/ready", b"", {}, deadline_s)
+    def ready(self, deadline_s: float = 2.0, model: str | None = None) -> tuple[dict, float]:
+        """The load from the server's ready endpoint (or `model`'s: the load of the bundle serving it),
+        and the round trip it took."""
+        path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
+        status, _, payload, seconds = self._exchange("GET", path, b"", {}, deadline_s)
         if status != 200:
             raise ServerUnavailable(f"server not ready (HTTP {status})")
         try:

@@ -85,10 +85,13 @@ COST_SOURCES = ("default", *COST_CHOICES)
 COSTS_FORMAT = JsonFormat("neurosurgeon-costs", 1, "costs file", BundleError)  # run.py --costs FILE
 
 
-def load_costs(bundle: Bundle, costs: str | Path | None = None) -> SegmentCosts:
+def load_costs(bundle: Bundle, costs: str | Path | SegmentCosts | None = None) -> SegmentCosts:
     """The planner's inputs. `costs` picks per-segment times: "default" (measurements made on this
     machine with `--measure` / `profile --bundle` where present, else the manifest's choice),
-    "measured", "predicted", or a costs file (the manifest's costs section, with its own format stamp)."""
+    "measured", "predicted", a costs file (the manifest's costs section, with its own format stamp),
+    or the SegmentCosts themselves."""
+    if isinstance(costs, SegmentCosts):
+        return costs
     choice = str(costs) if costs else "default"
     if choice in COST_SOURCES:
         where, sides = bundle.path, _bundle_costs(bundle, choice)
@@ -141,12 +144,15 @@ class MobileRuntime:
     def __init__(self, bundle: Bundle | str | Path, server_url: str | None = None, token: str | None = None,
                  network: str = "wifi", objective: str = "latency", shape_link: bool = False,
                  deadline_s: float | None = None, learn: bool = True, retry_after_s: float = 5.0,
-                 budgets: Budgets | None = None, costs: str | Path | None = None, planner: str | None = None,
-                 ca_file: str | None = None, allow_plain_token: bool = False):
+                 budgets: Budgets | None = None, costs: str | Path | SegmentCosts | None = None,
+                 planner: str | None = None, ca_file: str | None = None, allow_plain_token: bool = False,
+                 executor=None):
+        """`executor` runs the mobile side's segments (default: a SegmentExecutor of the bundle's
+        artifacts; a load test gives a simulated device, see tools/bench/load.py)."""
         if objective not in OBJECTIVES:
             raise NeurosurgeonError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
-        self.executor = SegmentExecutor(self.bundle, "mobile")
+        self.executor = executor or SegmentExecutor(self.bundle, "mobile")
         self.costs = load_costs(self.bundle, costs)
         self.graph = TensorGraph.of_bundle(self.bundle)
         self.planner_name = planner or self.bundle.manifest.planner
@@ -189,7 +195,7 @@ class MobileRuntime:
             return False
         if self._server_down_until:  # it failed before: a cheap probe before offloading again
             try:
-                load, _ = self.client.ready(deadline_s=max(0.5, 4 * self.network.rtt_s))
+                load, _ = self.client.ready(deadline_s=max(0.5, 4 * self.network.rtt_s), model=self._stage_model)
             except ServerUnavailable:
                 self._mark_down()
                 return False

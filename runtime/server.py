@@ -1,15 +1,14 @@
-"""The server half: a bundle's server-side segments behind the Open Inference Protocol v2.
+"""The server half: a model repository's bundles behind the Open Inference Protocol v2 (KServe, Triton).
 
-A plain ASGI 3 application (run it under any ASGI server; `neurosurgeon serve` uses uvicorn).
-Models:
-- `<bundle>-stage` runs any stage of any schedule: given tensors by name and asked for tensors by
-  name, it runs exactly the segments between them (runtime/schedule.py's `TensorGraph.stage`), and
-  refuses with 400 what does not add up (a tensor needed but not given, one given but not read);
-- `<bundle>-cutKK`, for each cut k < S, takes the tensors the mobile side uploads at cut k and runs
-  segments k..S-1; the bundle's own name is the whole model (cut 0), so a plain Triton client can
-  send the raw input.
-The server keeps nothing between requests. Every answer carries its load (queue length, busy share,
-mean service time, expected wait), which the mobile side's planner feeds on.
+A plain ASGI 3 application (run it under any ASGI server: `neurosurgeon serve` uses uvicorn, and
+`--engine ray` Ray Serve). What is served, and by which workers, is runtime/repository.py; this
+module is HTTP: routes, authentication, body limits, errors as one-line JSON reasons, metrics.
+
+Endpoints: server metadata, health, model metadata and readiness, infer, Triton's repository index
+(`POST /v2/repository/index`) and Prometheus metrics (`GET /metrics`). The server keeps nothing
+between requests. Every answer to an authorised client carries the load of the bundle it asked
+(queue length, workers, busy share, mean service time, expected wait), which the mobile side's
+planner feeds on.
 """
 
 from __future__ import annotations
@@ -18,106 +17,29 @@ import asyncio
 import json
 import logging
 import re
-import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import numpy as np
-
 from .auth import token_matches
-from .bundle import LOAD_MODEL_FILE, LOAD_MODEL_FORMAT, Bundle, SegmentExecutor, fetch
-from .errors import BundleError
+from .metrics import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
 from .protocol import (
-    DATATYPES,
     HEADER_LENGTH,
     LOAD_HEADER,
     ProtocolError,
-    cut_model_name,
     decode_infer_request,
     encode_infer_response,
-    parse_cut_model_name,
     parse_header_length,
-    stage_model_name,
 )
-from .schedule import StageError, TensorGraph
-from .tensors import TensorInfo
+from .repository import MODEL_VERSION, Repository, ServedBundle
 
-__all__ = ["PLATFORM", "InferenceServer", "ServedModel", "read_load_model", "served_models"]
+__all__ = ["InferenceServer"]
 
 log = logging.getLogger("neurosurgeon.server")
 
-PLATFORM = "neurosurgeon_tvm"
-MODEL_VERSION = "1"
 LIVE_PATH = "/v2/health/live"
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """One OIP model: fixed `segments` from fixed inputs (a cut), or, with `segments` None, any stage:
-    its inputs and outputs are every tensor that may cross, and a request sends some and asks for some."""
-
-    name: str
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
-    segments: tuple[int, ...] | None
-
-    def metadata(self) -> dict:
-        def describe(t: TensorInfo) -> dict:
-            return {"name": t.name, "datatype": DATATYPES[t.dtype], "shape": list(t.shape)}
-
-        meta = {"name": self.name, "versions": [MODEL_VERSION], "platform": PLATFORM,
-                "inputs": [describe(t) for t in self.inputs], "outputs": [describe(t) for t in self.outputs]}
-        if self.segments is None:
-            meta["parameters"] = {"stage": "send any of the inputs and name the outputs wanted: the server runs the "
-                                           "segments that make those from these"}
-        return meta
-
-
-class LoadMeter:
-    """How busy the worker thread is: its busy share of a sliding window and an exponentially
-    weighted mean of compute time per request. The worker writes, the event loop reads: hence the lock."""
-
-    def __init__(self, window_s: float = 10.0, weight: float = 0.2):
-        self.window_s = window_s
-        self.weight = weight
-        self._mean_s: float | None = None
-        self._intervals: deque[tuple[float, float]] = deque()
-        self._running_since: float | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> float:
-        with self._lock:
-            self._running_since = time.monotonic()
-            return self._running_since
-
-    def stop(self, started: float) -> float:
-        with self._lock:
-            ended = time.monotonic()
-            self._running_since = None
-            self._intervals.append((started, ended))
-            seconds = ended - started
-            self._mean_s = seconds if self._mean_s is None else self.weight * seconds + (1 - self.weight) * self._mean_s
-            return seconds
-
-    @property
-    def mean_service_s(self) -> float:
-        """0 until the first request: an idle server adds no queueing delay."""
-        return self._mean_s or 0.0
-
-    def busy_fraction(self) -> float:
-        with self._lock:
-            now = time.monotonic()
-            since = now - self.window_s
-            while self._intervals and self._intervals[0][1] <= since:
-                self._intervals.popleft()
-            spans = list(self._intervals)
-            if self._running_since is not None:
-                spans.append((self._running_since, now))
-            return sum(end - max(start, since) for start, end in spans) / self.window_s
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 @dataclass
@@ -125,10 +47,11 @@ class Reply:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    load: dict | None = None  # the load to report: the bundle's for model endpoints, else the server's
 
 
-def json_reply(payload: dict, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
+def json_reply(payload, status: int = 200, headers: dict[str, str] | None = None, load: dict | None = None) -> Reply:
+    return Reply(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})}, load)
 
 
 class HTTPError(ProtocolError):
@@ -148,54 +71,64 @@ ROUTES = [  # (path, method, handler name); paths are matched whole
     (re.compile(r"/v2/?"), "GET", "_server_metadata"),
     (re.compile(LIVE_PATH), "GET", "_live"),
     (re.compile(r"/v2/health/ready"), "GET", "_ready"),
+    (re.compile(r"/v2/repository/index"), "POST", "_repository_index"),
+    (re.compile(r"/metrics"), "GET", "_metrics"),
     (re.compile(_MODEL), "GET", "_model_metadata"),
     (re.compile(_MODEL + "/ready"), "GET", "_model_ready"),
     (re.compile(_MODEL + "/infer"), "POST", "_infer"),
 ]
 
 
-class InferenceServer:
-    """ASGI application serving one bundle's server side.
+class ServerMetrics:
+    """What `/metrics` exports, as Triton's metrics do: requests by model, segments run and status,
+    latency and compute histograms, queue length, workers, batch sizes, bytes in and out."""
 
-    All segments are loaded (and their checksums verified) at construction, on the one worker
-    thread that runs them: TVM VMs are not shared across threads, and the event loop stays free
-    to answer health checks while a request computes.
+    def __init__(self):
+        self.registry = Registry()
+        add = self.registry.add
+        self.requests = add(Counter("neurosurgeon_inference_requests_total", "Inference requests answered, by model, "
+                                    "the segments they ran (first-last) and HTTP status",
+                                    ("model", "segments", "status")))
+        self.latency = add(Histogram("neurosurgeon_inference_request_duration_seconds", "Time from a request's "
+                                     "body received to its answer ready, queueing included", ("model",)))
+        self.compute = add(Histogram("neurosurgeon_inference_compute_duration_seconds", "Time a worker computed a "
+                                     "request (its share of a batch)", ("bundle",)))
+        self.batch = add(Histogram("neurosurgeon_inference_batch_size", "Requests a worker ran together",
+                                   ("bundle",), buckets=BATCH_BUCKETS))
+        self.received = add(Counter("neurosurgeon_inference_received_bytes_total", "Request body bytes", ("model",)))
+        self.sent = add(Counter("neurosurgeon_inference_sent_bytes_total", "Answer body bytes", ("model",)))
+        self.queue = add(Gauge("neurosurgeon_inference_queue_length", "Requests queued or running", ("bundle",)))
+        self.workers = add(Gauge("neurosurgeon_workers", "Worker threads", ("bundle",)))
+        self.busy = add(Gauge("neurosurgeon_workers_busy_fraction", "Mean share of the last 10 s the workers "
+                              "computed", ("bundle",)))
+
+    def render(self, repository: Repository) -> bytes:
+        for name, served in repository.bundles.items():
+            load = served.load()
+            self.queue.set(load["queue_length"], bundle=name)
+            self.workers.set(load["workers"], bundle=name)
+            self.busy.set(load["busy_fraction"], bundle=name)
+        return self.registry.render()
+
+
+class InferenceServer:
+    """ASGI application serving a repository: a bundle folder, or a folder of bundles.
+
+    Every bundle's segments are loaded (and their checksums verified) at construction, on each of
+    its worker threads: TVM VMs are not shared across threads, and the event loop stays free to
+    answer health checks while requests compute.
     """
 
-    def __init__(self, bundle_path: str | Path, token: str | None = None, max_body_bytes: int = 256 << 20,
-                 server_name: str = "neurosurgeon", trust_key: bytes | None = None):
-        self.bundle = Bundle(bundle_path, trust_key=trust_key)
+    def __init__(self, path: str | Path, token: str | None = None, max_body_bytes: int = 256 << 20,
+                 server_name: str = "neurosurgeon", trust_key: bytes | None = None, workers: int = 1):
+        self.repository = Repository(path, workers=workers, trust_key=trust_key)
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.server_name = server_name
-        self.graph = TensorGraph.of_bundle(self.bundle)
-        self.models = served_models(self.bundle)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neurosurgeon-worker")
-        try:
-            self._executor = self._worker.submit(self._load_segments).result()
-        except BaseException:
-            self._worker.shutdown()
-            raise
-        self._meter = LoadMeter()
-        self._load_model = read_load_model(self.bundle)
-        self._pending = 0  # requests handed to the worker and not answered yet; only the event loop touches it
-
-    def _load_segments(self) -> SegmentExecutor:
-        executor = SegmentExecutor(self.bundle, "server")
-        for index in range(len(self.bundle.segments)):
-            executor.load(index)
-        return executor
-
-    def load(self) -> dict:
-        """The server's current load, as every answer reports it, with the queueing wait a new
-        request should expect (cost_models/server_load.py: wait = alpha * queue * mean_service + beta)."""
-        mean = self._meter.mean_service_s
-        alpha, beta = self._load_model
-        return {"queue_length": self._pending, "busy_fraction": round(self._meter.busy_fraction(), 4),
-                "mean_service_s": mean, "expected_wait_s": round(alpha * self._pending * mean + beta, 6)}
+        self.metrics = ServerMetrics()
 
     def close(self) -> None:
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        self.repository.close()
 
     # --- ASGI ----------------------------------------------------------------------------------
 
@@ -231,7 +164,8 @@ class InferenceServer:
             log.exception("%s %s failed", scope["method"], scope["path"])
             reply = json_reply({"error": f"internal server error ({type(err).__name__}); see the server log"}, 500)
         if authorized:  # the load is only told to those allowed to use the server
-            reply.headers[LOAD_HEADER] = json.dumps(self.load(), separators=(",", ":"))
+            load = reply.load if reply.load is not None else self.repository.load()
+            reply.headers[LOAD_HEADER] = json.dumps(load, separators=(",", ":"))
         await send({"type": "http.response.start", "status": reply.status,
                     "headers": [(b"content-length", str(len(reply.body)).encode())]
                     + [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]})
@@ -262,72 +196,82 @@ class InferenceServer:
     # --- endpoints -----------------------------------------------------------------------------
 
     async def _server_metadata(self, match, scope, receive) -> Reply:
-        return json_reply({"name": self.server_name, "version": _version(), "extensions": ["binary_tensor_data"],
-                           "bundle": {"name": self.bundle.name, "id": self.bundle.bundle_id,
-                                      "segments": len(self.bundle.segments)}})
+        return json_reply({"name": self.server_name, "version": _version(), "extensions": ["binary_tensor_data",
+                                                                                           "model_repository"],
+                           "bundles": [{"name": b.name, "id": b.bundle.bundle_id, "segments": len(b.bundle.segments),
+                                        "workers": b.pool.workers} for b in self.repository.bundles.values()],
+                           "failed": self.repository.failed})
 
     async def _live(self, match, scope, receive) -> Reply:
         return json_reply({"live": True})
 
     async def _ready(self, match, scope, receive) -> Reply:
-        return json_reply({"ready": True, "load": self.load()})
+        return json_reply({"ready": True, "load": self.repository.load()})
+
+    async def _repository_index(self, match, scope, receive) -> Reply:
+        body = await self._read_body(scope, receive)
+        try:
+            ready_only = bool(json.loads(body or b"{}").get("ready", False))
+        except (json.JSONDecodeError, AttributeError, RecursionError):
+            raise ProtocolError("the repository index request body must be a JSON object, e.g. {\"ready\": true}") \
+                from None
+        entries = self.repository.index()
+        return json_reply([e for e in entries if e["state"] == "READY"] if ready_only else entries)
+
+    async def _metrics(self, match, scope, receive) -> Reply:
+        return Reply(200, self.metrics.render(self.repository), {"Content-Type": CONTENT_TYPE})
 
     async def _model_metadata(self, match, scope, receive) -> Reply:
-        return json_reply(self._model(match).metadata())
+        served, model = self.repository.model(match["model"], match["version"])
+        return json_reply(model.metadata(), load=served.load())
 
     async def _model_ready(self, match, scope, receive) -> Reply:
-        return json_reply({"name": self._model(match).name, "ready": True})
+        served, model = self.repository.model(match["model"], match["version"])
+        return json_reply({"name": model.name, "ready": True, "load": served.load()}, load=served.load())
 
     async def _infer(self, match, scope, receive) -> Reply:
-        model = self._model(match)
-        encoding = header(scope, "content-encoding")
-        if encoding not in (None, "identity"):
-            raise HTTPError(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed", 415)
-        body = await self._read_body(scope, receive)
-        received = time.perf_counter()  # from here on the request is in the server, not on the network
-        inputs, requested, parameters = decode_infer_request(body, parse_header_length(header(scope, HEADER_LENGTH)))
-        check_inputs(model, inputs)
-        wanted = requested_outputs(model, requested, parameters)
-        segments = model.segments
-        if segments is None:
-            try:
-                segments = self.graph.stage(inputs, list(wanted))
-            except StageError as err:
-                raise ProtocolError(f"model {model.name!r}: {err}") from None
-        self._pending += 1
+        name = match["model"]
+        segments = ""
+        status = 500
+        received_bytes = sent_bytes = 0
         try:
-            outputs, compute_s = await asyncio.get_running_loop().run_in_executor(
-                self._worker, self._compute, segments, inputs, list(wanted))
+            served, model = self.repository.model(name, match["version"])
+            encoding = header(scope, "content-encoding")
+            if encoding not in (None, "identity"):
+                raise HTTPError(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed", 415)
+            body = await self._read_body(scope, receive)
+            received_bytes = len(body)
+            received = time.perf_counter()  # from here on the request is in the server, not on the network
+            inputs, requested, parameters = decode_infer_request(body, parse_header_length(header(scope, HEADER_LENGTH)))
+            model.check_inputs(inputs)
+            wanted = model.requested_outputs(requested, parameters)
+            job = served.job(model, inputs, list(wanted))
+            segments = f"{job.segments[0]}-{job.segments[-1]}" if job.segments else "none"
+            outputs, compute_s, batch = await asyncio.wrap_future(served.pool.submit(job))
+            answer = {**served.load(), "compute_s": compute_s, "server_s": round(time.perf_counter() - received, 6),
+                      "server_segments": len(job.segments), "batch_size": batch}
+            body, headers = encode_infer_response(model.name, {n: outputs[n] for n in wanted},
+                                                  {n for n, binary in wanted.items() if binary},
+                                                  parameters=answer, model_version=MODEL_VERSION)
+            self._observe(name, served, received, compute_s, batch)
+            status, sent_bytes = 200, len(body)
+            return Reply(200, body, headers, served.load())
+        except ProtocolError as err:
+            status = err.status
+            raise
+        except ClientGone:
+            status = 499  # as nginx counts a client that closed the connection before its answer
+            raise
         finally:
-            self._pending -= 1
-        answer = {**self.load(), "compute_s": compute_s, "server_s": round(time.perf_counter() - received, 6),
-                  "server_segments": len(segments)}
-        body, headers = encode_infer_response(model.name, {name: outputs[name] for name in wanted},
-                                              {name for name, binary in wanted.items() if binary},
-                                              parameters=answer, model_version=MODEL_VERSION)
-        return Reply(200, body, headers)
+            if name in self.repository.models:  # unknown names would let clients grow the label set
+                self.metrics.requests.inc(model=name, segments=segments, status=str(status))
+                self.metrics.received.inc(received_bytes, model=name)
+                self.metrics.sent.inc(sent_bytes, model=name)
 
-    def _compute(self, segments, inputs: dict[str, np.ndarray], wanted: list[str]) -> tuple[dict[str, np.ndarray], float]:
-        """Runs on the worker thread."""
-        started = self._meter.start()
-        try:
-            env = self._executor.run(dict(inputs), segments)
-            outputs = {name: fetch(env[name]) for name in wanted}
-        finally:
-            compute_s = self._meter.stop(started)
-        return outputs, compute_s
-
-    def _model(self, match: re.Match) -> ServedModel:
-        name, version = match["model"], match["version"]
-        model = self.models.get(name)
-        if model is None:
-            cuts = sorted(m.name for m in self.models.values() if parse_cut_model_name(self.bundle.name, m.name) is not None)
-            raise ProtocolError(f"unknown model {name!r}: this server serves {self.bundle.name!r} (the whole model), "
-                                f"{stage_model_name(self.bundle.name)!r} (any stage) and the cut models "
-                                f"{cuts[0]!r}..{cuts[-1]!r}", 404)
-        if version is not None and version != MODEL_VERSION:
-            raise ProtocolError(f"model {name!r} has no version {version!r} (versions: {MODEL_VERSION})", 404)
-        return model
+    def _observe(self, name: str, served: ServedBundle, received: float, compute_s: float, batch: int) -> None:
+        self.metrics.latency.observe(time.perf_counter() - received, model=name)
+        self.metrics.compute.observe(compute_s, bundle=served.name)
+        self.metrics.batch.observe(batch, bundle=served.name)
 
     async def _read_body(self, scope, receive) -> bytes:
         """The request body, refused with 413 as soon as it is known to exceed the limit: from
@@ -355,70 +299,6 @@ class InferenceServer:
         # Close the connection: the rest of the body is never read, so it cannot carry another request.
         return HTTPError(f"request body of {size} exceeds this server's limit of {self.max_body_bytes} bytes", 413,
                          {"Connection": "close"})
-
-
-def read_load_model(bundle: Bundle) -> tuple[float, float]:
-    """(alpha, beta) fitted by `neurosurgeon profile --server-load`, or a single FIFO worker's (1, 0)."""
-    path = bundle.path / LOAD_MODEL_FILE
-    if not path.is_file():
-        return 1.0, 0.0
-    model = LOAD_MODEL_FORMAT.read(path)
-    try:
-        return float(model["alpha"]), float(model["beta"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise BundleError(f"{path}: malformed server load model ({err})") from None
-
-
-def served_models(bundle: Bundle) -> dict[str, ServedModel]:
-    """The stage model, one model per cut that leaves work for the server, and the bundle's name for the
-    whole model."""
-    outputs = {t.name: t for t in bundle.outputs}
-    n = len(bundle.segments)
-    models = {}
-    for cut in bundle.cuts[:n]:  # cut S runs nothing here
-        name = cut_model_name(bundle.name, cut.index)
-        models[name] = ServedModel(name, cut.crossing, tuple(outputs[o] for o in cut.server_outputs),
-                                   tuple(range(cut.index, n)))
-    models[bundle.name] = replace(models[cut_model_name(bundle.name, 0)], name=bundle.name)
-    tensors = {t.name: t for t in [*bundle.inputs, *(t for s in bundle.segments for t in s.outputs)]}
-    made = [t for name, t in tensors.items() if name not in {i.name for i in bundle.inputs}]
-    stage = stage_model_name(bundle.name)
-    models[stage] = ServedModel(stage, tuple(tensors.values()), tuple(made), None)
-    return models
-
-
-def check_inputs(model: ServedModel, inputs: dict[str, np.ndarray]) -> None:
-    expected = {t.name: t for t in model.inputs}
-    missing = [n for n in expected if n not in inputs] if model.segments is not None else []
-    unexpected = [n for n in inputs if n not in expected]
-    if missing or unexpected:
-        problems = [f"missing input {n!r}" for n in missing] + [f"unexpected input {n!r}" for n in unexpected]
-        raise ProtocolError(f"model {model.name!r}: {', '.join(problems)} (it takes {', '.join(expected)})")
-    for name, info in expected.items():
-        if name not in inputs:
-            continue
-        array = inputs[name]
-        if array.dtype != np.dtype(info.dtype):
-            raise ProtocolError(f"input {name!r}: expected datatype {DATATYPES[info.dtype]}, "
-                                f"got {DATATYPES[array.dtype.name]}")
-        if array.shape != info.shape:
-            raise ProtocolError(f"input {name!r}: expected shape {list(info.shape)}, got {list(array.shape)}")
-
-
-def requested_outputs(model: ServedModel, requested: dict[str, bool], parameters: dict) -> dict[str, bool]:
-    """Output name -> send as binary. Nothing requested means every output, binary only when the
-    request says `binary_data_output` (the protocol's default is JSON); the stage model needs names."""
-    if not requested and model.segments is None:
-        raise ProtocolError(f"model {model.name!r} runs any stage: name the outputs wanted back")
-    if not requested:
-        binary = bool(parameters.get("binary_data_output", False))
-        return {t.name: binary for t in model.outputs}
-    names = [t.name for t in model.outputs]
-    unknown = [n for n in requested if n not in names]
-    if unknown:
-        raise ProtocolError(f"model {model.name!r} has no output {', '.join(map(repr, unknown))} "
-                            f"(its outputs: {', '.join(names)})")
-    return requested
 
 
 def header(scope, name: str) -> str | None:

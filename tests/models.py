@@ -71,3 +71,22 @@ def with_unsupported_ops() -> onnx.ModelProto:
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
                              ir_version=9)
+
+
+def heavy_convs(channels: int = 64, size: int = 112) -> onnx.ModelProto:
+    """Two wide 3x3 convolutions: few layers (compiles in seconds), tens of milliseconds per run (a
+    server worker is busy long enough for a test to see its queue)."""
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "W2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["y"], name="relu2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "heavy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, size, size])],
+        [_weights(rng, "W1", (channels, channels, 3, 3), 0.05), _weights(rng, "W2", (channels, channels, 3, 3), 0.05)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)

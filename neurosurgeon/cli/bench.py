@@ -1,4 +1,4 @@
-"""bench speed|runtime|decisions|compile|suite|soak: benchmarks that print tables (or JSON), measured here,
+"""bench speed|runtime|decisions|compile|suite|soak|load: benchmarks that print tables (or JSON), measured here,
 medians side by side in one run since the machine is shared and noisy (neurosurgeon.tools.bench)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ ZOO_MODELS = ["alexnet", "vgg16", "deepface", "lenet", "asr", "pos", "ner", "chk
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser("bench", help="benchmarks that print tables (speed, runtime, decisions, compile, suite, soak)")
+    p = verbs.add_parser("bench", help="benchmarks that print tables (speed, runtime, decisions, compile, suite, soak, load)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
 
     b = benches.add_parser("speed", help="our generated code vs onnxruntime on this CPU, medians and ratios")
@@ -85,6 +85,18 @@ def register(verbs) -> None:
     b.add_argument("--json", action="store_true")
     b.set_defaults(run=soak)
 
+    b = benches.add_parser("load", help="simulated devices against real servers: capacity per server configuration "
+                                        "and datacenter throughput (devices choosing cuts vs cloud-only)")
+    b.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8], help="device counts (default 1 2 4 8)")
+    b.add_argument("--seconds", type=float, default=10.0, help="counted seconds per cell (default 10)")
+    b.add_argument("--configs", nargs="+", help="server configurations to compare (default: all)")
+    b.add_argument("--networks", nargs="+", default=["wifi", "lte", "3g"])
+    b.add_argument("--datacenter-devices", type=int, default=24, help="devices in the datacenter runs (default 24)")
+    b.add_argument("--workdir", default=".cache/bench-load")
+    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(run=load)
+
 
 def _show(result, table, as_json: bool) -> int:
     print(json.dumps(result, indent=1) if as_json else table(result))
@@ -151,3 +163,18 @@ def soak(args) -> int:
         plot_soak(result, args.plot)
     _show(asdict(result), lambda _: soak_table(result), args.json)
     return 0 if result.wrong == result.lost == 0 else 1
+
+
+def load(args) -> int:
+    from dataclasses import asdict
+
+    from ..runtime.errors import NeurosurgeonError
+    from ..tools.bench.load import CONFIGS, LoadOptions, bench_load, load_table
+
+    unknown = [c for c in args.configs or [] if c not in CONFIGS]
+    if unknown:
+        raise NeurosurgeonError(f"--configs: unknown {unknown}; known: {', '.join(map(repr, CONFIGS))}")
+    options = LoadOptions(devices=tuple(args.devices), seconds=args.seconds, configs=tuple(args.configs or CONFIGS),
+                          networks=tuple(args.networks), datacenter_devices=args.datacenter_devices,
+                          workdir=args.workdir, progress=not args.quiet)
+    return _show(asdict(bench_load(options)), load_table, args.json)

@@ -1,15 +1,21 @@
-"""serve: a bundle's server side over Open Inference Protocol v2 (KServe / Triton), under uvicorn."""
+"""serve: a bundle's server side, or a repository of bundles, over Open Inference Protocol v2 (KServe / Triton)."""
 
 from __future__ import annotations
 
 import argparse
 
+from ..runtime.errors import NeurosurgeonError
+
 __all__ = ["register"]
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser("serve", help="serve a bundle's server side over the Open Inference Protocol v2")
-    p.add_argument("bundle", help="bundle folder (its server side built for this machine)")
+    p = verbs.add_parser("serve", help="serve bundles' server sides over the Open Inference Protocol v2")
+    p.add_argument("bundle", metavar="PATH", help="a bundle folder, or a folder of bundles (a model repository); "
+                                                   "their server sides built for this machine")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker threads per bundle, each with its own loaded segments; the cores are shared out "
+                        "among them (default 1)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--token-file", help="require `Authorization: Bearer <first line of this file>`")
@@ -29,6 +35,8 @@ def serve(args: argparse.Namespace) -> int:
     )
 
     limit = args.max_body_bytes if args.max_body_bytes is not None else int(args.max_body_mb * (1 << 20))
+    if args.workers < 1:
+        raise NeurosurgeonError(f"--workers must be at least 1, got {args.workers}")
     serve(args.bundle, args.host, args.port, args.token_file, limit, args.log_level, args.ssl_certfile,
-          args.ssl_keyfile, args.trust_key)
+          args.ssl_keyfile, args.trust_key, args.workers)
     return 0

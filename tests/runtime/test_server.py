@@ -268,7 +268,8 @@ def test_load_is_reported(lenet, lenet_server):
 
     status, headers, body = call(f"{lenet_server.url}/v2/health/ready")
     load = json.loads(body)["load"]
-    assert status == 200 and set(load) == {"queue_length", "busy_fraction", "mean_service_s", "expected_wait_s"}
+    assert status == 200 and set(load) == {"queue_length", "workers", "busy_fraction", "mean_service_s",
+                                              "expected_wait_s"}
     assert load["mean_service_s"] > 0 and json.loads(headers[LOAD_HEADER]) == load
 
 

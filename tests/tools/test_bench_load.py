@@ -1,0 +1,24 @@
+"""`bench load` end to end on a small mix: simulated devices over real sockets against real servers,
+every answer checked against onnxruntime."""
+
+from __future__ import annotations
+
+import pytest
+
+from neurosurgeon.tools.bench.load import LoadOptions, bench_load, load_table
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_load_runs_every_configuration_and_network_without_errors(tmp_path):
+    result = bench_load(LoadOptions(mix={"lenet": {"width": 0.25}, "chk": {"width": 0.25}}, devices=(1, 2),
+                                    seconds=2.0, networks=("wifi", "3g"), datacenter_devices=4,
+                                    workdir=str(tmp_path), progress=False))
+    table = load_table(result)
+    assert len(result.capacity) == 4 and all(c.requests > 0 and c.errors == 0 for c in result.capacity), table
+    assert {c.config for c in result.capacity} == {"1 worker", "2 workers"}
+    assert all(set(c.per_model) <= {"lenet", "chk"} for c in result.capacity)
+    for row in result.datacenter:
+        assert row["cloud"]["errors"] == row["neurosurgeon"]["errors"] == 0, table
+        assert row["cloud"]["server_share"] == 1.0 and row["cloud"]["sustained_s"] > 0, table
+    assert "datacenter throughput" in table and "capacity" in table
