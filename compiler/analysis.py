@@ -15,8 +15,8 @@ __all__ = ["analyse"]
 
 
 def analyse(model: str | Path | onnx.ModelProto, input_shapes: dict | None = None, partitioner: Partitioner | None = None,
-            name: str | None = None) -> tuple[FrozenModel, LayerGraph, PartitionPlan]:
-    """(frozen model, layer graph, partition plan) of an ONNX file or model."""
-    frozen = load_model(model, input_shapes, name=name)
+            name: str | None = None, batch: int = 1) -> tuple[FrozenModel, LayerGraph, PartitionPlan]:
+    """(frozen model, layer graph, partition plan) of an ONNX file or model (at `batch`: see load_model)."""
+    frozen = load_model(model, input_shapes, name=name, batch=batch)
     graph = build_layer_graph(frozen)
     return frozen, graph, partition(graph, partitioner)

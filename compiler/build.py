@@ -25,10 +25,11 @@ class BuiltArtifact:
     stats: dict  # CPU and tuned builds: kernels (TVM-generated), tuned (with a database record), externs (BLAS calls)
 
 
-def artifact_name(model_name: str, preset: Preset, segment: int | None) -> str:
-    """Deterministic file names: {model}_{preset}_seg{k:03d}.so, or {model}_{preset}_full.so."""
+def artifact_name(model_name: str, preset: Preset, segment: int | None, batch: int = 1) -> str:
+    """Deterministic file names: {model}_{preset}_seg{k:03d}.so ({...}_seg{k:03d}_b{batch}.so for a
+    batch above 1), or {model}_{preset}_full.so."""
     suffix = f"seg{segment:03d}" if segment is not None else "full"
-    return f"{model_name}_{preset.name}_{suffix}.so"
+    return f"{model_name}_{preset.name}_{suffix}{f'_b{batch}' if batch > 1 else ''}.so"
 
 
 def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset, out_path: Path,

@@ -70,8 +70,10 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
 
 
 def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
-               name: str | None = None) -> FrozenModel:
-    """Read, validate, freeze and fold a model. Raises `ModelError` with a one-line message."""
+               name: str | None = None, batch: int = 1) -> FrozenModel:
+    """Read, validate, freeze and fold a model. Raises `ModelError` with a one-line message. With
+    `batch` above 1, every input's first dimension, the batch, is that size instead of 1 (the model
+    may declare it fixed at 1: exporters do)."""
     model, raw, label = _read(source)
     if name is None:
         name = Path(label).stem if isinstance(source, (str, Path)) else (model.graph.name or "model")
@@ -91,11 +93,11 @@ def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, tup
     graph.input.extend(real_inputs)
 
     declared = {o.name: _declared(o.type.tensor_type) for o in graph.output}
-    _freeze_inputs(graph, input_shapes or {}, label)
+    _freeze_inputs(graph, input_shapes or {}, label, batch)
     model = _fold_and_infer(model, label)
     _refuse_unsupported_ops(model, label)  # folding may have exposed or removed nodes; check the final graph
     tensors = _tensor_table(model, label)
-    _check_declared_outputs(declared, tensors, label)
+    _check_declared_outputs(declared, tensors, label, batch)
     return FrozenModel(
         model=model,
         name=name,
@@ -160,7 +162,7 @@ def _list_nodes(by_op: dict[str, list[str]]) -> str:
     return ", ".join(parts)
 
 
-def _freeze_inputs(graph: onnx.GraphProto, shapes: dict[str, tuple[int, ...]], label: str) -> None:
+def _freeze_inputs(graph: onnx.GraphProto, shapes: dict[str, tuple[int, ...]], label: str, batch: int = 1) -> None:
     names = [i.name for i in graph.input]
     for given in shapes:
         if given not in names:
@@ -189,6 +191,11 @@ def _freeze_inputs(graph: onnx.GraphProto, shapes: dict[str, tuple[int, ...]], l
                                  f"freeze them with --input-shape {value.name}=" + ",".join(
                                      str(d) if isinstance(d, int) and d > 0 else "N" for d in declared))
             shape = tuple(declared)
+        if batch != 1:
+            if not shape or shape[0] != 1:
+                raise ModelError(f"{label}: cannot batch input {value.name!r} of shape {_fmt(shape)}: its first "
+                                 "dimension, the batch, must be 1")
+            shape = (batch, *shape[1:])
         ttype.shape.Clear()
         for d in shape:
             ttype.shape.dim.add().dim_value = int(d)
@@ -325,12 +332,15 @@ def _declared(ttype) -> tuple[str | None, list[int | None] | None]:
     return dtype, dims
 
 
-def _check_declared_outputs(declared: dict, tensors: dict[str, TensorInfo], label: str) -> None:
+def _check_declared_outputs(declared: dict, tensors: dict[str, TensorInfo], label: str, batch: int = 1) -> None:
     """Shape inference ran without the outputs' declared shapes (freezing a dynamic input changes them);
     a fixed dimension or a type the model declares must still be what the graph computes, or
-    onnxruntime and the bundle would disagree about the model."""
+    onnxruntime and the bundle would disagree about the model. Batched, a first dimension declared 1
+    is the batch."""
     for name, (dtype, dims) in declared.items():
         got = tensors[name]
+        if batch != 1 and dims and dims[0] == 1:
+            dims = [None, *dims[1:]]
         shape_ok = dims is None or (len(dims) == len(got.shape)
                                     and all(d is None or d == g for d, g in zip(dims, got.shape)))
         if not shape_ok or dtype not in (None, got.dtype):

@@ -3,7 +3,8 @@
 TVM 0.27 has no rule-based CPU schedules for convolution or matmul, so its untuned output is naive,
 single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
 
-1. `OffloadGemm` (Relax, before legalization): convolutions (groups=1, batch 1) become im2col + GEMM
+1. `OffloadGemm` (Relax, before legalization): convolutions (groups=1; at batch B, B of them, one
+   per sample) become im2col + GEMM
    and matmuls with a constant right-hand side become GEMM, the GEMM an external call
    `neurosurgeon.sgemm` that the runtime serves from numpy's BLAS (runtime/kernels.py). Constant
    weights are reshaped / transposed here, at compile time: Gemm's transB transpose used to be
@@ -133,7 +134,7 @@ def offload_gemm():
             data, weight = call.args
             data_shape, out_shape = _static_shape(data), _static_shape(call)
             kernel = _constant(self, weight)
-            if (data_shape is None or out_shape is None or kernel is None or data_shape[0] != 1
+            if (data_shape is None or out_shape is None or kernel is None
                     or int(attrs.groups) != 1 or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
                     or attrs.out_layout != "NCHW" or str(data.ty.dtype) != "float32"
                     or kernel.dtype != np.float32):
@@ -144,12 +145,22 @@ def offload_gemm():
             padding = tuple(int(p) for p in attrs.padding)
             dilation = tuple(int(d) for d in attrs.dilation)
             weight_2d = relax.const(np.ascontiguousarray(kernel.reshape(out_channels, channels * kh * kw)))
-            if (kh, kw) == (1, 1) and strides == (1, 1) and not any(padding):
-                cols = data  # [1, C, H, W] is the [C, H*W] operand already
-            else:
-                cols = self.builder_.emit_te(_im2col_te, data, (kh, kw), strides, padding, dilation, (oh, ow),
-                                             primfunc_name_hint="im2col")
-            return self._sgemm(weight_2d, cols, out_shape)
+            batch = out_shape[0]
+            # A batch is one GEMM per sample, each the batch-1 GEMM: a sample's answer is the same
+            # alone or in a batch (the server's dynamic batching), and the weights stay in cache.
+            products = []
+            for i in range(batch):
+                sample = data if batch == 1 else self.builder_.emit(
+                    relax.op.strided_slice(data, axes=[0], begin=[i], end=[i + 1]))
+                if (kh, kw) == (1, 1) and strides == (1, 1) and not any(padding):
+                    cols = sample  # [1, C, H, W] is the [C, H*W] operand already
+                else:
+                    cols = self.builder_.emit_te(_im2col_te, sample, (kh, kw), strides, padding, dilation, (oh, ow),
+                                                 primfunc_name_hint="im2col")
+                products.append(self._sgemm(weight_2d, cols, (1, *out_shape[1:])))
+            if batch == 1:
+                return products[0]
+            return relax.op.concat([self.builder_.emit(p) for p in products], axis=0)
 
         def _matmul(self, call):
             lhs, rhs = call.args

@@ -61,6 +61,7 @@ class CompileOptions:
     planner: str = DEFAULT_PLANNER  # the schedule planner run.py uses by default (runtime/planner.py's PLANNERS)
     sign_key: str | Path | None = None  # an Ed25519 private key (PEM): the manifest is signed (manifest.sig)
     costs: CostStage | None = None  # None: a bundle without costs, which a planner cannot use
+    server_batch: tuple[int, ...] = ()  # batch sizes above 1 the server side is also built for (dynamic batching)
 
 
 @dataclass
@@ -95,6 +96,7 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
     tuning = _tuning_for(options.tuning, presets)
     seed = read_private_key(options.sign_key) if options.sign_key else None  # a bad key fails before any work
     frozen, graph, plan = analyse(model, options.input_shapes, options.partitioner, name)
+    batched = batched_plans(model, options, frozen, plan, name)
 
     # Identical presets on both sides share one set of artifacts: every weight is stored once per target.
     targets = list(dict.fromkeys(p.name for p in presets.values()))
@@ -102,22 +104,32 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
     kernel_counts: dict[str, dict[str, int]] = {}
     artifacts: dict[str, list[dict]] = {}
     with staging_dir(out) as staged:
-        jobs = [(get_preset(t), segment) for t in targets for segment in plan.segments]
+        # (preset, segment, batch): every segment for each preset, and the server's again for each batch size
+        jobs = ([(get_preset(t), segment, 1) for t in targets for segment in plan.segments]
+                + [(presets["server"], segment, b) for b, batch_plan in batched.items()
+                   for segment in batch_plan.segments])
+        batch_artifacts: dict[str, list[dict]] = {}
         with Progress(len(jobs), f"building {len(plan.segments)} segments", unit="build",
                       enabled=options.progress) as progress:
-            for preset, segment in jobs:
-                path = staged / "artifacts" / preset.name / artifact_name(frozen.name, preset, segment.index)
+            for preset, segment, batch in jobs:
+                path = staged / "artifacts" / preset.name / artifact_name(frozen.name, preset, segment.index, batch)
                 what = (f"segment {segment.index} (layers {segment.layer_names[0]}..{segment.layer_names[-1]}) "
-                        f"for {preset.name}")
+                        f"for {preset.name}" + (f" at batch {batch}" if batch > 1 else ""))
                 built = build_graph(segment.model, segment.inputs, preset, path, what, tuning.get(preset.name),
                                     options.kernels)
                 build_seconds[preset.name] = build_seconds.get(preset.name, 0.0) + built.compile_seconds + built.export_seconds
                 counts = kernel_counts.setdefault(preset.name, {"kernels": 0, "tuned": 0, "externs": 0})
                 for key in counts:
                     counts[key] += built.stats.get(key, 0)
-                artifacts.setdefault(preset.name, []).append({"segment": segment.index, **file_entry(staged, path)})
-                progress.update(note=f"{preset.name} segment {segment.index}")
+                if batch == 1:
+                    artifacts.setdefault(preset.name, []).append({"segment": segment.index, **file_entry(staged, path)})
+                else:
+                    batch_artifacts.setdefault(preset.name, []).append({"segment": segment.index, "batch": batch,
+                                                                        **file_entry(staged, path)})
+                progress.update(note=f"{preset.name} segment {segment.index}" + (f" b{batch}" if batch > 1 else ""))
         manifest = make_manifest(frozen, graph, plan, presets, options, artifacts, build_seconds)
+        if batch_artifacts:
+            manifest["batching"] = {"sizes": [1, *batched], "artifacts": batch_artifacts}
         # Per target: TVM-generated kernels in all segments, how many came from the tuning database (the
         # rest have neurosurgeon's default schedules), and how many GEMMs call the runtime's BLAS.
         manifest["build"]["kernels"] = {name: counts for name, counts in kernel_counts.items() if counts["kernels"]}
@@ -129,6 +141,45 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
             sign_manifest(staged, seed)
         path = publish(staged, out, options.as_tar)
     return CompileResult(path, manifest, frozen, graph, plan, build_seconds)
+
+
+def batched_plans(model, options: CompileOptions, frozen: FrozenModel, plan: PartitionPlan,
+                  name: str | None) -> dict[int, PartitionPlan]:
+    """Batch size -> the partition plan with every model input's leading dimension at that size,
+    checked to be the batch-1 plan with every tensor's leading dimension scaled (else the model fixes
+    its batch dimension somewhere, and batching it would be wrong)."""
+    sizes = sorted(set(options.server_batch))
+    if not sizes:
+        return {}
+    if sizes[0] < 2:
+        raise NeurosurgeonError(f"--server-batch sizes must be at least 2 (batch 1 is always built), got {sizes}")
+    label = frozen.name
+    fixed = [t for t in frozen.inputs if not t.shape or t.shape[0] != 1]
+    if fixed:
+        raise NeurosurgeonError(f"{label}: cannot batch: input {fixed[0].name!r} has shape {list(fixed[0].shape)}; "
+                                "batching needs every input's first dimension to be the batch, of size 1")
+    plans = {}
+    for b in sizes:
+        try:
+            _, _, batch_plan = analyse(model, options.input_shapes, options.partitioner, name, batch=b)
+        except NeurosurgeonError as err:
+            raise NeurosurgeonError(f"cannot batch at {b}: {err}") from None
+        _check_batched(plan, batch_plan, b, label)
+        plans[b] = batch_plan
+    return plans
+
+
+def _check_batched(plan: PartitionPlan, batch_plan: PartitionPlan, b: int, label: str) -> None:
+    if len(batch_plan.segments) != len(plan.segments):
+        raise NeurosurgeonError(f"{label}: cannot batch at {b}: the model has {len(batch_plan.segments)} segments at "
+                                f"batch {b} and {len(plan.segments)} at batch 1")
+    for one, many in zip(plan.segments, batch_plan.segments):
+        for t1, tb in zip([*one.inputs, *one.outputs], [*many.inputs, *many.outputs]):
+            if t1.name != tb.name or t1.dtype != tb.dtype or not t1.shape or t1.shape[0] != 1 \
+                    or tb.shape != (b, *t1.shape[1:]):
+                raise NeurosurgeonError(f"{label}: cannot batch at {b}: tensor {t1.name!r} of segment {one.index} is "
+                                        f"{list(t1.shape)} at batch 1 and {tb.name!r} {list(tb.shape)} at batch {b}; "
+                                        "the model fixes its batch dimension (a Reshape to a constant shape?)")
 
 
 def make_manifest(frozen: FrozenModel, graph: LayerGraph, plan: PartitionPlan, presets: dict[str, Preset],

@@ -68,9 +68,9 @@ class Bundle:
                 raise BundleError(f"{path}: {what} {'is missing' if actual == 'missing' else 'does not match the manifest'}"
                                   "; refusing to use a changed bundle")
 
-    def artifact(self, side: str, segment: int) -> tuple[Path, str]:
+    def artifact(self, side: str, segment: int, batch: int = 1) -> tuple[Path, str]:
         try:
-            entry = self.manifest.artifact(side, segment)
+            entry = self.manifest.artifact(side, segment, batch)
         except BundleError as err:
             raise BundleError(f"{self.path}: {err}") from None
         return self.path / entry.file, entry.sha256
@@ -114,7 +114,9 @@ class SegmentExecutor:
     """Runs one side's segments in-process. Artifacts are checked against the manifest's sha256
     before they are loaded (loading a shared object runs its code) and loaded once, on first use."""
 
-    def __init__(self, bundle: Bundle, side: str):
+    def __init__(self, bundle: Bundle, side: str, batch: int = 1):
+        """`batch` above 1: the server side's artifacts built for that batch size (compile --server-batch),
+        whose tensors have that first dimension."""
         # TVM's x86 thread pool assumes half the cores are hyper-threads and would use one core of
         # two: give tuned (parallel) kernels every core this process may run on, unless told otherwise.
         os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
@@ -137,16 +139,24 @@ class SegmentExecutor:
         if lacking:
             raise BundleError(f"{bundle.path}: the artifacts call {', '.join(lacking)}, which this runtime does not "
                               "provide; run the bundle with the runtime it ships (run.py) or update neurosurgeon")
+        self.batch = batch
         # Every artifact of this side is checked now, before any is loaded (loading runs its code).
-        bundle.check_files([bundle.manifest.artifact(side, i) for i in range(len(bundle.segments))],
-                           f"{side} artifact")
+        entries = [self._entry(i) for i in range(len(bundle.segments))]
+        bundle.check_files(entries, f"{side} artifact")
         self._functions: dict[int, object] = {}
+
+    def _entry(self, segment: int):
+        try:
+            return self.bundle.manifest.artifact(self.side, segment, self.batch)
+        except BundleError as err:
+            raise BundleError(f"{self.bundle.path}: {err}") from None
 
     def load(self, segment: int):
         if segment not in self._functions:
-            path, _ = self.bundle.artifact(self.side, segment)
-            self._functions[segment] = load_artifact(path, self.device, None, f"artifact for segment {segment}",
-                                                     "the manifest", arity=len(self.bundle.segments[segment].inputs))
+            what = f"artifact for segment {segment}" + (f" at batch {self.batch}" if self.batch > 1 else "")
+            self._functions[segment] = load_artifact(self.bundle.path / self._entry(segment).file, self.device, None,
+                                                     what, "the manifest",
+                                                     arity=len(self.bundle.segments[segment].inputs))
         return self._functions[segment]
 
     def run(self, env: dict, segments) -> dict:
@@ -170,8 +180,9 @@ class SegmentExecutor:
         if isinstance(value, self._tvm.runtime.Tensor) and value.device == self.device:
             return value
         array = np.ascontiguousarray(fetch(value), dtype=info.dtype)
-        if array.shape != info.shape:
-            raise BundleError(f"tensor {info.name!r}: expected shape {info.shape}, got {array.shape}")
+        expected = info.shape if self.batch == 1 else (self.batch, *info.shape[1:])
+        if array.shape != expected:
+            raise BundleError(f"tensor {info.name!r}: expected shape {expected}, got {array.shape}")
         return self._tvm.runtime.tensor(array, self.device)
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EXTERNS", "SGEMM", "missing", "register"]
+__all__ = ["EXTERNS", "MIN_ROWS", "SGEMM", "missing", "register"]
 
 SGEMM = "neurosurgeon.sgemm"
 EXTERNS = (SGEMM,)
+MIN_ROWS = 8  # products with fewer rows are computed as this many (see _sgemm); the largest exact batch
 
 _registered = False
 
@@ -27,7 +28,20 @@ def _sgemm(a, b, out) -> None:
     are viewed through DLPack, not copied; numpy hands 2-D float32 products to its BLAS (sgemm)."""
     a = np.from_dlpack(a)
     a = a.reshape(-1, a.shape[-1])
-    np.matmul(a, np.from_dlpack(b).reshape(a.shape[1], -1), out=np.from_dlpack(out).reshape(a.shape[0], -1))
+    b = np.from_dlpack(b).reshape(a.shape[1], -1)
+    out = np.from_dlpack(out).reshape(a.shape[0], -1)
+    rows = a.shape[0]
+    if rows < MIN_ROWS:
+        # Few rows (a fully connected layer at a batch below MIN_ROWS) go through BLAS as MIN_ROWS, the
+        # rest zero: BLAS sums a row in an order that depends on how many rows the product has (GEMV
+        # for one, other kernels for 2-7), and a request must get the same answer, bit for bit, alone
+        # and in any batch up to MIN_ROWS (the server's dynamic batching). It costs little: such a
+        # product is bound by reading `b`, which is read once either way.
+        padded = np.zeros((MIN_ROWS, a.shape[1]), dtype=a.dtype)
+        padded[:rows] = a
+        out[:] = np.matmul(padded, b)[:rows]
+        return
+    np.matmul(a, b, out=out)
 
 
 def register() -> None:

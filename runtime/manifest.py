@@ -38,8 +38,9 @@ MANIFEST = "manifest.json"
 # 1.1: "externs", functions the artifacts call that the runtime provides. 2.0: schedules: "planner", the
 # bundle's default planner; cuts name the model outputs already made on the mobile side "mobile_outputs"
 # (1.x: "device_outputs"); layers give their "weight_bytes". This runtime reads 1.x bundles too (their
-# planner is "prefix").
-MANIFEST_FORMAT = JsonFormat("neurosurgeon-bundle", (2, 0), "neurosurgeon bundle manifest", BundleError,
+# planner is "prefix"). 2.1: "batching", the server side also built for batch sizes above 1 (its own
+# artifact list, which a 2.0 reader does not look at).
+MANIFEST_FORMAT = JsonFormat("neurosurgeon-bundle", (2, 1), "neurosurgeon bundle manifest", BundleError,
                              version_key="schema_version", hint="rebuild the bundle or update the runtime",
                              older=(1,), file=MANIFEST, folder="bundle", made_by="`neurosurgeon compile`")
 DEFAULT_PLANNER = "prefix"
@@ -166,6 +167,7 @@ class Artifact:
     file: str  # relative to the bundle folder
     sha256: str
     bytes: int
+    batch: int = 1  # the batch size it runs (its tensors' first dimension)
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,8 @@ class Manifest:
     planner: str = DEFAULT_PLANNER  # the planner run.py uses unless told otherwise
     runtime_files: tuple[Artifact, ...] = ()  # run.py and the runtime copy (segment -1), with their sha256
     build: dict = field(default_factory=dict)
+    batch_sizes: tuple[int, ...] = (1,)  # the server side's batch sizes (2.1)
+    batch_artifacts: tuple[Artifact, ...] = ()  # the server preset's artifacts for batch sizes above 1
 
     @classmethod
     def read(cls, bundle_dir: str | Path) -> Manifest:
@@ -238,6 +242,7 @@ class Manifest:
             runtime_files=tuple(Artifact(-1, _inside(f, "file"), f.get("sha256", str), f.get("bytes", int))
                                 for f in m.items("runtime_files")) if "runtime_files" in doc else (),
             build=m.get("build", dict, {}),
+            **_batching(m),
         )
         manifest._check(where)
         return manifest
@@ -253,6 +258,10 @@ class Manifest:
             if numbered != list(range(n)):
                 raise BundleError(f"{where}: artifacts.{side.preset} must have one artifact per segment 0..{n - 1}, "
                                   f"has {numbered}")
+        numbered = sorted((a.batch, a.segment) for a in self.batch_artifacts)
+        if numbered != [(b, i) for b in self.batch_sizes[1:] for i in range(n)]:
+            raise BundleError(f"{where}: batching.artifacts must have one artifact per segment 0..{n - 1} for each "
+                              f"batch size in {list(self.batch_sizes[1:])}")
         for side, costs in self.costs.items():
             for kind in ("segment", *COST_CHOICES):
                 seconds = getattr(costs, f"{kind}_seconds")
@@ -297,13 +306,15 @@ class Manifest:
                 raise BundleError(f"{where}: cut {c.index} splits the outputs into {list(c.mobile_outputs)} (mobile) "
                                   f"and {list(c.server_outputs)} (server); the segments make {done} before it")
 
-    def artifact(self, side: str, segment: int) -> Artifact:
+    def artifact(self, side: str, segment: int, batch: int = 1) -> Artifact:
         preset = self.sides[side].preset
-        for entry in self.artifacts.get(preset, ()):
-            if entry.segment == segment:
+        entries = self.artifacts.get(preset, ()) if batch == 1 else self.batch_artifacts if side == "server" else ()
+        for entry in entries:
+            if entry.segment == segment and entry.batch == batch:
                 return entry
-        raise BundleError(f"no {preset} artifact for segment {segment} in the manifest (the runtime never "
-                          "compiles: rebuild the bundle with `neurosurgeon compile`)")
+        raise BundleError(f"no {preset} artifact for segment {segment}" + (f" at batch {batch}" if batch > 1 else "")
+                          + " in the manifest (the runtime never compiles: rebuild the bundle with `neurosurgeon "
+                            "compile`" + (" --server-batch" if batch > 1 else "") + ")")
 
 
 def _describe(t: TensorInfo) -> str:
@@ -341,6 +352,24 @@ def _cut(cut: _Fields) -> CutSpec:
 
 def _artifact(entry: _Fields) -> Artifact:
     return Artifact(entry.get("segment", int), _inside(entry, "file"), entry.get("sha256", str), entry.get("bytes", int))
+
+
+def _batching(m: _Fields) -> dict:
+    """The 2.1 batching section: batch sizes (1 first, then ascending) and the server's artifacts for
+    the sizes above 1."""
+    if "batching" not in m.doc:
+        return {}
+    section = m.section("batching")
+    sizes = section.get("sizes", list)
+    if not (sizes and sizes[0] == 1 and all(type(b) is int for b in sizes) and sizes == sorted(set(sizes))):
+        raise BundleError(f"{m.where}: batching.sizes must be ascending integers starting at 1, got {sizes!r}")
+    artifacts = section.section("artifacts")
+    presets, server = list(artifacts.doc), m.section("sides").section("server").get("name", str)
+    if presets != [server]:
+        raise BundleError(f"{m.where}: batching.artifacts must list the server preset's ({server}), got {presets}")
+    entries = tuple(Artifact(a.get("segment", int), _inside(a, "file"), a.get("sha256", str), a.get("bytes", int),
+                             a.get("batch", int)) for a in artifacts.items(presets[0]))
+    return {"batch_sizes": tuple(sizes), "batch_artifacts": entries}
 
 
 def _inside(entry: _Fields, key: str) -> str:

@@ -25,10 +25,10 @@ from .manifest import MANIFEST
 from .protocol import DATATYPES, ProtocolError, cut_model_name, stage_model_name
 from .schedule import StageError, TensorGraph
 from .tensors import TensorInfo
-from .workers import Job, WorkerPool
+from .workers import Batching, Job, WorkerPool
 
-__all__ = ["MODEL_VERSION", "PLATFORM", "Repository", "ServedBundle", "ServedModel", "read_load_model",
-           "served_models"]
+__all__ = ["MODEL_VERSION", "PLATFORM", "Repository", "ServeOptions", "ServedBundle", "ServedModel",
+           "read_load_model", "served_models"]
 
 log = logging.getLogger("neurosurgeon.server")
 
@@ -122,16 +122,30 @@ def read_load_model(bundle: Bundle) -> tuple[float, float]:
         raise BundleError(f"{path}: malformed server load model ({err})") from None
 
 
+@dataclass(frozen=True)
+class ServeOptions:
+    """How a server runs every bundle it serves."""
+
+    workers: int = 1  # worker threads per bundle
+    batching: bool = True  # run waiting requests together where a bundle is built for batches
+    batch_sizes: tuple[int, ...] | None = None  # of the sizes a bundle is built for, those to use (None: all)
+    max_queue_delay_s: float = 0.0  # how long a free worker waits for a batch to fill
+
+
 class ServedBundle:
     """One bundle's server side: its models, its tensor graph and its workers."""
 
-    def __init__(self, path: str | Path, workers: int = 1, trust_key: bytes | None = None):
+    def __init__(self, path: str | Path, options: ServeOptions | None = None, trust_key: bytes | None = None):
+        options = options or ServeOptions()
         self.bundle = Bundle(path, trust_key=trust_key)
         self.name = self.bundle.name
         self.graph = TensorGraph.of_bundle(self.bundle)
         self.models = served_models(self.bundle)
         self.load_model = read_load_model(self.bundle)
-        self.pool = WorkerPool(self.bundle, workers)
+        built = self.bundle.manifest.batch_sizes
+        sizes = tuple(b for b in built if options.batch_sizes is None or b == 1 or b in options.batch_sizes)
+        batching = Batching(sizes, options.max_queue_delay_s) if options.batching else None
+        self.pool = WorkerPool(self.bundle, options.workers, batching=batching)
 
     def job(self, model: ServedModel, inputs: dict[str, np.ndarray], wanted: list[str]) -> Job:
         """The segments a request to `model` runs, checked, as a job for the workers."""
@@ -160,7 +174,7 @@ class ServedBundle:
 class Repository:
     """Every bundle in a folder (or the one bundle the folder is), each under its own name."""
 
-    def __init__(self, path: str | Path, workers: int = 1, trust_key: bytes | None = None):
+    def __init__(self, path: str | Path, options: ServeOptions | None = None, trust_key: bytes | None = None):
         self.path = Path(path)
         if not self.path.is_dir():
             raise NeurosurgeonError(f"{self.path}: no such folder (a bundle, or a folder of bundles)")
@@ -174,7 +188,7 @@ class Repository:
         self.models: dict[str, tuple[ServedBundle, ServedModel]] = {}
         for folder in folders:
             try:
-                served = ServedBundle(folder, workers, trust_key)
+                served = ServedBundle(folder, options, trust_key)
             except NeurosurgeonError as err:
                 log.error("not serving %s: %s", folder, err)
                 self.failed[folder.name] = str(err)

@@ -32,7 +32,7 @@ from .protocol import (
     encode_infer_response,
     parse_header_length,
 )
-from .repository import MODEL_VERSION, Repository, ServedBundle
+from .repository import MODEL_VERSION, Repository, ServedBundle, ServeOptions
 
 __all__ = ["InferenceServer"]
 
@@ -120,8 +120,9 @@ class InferenceServer:
     """
 
     def __init__(self, path: str | Path, token: str | None = None, max_body_bytes: int = 256 << 20,
-                 server_name: str = "neurosurgeon", trust_key: bytes | None = None, workers: int = 1):
-        self.repository = Repository(path, workers=workers, trust_key=trust_key)
+                 server_name: str = "neurosurgeon", trust_key: bytes | None = None,
+                 options: ServeOptions | None = None):
+        self.repository = Repository(path, options, trust_key=trust_key)
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.server_name = server_name
@@ -177,9 +178,9 @@ class InferenceServer:
             match = pattern.fullmatch(path)
             if match:
                 if method != expected:
-                    raise HTTPError(f"{path} takes {expected}, not {method}", 405, {"Allow": expected})
+                    raise HTTPError(f"{path!r} takes {expected}, not {method!r}", 405, {"Allow": expected})
                 return await getattr(self, handler)(match, scope, receive)
-        raise HTTPError(f"no endpoint {path}: this server speaks Open Inference Protocol v2 (/v2/...)", 404)
+        raise HTTPError(f"no endpoint {path!r}: this server speaks Open Inference Protocol v2 (/v2/...)", 404)
 
     # --- authentication ------------------------------------------------------------------------
 
@@ -199,7 +200,10 @@ class InferenceServer:
         return json_reply({"name": self.server_name, "version": _version(), "extensions": ["binary_tensor_data",
                                                                                            "model_repository"],
                            "bundles": [{"name": b.name, "id": b.bundle.bundle_id, "segments": len(b.bundle.segments),
-                                        "workers": b.pool.workers} for b in self.repository.bundles.values()],
+                                        "workers": b.pool.workers,
+                                        "batch_sizes": list(b.pool.batching.sizes) if b.pool.batching else [1],
+                                        "max_queue_delay_s": b.pool.batching.max_queue_delay_s if b.pool.batching
+                                        else 0.0} for b in self.repository.bundles.values()],
                            "failed": self.repository.failed})
 
     async def _live(self, match, scope, receive) -> Reply:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import queue
 import threading
 import time
 from collections import deque
@@ -21,7 +20,7 @@ import numpy as np
 
 from .bundle import Bundle, SegmentExecutor, fetch
 
-__all__ = ["Job", "LoadMeter", "WorkerPool", "cores_here", "set_blas_threads_here"]
+__all__ = ["Batching", "Job", "LoadMeter", "WorkerPool", "cores_here", "set_blas_threads_here"]
 
 
 def cores_here() -> int:
@@ -101,29 +100,54 @@ class LoadMeter:
 @dataclass
 class Job:
     """Run `segments` on `inputs`; the future gives the `wanted` tensors (numpy), the compute seconds
-    and how many jobs ran together."""
+    (its share of a batch) and how many jobs ran together."""
 
     segments: tuple[int, ...]
     inputs: dict[str, np.ndarray]
     wanted: tuple[str, ...]
     future: Future = field(default_factory=Future)
     worker: int | None = None  # which worker ran it
+    queued: float = 0.0  # monotonic time it was submitted
+
+    @property
+    def key(self) -> tuple:
+        """Jobs with equal keys can run as one batch: the same segments from the same tensors to the same."""
+        return self.segments, tuple(sorted(self.inputs)), self.wanted
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching: jobs waiting for the same segments run together, at one of `sizes` (batch
+    sizes the bundle's server side is built for, 1 first; a group is zero-padded up to the next size).
+    A free worker waits up to `max_queue_delay_s` after the oldest such job arrived for more to come
+    (Triton's max_queue_delay); with 0 it takes what is queued (batches form only under load)."""
+
+    sizes: tuple[int, ...]
+    max_queue_delay_s: float = 0.0
+
+    def size_for(self, n: int) -> int:
+        return next(b for b in self.sizes if b >= n)
 
 
 class WorkerPool:
     """`workers` threads serving one bundle's server side. Construction loads every segment on every
-    worker (and verifies the artifacts first), so that the first request is not the slow one."""
+    worker (and verifies the artifacts first) at every batch size, so that the first request is not
+    the slow one."""
 
-    def __init__(self, bundle: Bundle, workers: int = 1, threads_per_worker: int | None = None):
+    def __init__(self, bundle: Bundle, workers: int = 1, threads_per_worker: int | None = None,
+                 batching: Batching | None = None):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.bundle = bundle
         self.workers = workers
         self.threads_per_worker = threads_per_worker or max(1, cores_here() // workers)
+        self.batching = batching if batching is not None and len(batching.sizes) > 1 else None
         self.meter = LoadMeter(workers)
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._jobs: deque[Job] = deque()  # waiting, oldest first
+        self._claimed: set[tuple] = set()  # keys a worker is gathering a batch of
+        self._closing = False
         self._pending = 0  # submitted and not finished
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         ready: list[Future] = []
         for index in range(workers):
@@ -146,49 +170,106 @@ class WorkerPool:
         return self._pending
 
     def submit(self, job: Job) -> Future:
-        with self._lock:
+        with self._cond:
+            job.queued = time.monotonic()
             self._pending += 1
-        self._queue.put(job)
+            self._jobs.append(job)
+            self._cond.notify_all()
         return job.future
 
     def close(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=30)
+
+    # --- the workers -------------------------------------------------------------------------------
 
     def _run(self, index: int, started: Future) -> None:
         try:
             _set_tvm_threads_here(self.threads_per_worker)
             set_blas_threads_here(self.threads_per_worker)
-            executor = SegmentExecutor(self.bundle, "server")
-            for segment in range(len(self.bundle.segments)):
-                executor.load(segment)
+            executors = {b: SegmentExecutor(self.bundle, "server", b)
+                         for b in (self.batching.sizes if self.batching else (1,))}
+            for executor in executors.values():
+                for segment in range(len(self.bundle.segments)):
+                    executor.load(segment)
         except BaseException as err:  # noqa: BLE001 (whatever failed, the constructor raises it)
             started.set_exception(err)
             return
         started.set_result(None)
         while True:
-            job = self._queue.get()
-            if job is None:
+            group = self._next()
+            if group is None:
                 return
-            if not job.future.set_running_or_notify_cancel():
-                self._done()
-                continue
-            job.worker = index
-            t0 = self.meter.start(index)
+            running = []
+            for job in group:
+                if job.future.set_running_or_notify_cancel():
+                    running.append(job)
+                else:  # cancelled while it waited
+                    self._done()
+            if running:
+                self._compute(index, running, executors)
+
+    def _next(self) -> list[Job] | None:
+        """The next jobs to run together (None: the pool closes): the oldest job no other worker is
+        gathering, with the jobs of its key, waiting for more up to the batching delay."""
+        with self._cond:
+            while True:
+                if self._closing:
+                    return None
+                first = next((job for job in self._jobs if job.key not in self._claimed), None)
+                if first is not None:
+                    break
+                self._cond.wait()
+            if self.batching is None:
+                self._jobs.remove(first)
+                return [first]
+            key, most = first.key, self.batching.sizes[-1]
+            self._claimed.add(key)
             try:
-                env = executor.run(dict(job.inputs), job.segments)
-                outputs = {name: fetch(env[name]) for name in job.wanted}
-            except BaseException as err:  # noqa: BLE001 (the request's answer: a 500 naming it)
-                self.meter.stop(index, t0)
+                deadline = first.queued + self.batching.max_queue_delay_s
+                while True:
+                    group = [job for job in self._jobs if job.key == key][:most]
+                    left = deadline - time.monotonic()
+                    if len(group) == most or left <= 0 or self._closing:
+                        break
+                    self._cond.wait(left)
+                for job in group:
+                    self._jobs.remove(job)
+                return group
+            finally:
+                self._claimed.discard(key)
+                self._cond.notify_all()  # another worker may take the key's next jobs
+
+    def _compute(self, index: int, group: list[Job], executors: dict[int, SegmentExecutor]) -> None:
+        first, n = group[0], len(group)
+        size = self.batching.size_for(n) if self.batching else 1
+        for job in group:
+            job.worker = index
+        t0 = self.meter.start(index)
+        try:
+            if size == 1:
+                inputs = dict(first.inputs)
+            else:  # the samples one after the other along the first axis, zeros up to the batch size
+                inputs = {name: np.concatenate([job.inputs[name] for job in group]
+                                               + [np.zeros_like(value)] * (size - n))
+                          for name, value in first.inputs.items()}
+            env = executors[size].run(inputs, first.segments)
+            made = {name: fetch(env[name]) for name in first.wanted}
+        except BaseException as err:  # noqa: BLE001 (the requests' answer: a 500 naming it)
+            self.meter.stop(index, t0, n)
+            for job in group:
                 self._done()
                 job.future.set_exception(err)
-            else:
-                seconds = self.meter.stop(index, t0)
-                self._done()  # before the answer: the load it reports no longer counts this job
-                job.future.set_result((outputs, seconds, 1))
+            return
+        seconds = self.meter.stop(index, t0, n)
+        for i, job in enumerate(group):
+            outputs = made if size == 1 else {name: value[i:i + 1].copy() for name, value in made.items()}
+            self._done()  # before the answer: the load it reports no longer counts this job
+            job.future.set_result((outputs, seconds / n, n))
 
     def _done(self) -> None:
-        with self._lock:
+        with self._cond:
             self._pending -= 1

@@ -9,6 +9,7 @@ import uvicorn
 
 from ..runtime.auth import read_token
 from ..runtime.errors import NeurosurgeonError
+from ..runtime.repository import ServeOptions
 from ..runtime.server import InferenceServer
 from ..runtime.signing import read_public_key
 
@@ -20,9 +21,10 @@ ANNOUNCEMENT = "serving {bundles} ({workers} workers each{failed}) on {scheme}:/
 
 def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, token_file: str | Path | None = None,
           max_body_bytes: int = 256 << 20, log_level: str = "warning", ssl_certfile: str | Path | None = None,
-          ssl_keyfile: str | Path | None = None, trust_key: str | Path | None = None, workers: int = 1) -> None:
+          ssl_keyfile: str | Path | None = None, trust_key: str | Path | None = None,
+          options: ServeOptions | None = None) -> None:
     """Serve a bundle, or every bundle in a folder, until interrupted, over HTTPS with a certificate
-    and its key, with `workers` worker threads per bundle. Port 0 picks a free port; the line printed
+    and its key, its workers and batching as `options` say. Port 0 picks a free port; the line printed
     when the server is ready names the real one. With `trust_key` (an Ed25519 public key PEM) a
     bundle is served only if its manifest is signed with that key."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -33,7 +35,7 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, token_fil
         if pem is not None and not Path(pem).is_file():
             raise NeurosurgeonError(f"{pem}: no such file (a PEM certificate or key for HTTPS)")
     public = read_public_key(trust_key) if trust_key is not None else None
-    app = InferenceServer(path, token=token, max_body_bytes=max_body_bytes, trust_key=public, workers=workers)
+    app = InferenceServer(path, token=token, max_body_bytes=max_body_bytes, trust_key=public, options=options)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False,
                             ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
                             ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)

@@ -3,6 +3,7 @@ onnxruntime."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from .common import add_model, input_shapes, preset_help
@@ -30,6 +31,9 @@ def register(verbs) -> None:
     p.add_argument("--no-measure", action="store_true", help="do not time segments whose target runs here")
     p.add_argument("--tuning", metavar="DIR", help="apply a tuning folder made by `neurosurgeon tune`")
     p.add_argument("--planner", default="prefix", help="the bundle's default planner: prefix, shortest-path, min-cut")
+    p.add_argument("--server-batch", metavar="B,B,...", type=_sizes, default=(),
+                   help="also build the server side for these batch sizes (e.g. 2,4,8): a server then runs requests "
+                        "that wait for the same segments together (serve --max-queue-delay-ms)")
     p.add_argument("--sign-key", metavar="KEY.pem",
                    help="sign the manifest with this Ed25519 private key (neurosurgeon keygen, or openssl genpkey "
                         "-algorithm ed25519); devices and servers with --trust-key refuse unsigned or changed bundles")
@@ -71,7 +75,8 @@ def compile_bundle(args) -> int:
 
     options = api.CompileOptions(mobile=args.mobile, server=args.server, input_shapes=input_shapes(args),
                                  as_tar=args.tar, force=args.force, progress=not args.quiet, tuning=args.tuning,
-                                 kernels=args.kernels, planner=args.planner, sign_key=args.sign_key)
+                                 kernels=args.kernels, planner=args.planner, sign_key=args.sign_key,
+                                 server_batch=args.server_batch)
     costs = api.CostAnnotation(mobile_model=args.mobile_cost, server_model=args.server_cost,
                                mobile_power=args.mobile_power, measure=not args.no_measure)
     result = api.compile(args.model, Path(args.output), options, costs)
@@ -99,3 +104,13 @@ def verify(args) -> int:
     checks = verify_bundle(args.bundle, args.model, rtol=args.rtol, atol=args.atol)
     print(check_table(checks))
     return 0 if all(c.ok for c in checks) else 1
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 2,4,8, got {text!r}") from None
+    if any(b < 2 for b in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 2 (batch 1 is always built), got {text!r}")
+    return sizes

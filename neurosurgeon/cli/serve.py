@@ -16,6 +16,13 @@ def register(verbs) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="worker threads per bundle, each with its own loaded segments; the cores are shared out "
                         "among them (default 1)")
+    p.add_argument("--max-queue-delay-ms", type=float, default=0.0,
+                   help="dynamic batching, for bundles built with compile --server-batch: how long a free worker "
+                        "waits for requests to the same segments to join the oldest one (default 0: requests "
+                        "that are already queued run together, none is delayed)")
+    p.add_argument("--batch-sizes", metavar="B,B,...", help="of the batch sizes a bundle is built for, use these "
+                                                             "(default: all)")
+    p.add_argument("--no-batching", action="store_true", help="run every request alone")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--token-file", help="require `Authorization: Bearer <first line of this file>`")
@@ -30,13 +37,20 @@ def register(verbs) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from ..serving import (
-        serve,  # not the API module: a server process loads no compiler
-    )
+    from ..runtime.repository import ServeOptions
+    from ..serving import serve  # not the API module: a server process loads no compiler
 
     limit = args.max_body_bytes if args.max_body_bytes is not None else int(args.max_body_mb * (1 << 20))
     if args.workers < 1:
         raise NeurosurgeonError(f"--workers must be at least 1, got {args.workers}")
+    if args.max_queue_delay_ms < 0:
+        raise NeurosurgeonError(f"--max-queue-delay-ms must not be negative, got {args.max_queue_delay_ms}")
+    try:
+        sizes = tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else None
+    except ValueError:
+        raise NeurosurgeonError(f"--batch-sizes: expected sizes like 2,4,8, got {args.batch_sizes!r}") from None
+    options = ServeOptions(workers=args.workers, batching=not args.no_batching, batch_sizes=sizes,
+                           max_queue_delay_s=args.max_queue_delay_ms / 1e3)
     serve(args.bundle, args.host, args.port, args.token_file, limit, args.log_level, args.ssl_certfile,
-          args.ssl_keyfile, args.trust_key, args.workers)
+          args.ssl_keyfile, args.trust_key, options)
     return 0

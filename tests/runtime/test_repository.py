@@ -18,7 +18,7 @@ from neurosurgeon.api import CompileOptions
 from neurosurgeon.api import compile as compile_model
 from neurosurgeon.runtime.bundle import Bundle
 from neurosurgeon.runtime.protocol import HEADER_LENGTH, decode_infer_response, encode_infer_request
-from neurosurgeon.runtime.repository import ServedBundle
+from neurosurgeon.runtime.repository import ServedBundle, ServeOptions
 from neurosurgeon.runtime.tensors import random_inputs
 from neurosurgeon.serving import start_server
 from neurosurgeon.tools import zoo
@@ -138,7 +138,7 @@ def heavy(tmp_path_factory):
 def test_every_worker_computes_and_the_expected_wait_counts_them(heavy, workers):
     """Jobs of tens of milliseconds, submitted at once: a new request waits only when every worker is
     busy, for one of them; and every worker takes jobs (each has its own loaded segments)."""
-    served = ServedBundle(heavy, workers=workers)
+    served = ServedBundle(heavy, ServeOptions(workers=workers))
     try:
         model = served.models["heavy"]
         feeds = random_inputs(served.bundle.inputs, seed=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from neurosurgeon.tools.bench.load import LoadOptions, bench_load, load_table
+from neurosurgeon.tools.bench.load import CONFIGS, LoadOptions, bench_load, load_table
 
 pytestmark = pytest.mark.slow
 
@@ -15,8 +15,9 @@ def test_bench_load_runs_every_configuration_and_network_without_errors(tmp_path
                                     seconds=2.0, networks=("wifi", "3g"), datacenter_devices=4,
                                     workdir=str(tmp_path), progress=False))
     table = load_table(result)
-    assert len(result.capacity) == 4 and all(c.requests > 0 and c.errors == 0 for c in result.capacity), table
-    assert {c.config for c in result.capacity} == {"1 worker", "2 workers"}
+    assert len(result.capacity) == 2 * len(CONFIGS), table
+    assert all(c.requests > 0 and c.errors == 0 for c in result.capacity), table
+    assert {c.config for c in result.capacity} == set(CONFIGS)
     assert all(set(c.per_model) <= {"lenet", "chk"} for c in result.capacity)
     for row in result.datacenter:
         assert row["cloud"]["errors"] == row["neurosurgeon"]["errors"] == 0, table

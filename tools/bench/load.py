@@ -51,10 +51,13 @@ __all__ = ["CONFIGS", "MIX", "LoadOptions", "SimulatedMobile", "bench_load", "lo
 # The mix, at the papers' sizes: ResNet-18, compute-bound, and AlexNet, whose fully connected layers
 # read 234 MB of weights per request at batch 1 (bound by memory: the case batching pays for).
 MIX = {"alexnet": {}, "resnet18": {}}
+# The server side is also built for these batch sizes (compile --server-batch), for the batching configurations.
+BATCH_SIZES = (2, 4, 8)
 # Server configurations compared (name -> extra `neurosurgeon serve` arguments).
 CONFIGS = {
-    "1 worker": ["--workers", "1"],
-    "2 workers": ["--workers", "2"],
+    "1 worker": ["--workers", "1", "--no-batching"],
+    "2 workers": ["--workers", "2", "--no-batching"],
+    "2 workers, batching": ["--workers", "2", "--max-queue-delay-ms", "5"],
 }
 
 
@@ -144,7 +147,8 @@ def prepare(mix: dict, repository: Path, device: Roofline, progress: Progress | 
         if not (path / "manifest.json").is_file():
             if progress:
                 progress.message(f"compiling {name} {options}")
-            compile_model(model, path, CompileOptions("x86-host", "x86-host", progress=False), name=name)
+            compile_model(model, path, CompileOptions("x86-host", "x86-host", progress=False,
+                                                      server_batch=BATCH_SIZES), name=name)
         bundle = Bundle(path)
         feeds = random_inputs(bundle.inputs, seed=7)
         env = SegmentExecutor(bundle, "mobile").run(dict(feeds), range(len(bundle.segments)))
