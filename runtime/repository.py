@@ -28,7 +28,7 @@ from .tensors import TensorInfo
 from .workers import Batching, Job, WorkerPool
 
 __all__ = ["MODEL_VERSION", "PLATFORM", "Repository", "ServeOptions", "ServedBundle", "ServedModel",
-           "read_load_model", "served_models"]
+           "bundle_folders", "read_load_model", "served_models"]
 
 log = logging.getLogger("neurosurgeon.server")
 
@@ -127,6 +127,7 @@ class ServeOptions:
     """How a server runs every bundle it serves."""
 
     workers: int = 1  # worker threads per bundle
+    threads_per_worker: int | None = None  # None: the cores shared out among the workers
     batching: bool = True  # run waiting requests together where a bundle is built for batches
     batch_sizes: tuple[int, ...] | None = None  # of the sizes a bundle is built for, those to use (None: all)
     max_queue_delay_s: float = 0.0  # how long a free worker waits for a batch to fill
@@ -145,7 +146,7 @@ class ServedBundle:
         built = self.bundle.manifest.batch_sizes
         sizes = tuple(b for b in built if options.batch_sizes is None or b == 1 or b in options.batch_sizes)
         batching = Batching(sizes, options.max_queue_delay_s) if options.batching else None
-        self.pool = WorkerPool(self.bundle, options.workers, batching=batching)
+        self.pool = WorkerPool(self.bundle, options.workers, options.threads_per_worker, batching)
 
     def job(self, model: ServedModel, inputs: dict[str, np.ndarray], wanted: list[str]) -> Job:
         """The segments a request to `model` runs, checked, as a job for the workers."""
@@ -171,6 +172,15 @@ class ServedBundle:
         self.pool.close()
 
 
+def bundle_folders(path: Path) -> list[Path]:
+    """The bundle `path` is, or the bundles in it (folders with a manifest)."""
+    folders = [path] if (path / MANIFEST).is_file() else sorted(p for p in path.iterdir() if (p / MANIFEST).is_file())
+    if not folders:
+        raise NeurosurgeonError(f"{path}: neither a bundle nor a folder of bundles (no {MANIFEST} in it or in any "
+                                "folder in it)")
+    return folders
+
+
 class Repository:
     """Every bundle in a folder (or the one bundle the folder is), each under its own name."""
 
@@ -178,11 +188,7 @@ class Repository:
         self.path = Path(path)
         if not self.path.is_dir():
             raise NeurosurgeonError(f"{self.path}: no such folder (a bundle, or a folder of bundles)")
-        folders = ([self.path] if (self.path / MANIFEST).is_file()
-                   else sorted(p for p in self.path.iterdir() if (p / MANIFEST).is_file()))
-        if not folders:
-            raise NeurosurgeonError(f"{self.path}: neither a bundle nor a folder of bundles (no {MANIFEST} in it or "
-                                    "in any folder in it)")
+        folders = bundle_folders(self.path)
         self.bundles: dict[str, ServedBundle] = {}
         self.failed: dict[str, str] = {}  # folder name -> why it is not served
         self.models: dict[str, tuple[ServedBundle, ServedModel]] = {}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a bare Debian machine; cheap to re-run (it skips what is there).
 #   system: the aarch64 cross compiler (aarch64 builds) and qemu-user (running them under emulation)
-#   python: a virtual environment in .venv with the project and its test tools
+#   python: a virtual environment in .venv with the project, its test tools and the Ray Serve extra
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +27,7 @@ fi
 stamp=.venv/.neurosurgeon-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Python packages into .venv" >&2
-  .venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/pip install -q -e ".[dev,ray]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import tvm, onnx, onnxruntime, sklearn, networkx, jinja2" 
   touch "$stamp"
 fi

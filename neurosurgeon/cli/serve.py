@@ -23,6 +23,12 @@ def register(verbs) -> None:
     p.add_argument("--batch-sizes", metavar="B,B,...", help="of the batch sizes a bundle is built for, use these "
                                                              "(default: all)")
     p.add_argument("--no-batching", action="store_true", help="run every request alone")
+    p.add_argument("--engine", choices=["uvicorn", "ray"], default="uvicorn",
+                   help="uvicorn: one process (default); ray: Ray Serve replicas, on a local Ray head or a cluster")
+    p.add_argument("--replicas", default="1", help="--engine ray: replicas, a number or auto (autoscaled between 1 "
+                                                   "and the cores' worth; default 1)")
+    p.add_argument("--ray-address", help="--engine ray: an existing Ray cluster (auto, or HOST:6379); default: start "
+                                         "a local head")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--token-file", help="require `Authorization: Bearer <first line of this file>`")
@@ -38,7 +44,9 @@ def register(verbs) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     from ..runtime.repository import ServeOptions
-    from ..serving import serve  # not the API module: a server process loads no compiler
+    from ..serving import (
+        serve,  # not the API module: a server process loads no compiler
+    )
 
     limit = args.max_body_bytes if args.max_body_bytes is not None else int(args.max_body_mb * (1 << 20))
     if args.workers < 1:
@@ -51,6 +59,9 @@ def serve(args: argparse.Namespace) -> int:
         raise NeurosurgeonError(f"--batch-sizes: expected sizes like 2,4,8, got {args.batch_sizes!r}") from None
     options = ServeOptions(workers=args.workers, batching=not args.no_batching, batch_sizes=sizes,
                            max_queue_delay_s=args.max_queue_delay_ms / 1e3)
+    if args.replicas != "auto" and not args.replicas.isdigit():
+        raise NeurosurgeonError(f"--replicas must be a number or auto, got {args.replicas!r}")
+    ray = {"replicas": args.replicas, "address": args.ray_address} if args.engine == "ray" else {}
     serve(args.bundle, args.host, args.port, args.token_file, limit, args.log_level, args.ssl_certfile,
-          args.ssl_keyfile, args.trust_key, options)
+          args.ssl_keyfile, args.trust_key, options, args.engine, **ray)
     return 0

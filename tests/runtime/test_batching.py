@@ -10,11 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-from neurosurgeon.api import CompileOptions
-from neurosurgeon.api import compile as compile_model
-from neurosurgeon.cli import main
 from neurosurgeon.runtime.bundle import Bundle
 from neurosurgeon.runtime.client import InferenceClient
 from neurosurgeon.runtime.repository import ServedBundle, ServeOptions
@@ -22,6 +17,11 @@ from neurosurgeon.runtime.tensors import random_inputs
 from neurosurgeon.serving import start_server
 from neurosurgeon.tools import zoo
 from neurosurgeon.tools.verify import reference_outputs
+from onnx import TensorProto, helper, numpy_helper
+
+from neurosurgeon.api import CompileOptions
+from neurosurgeon.api import compile as compile_model
+from neurosurgeon.cli import main
 
 
 @pytest.fixture(scope="module")

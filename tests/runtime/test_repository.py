@@ -4,25 +4,33 @@ per bundle, Triton's repository endpoints through tritonclient, Prometheus metri
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from models import heavy_convs
-from prometheus_client.parser import text_string_to_metric_families
-
-from neurosurgeon.api import CompileOptions
-from neurosurgeon.api import compile as compile_model
 from neurosurgeon.runtime.bundle import Bundle
-from neurosurgeon.runtime.protocol import HEADER_LENGTH, decode_infer_response, encode_infer_request
+from neurosurgeon.runtime.mobile import MobileRuntime
+from neurosurgeon.runtime.protocol import (
+    HEADER_LENGTH,
+    decode_infer_response,
+    encode_infer_request,
+)
 from neurosurgeon.runtime.repository import ServedBundle, ServeOptions
 from neurosurgeon.runtime.tensors import random_inputs
 from neurosurgeon.serving import start_server
 from neurosurgeon.tools import zoo
 from neurosurgeon.tools.verify import reference_outputs
+from prometheus_client.parser import text_string_to_metric_families
+
+from neurosurgeon.api import CompileOptions
+from neurosurgeon.api import compile as compile_model
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -45,10 +53,35 @@ def repository(tmp_path_factory):
     return root, cases
 
 
-@pytest.fixture(scope="module")
-def server(repository):
-    with start_server(repository[0], extra_args=["--workers", "2"]) as server:
+ENGINES = {"uvicorn": ["--workers", "2"], "ray": ["--engine", "ray", "--replicas", "2"]}
+
+
+@pytest.fixture(scope="module", params=list(ENGINES))
+def server(request, repository):
+    """The same repository on each engine: uvicorn in one process, Ray Serve replicas on a local head."""
+    if request.param == "ray":
+        pytest.importorskip("ray.serve", reason="Ray Serve is an optional extra (pip install 'neurosurgeon[ray]')")
+    before = ray_processes()
+    with start_server(repository[0], extra_args=ENGINES[request.param]) as server:
+        server.engine = request.param
         yield server
+    # the local Ray head started for the server is gone with it
+    deadline = time.monotonic() + 30
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes() - before, f"left behind: {sorted(ray_processes() - before)}"
+
+
+def ray_processes() -> set[int]:
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if name.startswith("ray::") or name.endswith(("raylet", "gcs_server")):
+            found.add(int(pid))
+    return found
 
 
 def post(url: str, body: bytes, headers: dict | None = None):
@@ -62,8 +95,36 @@ def post(url: str, body: bytes, headers: dict | None = None):
 
 def test_the_announcement_names_what_is_served_and_what_is_not(server):
     output = server.output()
+    if server.engine == "ray":  # the driver names the folders; each replica checks the bundles itself
+        assert "serving broken, chk, lenet (Ray Serve, 2 replicas x 1 workers) on http://127.0.0.1:" in output, output
+        return
     assert "serving chk, lenet (2 workers each; not serving broken) on http://127.0.0.1:" in output, output
     assert "not serving" in output and "broken" in output and "does not match the manifest" in output
+
+
+def test_every_cut_and_the_stage_model_answer_like_onnxruntime(repository, server):
+    root, cases = repository
+    feeds, reference = cases["lenet"]
+    bundle = Bundle(root / "lenet")
+    runtime = MobileRuntime(bundle, server.url)
+    try:
+        for cut in range(len(bundle.segments) + 1):
+            outputs, record = runtime.infer(feeds, cut)
+            assert not record.fell_back, record.fallback_reason
+            np.testing.assert_allclose(outputs["output"], reference["output"], rtol=RTOL, atol=ATOL)
+        outputs, record = runtime.infer(feeds, "m0-1 s2-4 m5-7")
+        assert not record.fell_back and sum(s.ran_on == "server" for s in record.stages) == 1
+        np.testing.assert_allclose(outputs["output"], reference["output"], rtol=RTOL, atol=ATOL)
+    finally:
+        runtime.close()
+    body, headers = encode_infer_request({"nowhere": np.zeros(3, np.float32)}, ["output"])
+    status, _, answer = post(f"{server.url}/v2/models/lenet-stage/infer", body, headers)
+    assert status == 400 and "unexpected input 'nowhere'" in json.loads(answer)["error"]
+    status, _, answer = post(f"{server.url}/v2/models/nothing/infer", body, headers)
+    assert status == 404 and "unknown model 'nothing'" in json.loads(answer)["error"]
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as answer:
+        families = {f.name for f in text_string_to_metric_families(answer.read().decode())}
+    assert "neurosurgeon_inference_requests" in families
 
 
 def test_tritonclient_sees_the_repository_and_infers_on_both_bundles(repository, server):

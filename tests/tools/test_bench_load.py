@@ -11,6 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_load_runs_every_configuration_and_network_without_errors(tmp_path):
+    pytest.importorskip("ray.serve", reason="the Ray Serve configuration needs the optional extra")
     result = bench_load(LoadOptions(mix={"lenet": {"width": 0.25}, "chk": {"width": 0.25}}, devices=(1, 2),
                                     seconds=2.0, networks=("wifi", "3g"), datacenter_devices=4,
                                     workdir=str(tmp_path), progress=False))

@@ -58,6 +58,7 @@ CONFIGS = {
     "1 worker": ["--workers", "1", "--no-batching"],
     "2 workers": ["--workers", "2", "--no-batching"],
     "2 workers, batching": ["--workers", "2", "--max-queue-delay-ms", "5"],
+    "Ray Serve, 2 replicas": ["--engine", "ray", "--replicas", "2", "--no-batching"],
 }
 
 
