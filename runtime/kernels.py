@@ -10,15 +10,18 @@ the runtime's loaders call it. numpy + the standard library only.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
-__all__ = ["EXTERNS", "MIN_ROWS", "SGEMM", "missing", "register"]
+__all__ = ["EXTERNS", "MIN_ROWS", "SGEMM", "missing", "pad_rows_here", "register"]
 
 SGEMM = "neurosurgeon.sgemm"
 EXTERNS = (SGEMM,)
 MIN_ROWS = 8  # products with fewer rows are computed as this many (see _sgemm); the largest exact batch
 
 _registered = False
+_here = threading.local()
 
 
 def _sgemm(a, b, out) -> None:
@@ -31,17 +34,23 @@ def _sgemm(a, b, out) -> None:
     b = np.from_dlpack(b).reshape(a.shape[1], -1)
     out = np.from_dlpack(out).reshape(a.shape[0], -1)
     rows = a.shape[0]
-    if rows < MIN_ROWS:
-        # Few rows (a fully connected layer at a batch below MIN_ROWS) go through BLAS as MIN_ROWS, the
-        # rest zero: BLAS sums a row in an order that depends on how many rows the product has (GEMV
-        # for one, other kernels for 2-7), and a request must get the same answer, bit for bit, alone
-        # and in any batch up to MIN_ROWS (the server's dynamic batching). It costs little: such a
-        # product is bound by reading `b`, which is read once either way.
+    if rows < getattr(_here, "min_rows", 1):
+        # On a thread that batches (pad_rows_here), few rows (a fully connected layer at a batch below
+        # MIN_ROWS) go through BLAS as MIN_ROWS, the rest zero: BLAS sums a row in an order that depends
+        # on how many rows the product has (GEMV for one, other kernels for 2-7), and a request must
+        # get the same answer, bit for bit, alone and in any batch up to MIN_ROWS. It costs time
+        # (8 rows take 2-3x one row's GEMV), hence only where batching is on.
         padded = np.zeros((MIN_ROWS, a.shape[1]), dtype=a.dtype)
         padded[:rows] = a
         out[:] = np.matmul(padded, b)[:rows]
         return
     np.matmul(a, b, out=out)
+
+
+def pad_rows_here(on: bool = True) -> None:
+    """GEMMs called from this thread compute at least MIN_ROWS rows (see _sgemm): the server's
+    batching workers turn it on."""
+    _here.min_rows = MIN_ROWS if on else 1
 
 
 def register() -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import kernels
 from .bundle import Bundle, SegmentExecutor, fetch
 
 __all__ = ["Batching", "Job", "LoadMeter", "WorkerPool", "cores_here", "set_blas_threads_here"]
@@ -190,6 +191,7 @@ class WorkerPool:
         try:
             _set_tvm_threads_here(self.threads_per_worker)
             set_blas_threads_here(self.threads_per_worker)
+            kernels.pad_rows_here(self.batching is not None)  # a request's answer, alone or batched, the same
             executors = {b: SegmentExecutor(self.bundle, "server", b)
                          for b in (self.batching.sizes if self.batching else (1,))}
             for executor in executors.values():

@@ -80,11 +80,11 @@ def run_ray(config: ServerConfig, replicas: int | str = 1, address: str | None =
         threads = max(1, cores // (count * options.workers))
     bundles = [p.name for p in bundle_folders(config.path)]
     port = config.port or _free_port(config.host)
-    stop = threading.Event()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_: stop.set())
     ray.init(address=address, include_dashboard=False, logging_level=config.log_level.upper(), log_to_driver=False,
              **({} if address else {"num_cpus": cores}))
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs handlers of its own
+        signal.signal(number, lambda *_: stop.set())
     try:
         http = {"host": config.host, "port": port}
         if config.ssl_certfile:
@@ -127,16 +127,17 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _reap(pids: set[int], grace_s: float = 5.0) -> None:
+def _reap(pids: set[int], grace_s: float = 1.0) -> None:
     """Ray's agents outlive its shutdown by up to a minute, polling for a raylet that is gone: end what
-    is left of the processes the local head started."""
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    is left of the processes the local head started (asked first, then told)."""
+    for number in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, number)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
 
 
 def _alive(pid: int) -> bool:

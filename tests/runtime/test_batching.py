@@ -1,5 +1,6 @@
 """Dynamic batching: the server side built for batch sizes (compile --server-batch), requests to the
-same segments run together; a request's answer in a batch is bit for bit its answer alone."""
+same segments run together; a request's answer in a batch is bit for bit its answer alone on the
+same server."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_the_manifest_lists_every_server_segment_at_every_size(lenet):
 @pytest.mark.parametrize("segments_from", [0, 3])
 def test_a_batch_answers_each_request_as_it_is_answered_alone(lenet, segments_from):
     path, model = lenet
-    alone = ServedBundle(path, ServeOptions(batching=False))
+    alone = ServedBundle(path, ServeOptions())  # batching on, no delay: requests sent one by one run alone
     batched = ServedBundle(path, ServeOptions(max_queue_delay_s=0.5))
     try:
         cut = alone.models[f"lenet-cut{segments_from:02d}"]

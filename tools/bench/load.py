@@ -23,11 +23,10 @@ the server is this machine.
 
 from __future__ import annotations
 
-import json
+import os
 import statistics
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from ...runtime.planner import SegmentCosts
 from ...runtime.profile import hardware_info
 from ...runtime.progress import Progress
 from ...runtime.tensors import random_inputs
+from ...runtime.workers import cores_here
 from ...serving import start_server
 from .. import zoo
 from ..verify import reference_outputs
@@ -69,6 +69,10 @@ class LoadOptions:
     seconds: float = 10.0  # per cell
     configs: tuple[str, ...] = tuple(CONFIGS)
     networks: tuple[str, ...] = ("wifi", "lte", "3g")
+    # single-model servers: a compute-bound model (what workers should scale) and an fc-heavy one (what
+    # batching should speed up), each at `focus_devices` devices
+    focus: dict = field(default_factory=lambda: {"resnet18": {}, "asr": {}})
+    focus_devices: int = 8
     datacenter_devices: int = 24
     datacenter_workers: int = 2
     device_model: str = "cpu-like"
@@ -88,8 +92,9 @@ class Cell:
     p99_ms: float
     server_share: float = 1.0  # of the requests' segments, the share run on the server
     per_model: dict = field(default_factory=dict)  # model -> requests/s
-    compute_s: float = 0.0  # server compute seconds over the window (from its /metrics)
-    sustained_s: float | None = None  # requests/s the server would sustain saturated; None: no server work
+    server_cpu_s: float = 0.0  # CPU seconds the server process used over the window
+    sustained_s: float | None = None  # requests/s the server's cores would sustain saturated; None: no work
+    problems: list = field(default_factory=list)  # the first errors, described
 
 
 @dataclass
@@ -98,6 +103,7 @@ class LoadResult:
     mix: dict
     device_model: str
     capacity: list[Cell] = field(default_factory=list)
+    focus: list[Cell] = field(default_factory=list)  # config "<model>: <server configuration>"
     datacenter: list[dict] = field(default_factory=list)
 
 
@@ -181,20 +187,27 @@ class Devices:
         self._reset()
 
     def _reset(self) -> None:
+        self.problems: list[str] = []
         self.latencies: list[float] = []
         self.by_model: dict[str, int] = {}
         self.errors = self.server_segments = self.segments = 0
 
     def _loop(self, runtime: MobileRuntime, case: Case) -> None:
         while not self.stop.is_set():
+            problem = None
             try:
                 outputs, record = runtime.infer(case.feeds, self.schedule)
-                wrong = any(not np.allclose(outputs[k], v, rtol=1e-4, atol=1e-5) for k, v in case.reference.items())
-                bad = wrong or record.fell_back
-            except Exception:  # noqa: BLE001 (a lost request is an error of the run, whatever it raised)
-                bad, record = True, None
+                wrong = [k for k, v in case.reference.items() if not np.allclose(outputs[k], v, rtol=1e-4, atol=1e-5)]
+                if wrong or record.fell_back:
+                    problem = f"{case.bundle.name} {record.schedule}: " + (f"wrong {wrong}" if wrong else
+                                                                          f"fell back: {record.fallback_reason}")
+            except Exception as err:  # noqa: BLE001 (a lost request is an error of the run, whatever it raised)
+                problem, record = f"{case.bundle.name}: lost: {type(err).__name__}: {err}", None
             with self.lock:
-                self.errors += bad
+                if problem:
+                    self.errors += 1
+                    if len(self.problems) < 5:
+                        self.problems.append(problem[:200])
                 if record is not None:
                     self.latencies.append(record.total_s)
                     self.by_model[case.bundle.name] = self.by_model.get(case.bundle.name, 0) + 1
@@ -210,54 +223,53 @@ class Devices:
         time.sleep(warm_s)
         with self.lock:
             self._reset()
-            compute_before = server_compute_s(self.server)
+            cpu_before = process_cpu_s(self.server.process.pid)
         started = time.perf_counter()
         time.sleep(seconds)
         with self.lock:
             elapsed = time.perf_counter() - started
-            compute = server_compute_s(self.server) - compute_before
+            cpu = process_cpu_s(self.server.process.pid) - cpu_before
             latencies, errors, by_model = sorted(self.latencies), self.errors, dict(self.by_model)
-            share = self.server_segments / max(self.segments, 1)
+            share, problems = self.server_segments / max(self.segments, 1), list(self.problems)
         self.stop.set()
         for thread in threads:
             thread.join(timeout=120)
         for runtime, _ in self.runtimes:
             runtime.close()
-        workers = server_workers(self.server)
+        # Saturated, the server's cores would serve requests at the rate its CPU seconds per request allow.
+        # Server work that is not computing (HTTP, decoding) counts too: it is work a request costs.
+        sustained = round(len(latencies) * cores_here() / cpu, 2) if share > 0 and cpu > 0 else None
         return Cell(config, len(self.runtimes), len(latencies), errors, round(elapsed, 2),
                     round(len(latencies) / elapsed, 2), round(1e3 * statistics.median(latencies), 2) if latencies else 0,
                     round(1e3 * latencies[int(0.99 * (len(latencies) - 1))], 2) if latencies else 0, round(share, 3),
-                    {m: round(k / elapsed, 2) for m, k in sorted(by_model.items())}, round(compute, 3),
-                    round(len(latencies) * workers / compute, 2) if compute > 0 else None)
+                    {m: round(k / elapsed, 2) for m, k in sorted(by_model.items())}, round(cpu, 3), sustained,
+                    problems)
 
 
-def _metric_sum(server, name: str) -> float:
-    """The sum over all label sets of a metric the server exports (its /metrics, text format)."""
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as answer:
-        text = answer.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "))
-
-
-def server_compute_s(server) -> float:
-    return _metric_sum(server, "neurosurgeon_inference_compute_duration_seconds_sum")
-
-
-def server_workers(server) -> int:
-    """Workers of one bundle (every bundle has as many)."""
-    with urllib.request.urlopen(f"{server.url}/v2", timeout=30) as answer:
-        return json.loads(answer.read())["bundles"][0]["workers"]
+def process_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_load(options: LoadOptions) -> LoadResult:
     device = DEVICES[options.device_model]
-    progress = Progress(len(options.configs) * len(options.devices) + 2 * len(options.networks), "bench load",
-                        unit="cell", enabled=options.progress)
-    # one repository folder per mix, so that a server serves exactly the mix
-    repository = Path(options.workdir) / "-".join(f"{k}{''.join(f'_{v}' for v in o.values())}"
-                                                  for k, o in sorted(options.mix.items()))
+    focus_configs = [c for c in options.configs if not c.startswith("Ray")]
+    progress = Progress(len(options.configs) * len(options.devices) + len(options.focus) * len(focus_configs)
+                        + 2 * len(options.networks), "bench load", unit="cell", enabled=options.progress)
+    repository = _folder(options.workdir, options.mix)  # a server then serves exactly the mix
     cases = prepare(options.mix, repository, device, progress)
     result = LoadResult(hardware_info()["cpu"], options.mix, device.source)
+    for model, build in options.focus.items():
+        folder = _folder(options.workdir, {model: build})
+        single = prepare({model: build}, folder, device, progress)
+        for config in focus_configs:
+            with start_server(folder / model, extra_args=CONFIGS[config]) as server:
+                cell = Devices(single, server, options.focus_devices, 0).run_for(options.seconds, f"{model}: {config}")
+            result.focus.append(cell)
+            progress.message(f"{cell.config}, {cell.devices} devices: {cell.requests_s} requests/s, p99 "
+                             f"{cell.p99_ms} ms, {cell.errors} errors")
+            progress.update()
     for config in options.configs:
         with start_server(repository, extra_args=CONFIGS[config]) as server:
             for n in options.devices:
@@ -284,6 +296,10 @@ def bench_load(options: LoadOptions) -> LoadResult:
     return result
 
 
+def _folder(workdir: str, mix: dict) -> Path:
+    return Path(workdir) / "-".join(f"{k}{''.join(f'_{v}' for v in o.values())}" for k, o in sorted(mix.items()))
+
+
 def load_table(result: LoadResult | dict) -> str:
     r = result if isinstance(result, dict) else asdict(result)
     models = list(r["mix"])
@@ -299,9 +315,19 @@ def load_table(result: LoadResult | dict) -> str:
         lines.append(f"{c['config']:22}{c['devices']:>8}{c['requests_s']:>11.1f}"
                      + "".join(f"{c['per_model'].get(m, 0):>10.1f}" for m in models)
                      + f"{c['p50_ms']:>9.1f}{c['p99_ms']:>9.1f}{c['errors']:>7}{ratio:>12}")
+    if r["focus"]:
+        lines += ["", "one model per server, whole-model requests, devices back to back: what workers and batching buy",
+                  (f"{'model: server':36}{'devices':>8}{'requests/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
+                   f"{'vs 1 worker':>12}")]
+        base = {c["config"].split(":")[0]: c["requests_s"] for c in r["focus"] if c["config"].endswith(": 1 worker")}
+        for c in r["focus"]:
+            model = c["config"].split(":")[0]
+            ratio = f"{c['requests_s'] / base[model]:.2f}x" if base.get(model) else "-"
+            lines.append(f"{c['config']:36}{c['devices']:>8}{c['requests_s']:>11.1f}{c['p50_ms']:>9.1f}"
+                         f"{c['p99_ms']:>9.1f}{c['errors']:>7}{ratio:>12}")
     if r["datacenter"]:
         lines += ["", ("datacenter throughput: devices on shaped links choosing their cuts (Neurosurgeon) vs all "
-                       "uploading at cut 0 (cloud-only); sustained = requests x workers / server compute seconds"),
+                       "uploading at cut 0 (cloud-only); sustained = requests x cores / server CPU seconds"),
                   (f"{'network':8}{'devices':>8}{'cloud req/s':>12}{'sustained':>10}{'ours req/s':>11}"
                    f"{'sustained':>10}{'gain':>8}{'server share':>13}{'errors':>7}")]
         for row in r["datacenter"]:
@@ -313,4 +339,9 @@ def load_table(result: LoadResult | dict) -> str:
                          f"{ours['server_share']:>13.2f}{ours['errors'] + cloud['errors']:>7}")
         lines.append("(server share: of the requests' segments, the share the server ran. The paper, GPU server "
                      "and Jetson TK1: 1.04x Wi-Fi, 1.43x LTE, 2.36x 3G)")
+    problems = [(c["config"], p) for c in [*r["capacity"], *r["focus"]] for p in c.get("problems", [])]
+    problems += [(f"{row['network']} {label}", p) for row in r["datacenter"] for label in ("cloud", "neurosurgeon")
+                 for p in row[label].get("problems", [])]
+    if problems:
+        lines += ["", "errors:"] + [f"  {where}: {p}" for where, p in problems]
     return "\n".join(lines)
