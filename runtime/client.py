@@ -141,15 +141,18 @@ class InferenceClient:
         try:
             if self.link:
                 self.link.one_way_delay()
-            conn = self._connection(remaining())
-            conn.putrequest(method, self._prefix + path, skip_accept_encoding=True)
-            for name, value in headers.items():
-                conn.putheader(name, value)
-            conn.endheaders()
-            self._send_body(conn, body, remaining)
-            sock = conn.sock  # getresponse() hands the socket to the response when the server will close
-            sock.settimeout(remaining())
-            response = conn.getresponse()
+            # A kept-alive connection the server has closed meanwhile (its idle timeout) fails at the
+            # first write or read: then, nothing having been answered, the request goes again once,
+            # on a new connection (inference is idempotent).
+            for fresh in (self._conn is None, True):
+                conn = self._connection(remaining())
+                try:
+                    response, sock = self._send(conn, method, path, headers, body, remaining)
+                    break
+                except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                    self.close()
+                    if fresh:
+                        raise
             payload = self._read_body(sock, response, remaining)
             if self.link:
                 self.link.one_way_delay()
@@ -166,6 +169,17 @@ class InferenceClient:
         except (OSError, http.client.HTTPException) as err:
             self.close()
             raise ServerUnavailable(f"connection failed: {type(err).__name__}: {err}") from None
+
+    def _send(self, conn, method: str, path: str, headers: dict[str, str], body: bytes, remaining):
+        """Send the request and read the answer's status line and headers: (response, its socket)."""
+        conn.putrequest(method, self._prefix + path, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        self._send_body(conn, body, remaining)
+        sock = conn.sock  # getresponse() hands the socket to the response when the server will close
+        sock.settimeout(remaining())
+        return conn.getresponse(), sock
 
     def _send_body(self, conn, body: bytes, remaining) -> None:
         if not self.link:

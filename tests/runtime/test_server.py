@@ -366,3 +366,21 @@ def test_protocol_error_answer_and_model_names():
     assert [parse_cut_model_name("lenet", n) for n in ("lenet-cut07", "lenet-cut123", "lenet-cut7", "lenet-cut007",
                                                        "lenet", "alexnet-cut01", "lenet-cut-1")] == \
         [7, 123, None, None, None, None, None]
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(lenet, lenet_server):
+    """uvicorn closes a kept-alive connection after 5 idle seconds; the next request must not fail on
+    it (a broken pipe would make the mobile side fall back for nothing)."""
+    import time
+
+    from neurosurgeon.runtime.client import InferenceClient
+
+    client = InferenceClient(lenet_server.url)
+    try:
+        crossing, _ = lenet.mobile_side(3)
+        first = client.infer("lenet-cut03", crossing, ["output"], deadline_s=30)
+        time.sleep(6.5)
+        second = client.infer("lenet-cut03", crossing, ["output"], deadline_s=30)
+        np.testing.assert_array_equal(first.outputs["output"], second.outputs["output"])
+    finally:
+        client.close()
