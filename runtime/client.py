@@ -221,8 +221,9 @@ class InferenceClient:
             body = {}
         return body.get("load", {}), seconds
 
-    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline_s: float) -> InferAnswer:
-        body, headers = encode_infer_request(inputs, outputs, binary=True)
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline_s: float,
+              parameters: dict | None = None) -> InferAnswer:
+        body, headers = encode_infer_request(inputs, outputs, binary=True, parameters=parameters)
         status, answer_headers, payload, seconds = self._exchange("POST", f"/v2/models/{model}/infer", body, headers, deadline_s)
         if status != 200:
             try:

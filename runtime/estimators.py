@@ -106,5 +106,5 @@ def conditions(network: NetworkEstimator, load: ServerLoadEstimator, server_avai
         up_mbps=network.up_mbps, down_mbps=network.down_mbps, rtt_s=network.rtt_s,
         server_wait_s=load.wait_s(), server_slowdown=server_slowdown, server_available=server_available,
         upload_power_w=link.upload_power_w(network.up_mbps),
-        download_power_w=link.download_power_w(network.down_mbps),
+        download_power_w=link.download_power_w(network.down_mbps), wait_power_w=link.beta_mw / 1000,
     )

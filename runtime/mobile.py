@@ -35,7 +35,7 @@ from .planner import (
     get_network,
     make_planner,
 )
-from .protocol import stage_model_name
+from .protocol import SEGMENT_TIMES, stage_model_name
 from .schedule import MOBILE, SERVER, Schedule, TensorGraph
 from .tensors import random_inputs
 
@@ -82,6 +82,7 @@ class RequestRecord:
 
 
 COST_SOURCES = ("default", *COST_CHOICES)
+SERVER_TIMES_EVERY_S = 2.0  # how often a request asks the server for its own segment times
 COSTS_FORMAT = JsonFormat("neurosurgeon-costs", 1, "costs file", BundleError)  # run.py --costs FILE
 
 
@@ -154,6 +155,7 @@ class MobileRuntime:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
         self.executor = executor or SegmentExecutor(self.bundle, "mobile")
         self.costs = load_costs(self.bundle, costs)
+        self.server_times = self.costs.server_s.copy()  # per segment: what the planners use
         self.graph = TensorGraph.of_bundle(self.bundle)
         self.planner_name = planner or self.bundle.manifest.planner
         self._planners: dict[str, Planner] = {}
@@ -170,12 +172,14 @@ class MobileRuntime:
         self.client = (InferenceClient(server_url, token, ShapedLink.from_network(link) if shape_link else None,
                                        ca_file=ca_file, allow_plain_token=allow_plain_token) if server_url else None)
         self._server_down_until = 0.0
+        self._server_times_at = -float("inf")  # when the server last told its own segment times
         self.n_segments = len(self.bundle.segments)
         self._stage_model = stage_model_name(self.bundle.name)
 
     def planner_for(self, name: str) -> Planner:
         if name not in self._planners:
             self._planners[name] = make_planner(name, self.graph, self.costs)
+            self._planners[name].update_server_times(self.server_times)
         return self._planners[name]
 
     def close(self) -> None:
@@ -245,8 +249,10 @@ class MobileRuntime:
                         raise ServerUnavailable("no server configured")
                     if not available:
                         raise ServerUnavailable("server marked down after a recent failure")
+                    ask = time.monotonic() - self._server_times_at > SERVER_TIMES_EVERY_S and self.learn
                     answer = self.client.infer(self._stage_model, {names[t]: fetch(env[names[t]]) for t in stage.uploads},
-                                               [names[t] for t in stage.downloads], self._deadline(predicted_s))
+                                               [names[t] for t in stage.downloads], self._deadline(predicted_s),
+                                               {SEGMENT_TIMES: True} if ask else None)
                     env.update(answer.outputs)
                     record.upload_bytes, record.download_bytes = answer.upload_bytes, answer.download_bytes
                     compute_s = float(answer.parameters.get("compute_s", 0.0))
@@ -300,6 +306,18 @@ class MobileRuntime:
         self.load.update(answer.parameters)
         self.network.observe_transfer(answer.upload_bytes, answer.download_bytes, network_s)
         if not self.learn:
+            return
+        reported = answer.parameters.get("segment_s")
+        if isinstance(reported, list) and len(reported) == self.n_segments:
+            # The server's own times replace the compile-time ones (where it has run the segment): they were
+            # measured where the segments run, under the load they run under.
+            self._server_times_at = time.monotonic()
+            for i, seconds in enumerate(reported):
+                if isinstance(seconds, (int, float)) and seconds > 0:
+                    self.server_times[i] = seconds
+            for p in self._planners.values():
+                p.update_server_times(self.server_times)
+            self.server_slowdown = 1.0
             return
         predicted = float(planner.server_s[list(segments)].sum())
         if predicted > 0 and compute_s > 0:

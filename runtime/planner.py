@@ -16,7 +16,8 @@ cost estimates and the current network and server conditions. Three planners, on
 
 With no schedule meeting the budgets, the decision says which budgets cannot be met and falls back
 to the planner's best schedule without budgets. Without a server, everything runs on the mobile
-side. The radio power model is P = alpha * throughput_Mbps + beta (Huang et al., MobiSys 2012).
+side. The radio power model is P = alpha * throughput_Mbps + beta (Huang et al., MobiSys 2012); while
+the mobile side waits for a server stage (round trip, queue, compute) its radio stays active at beta.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class Conditions:
     server_available: bool = True
     upload_power_w: float = 0.0
     download_power_w: float = 0.0
+    wait_power_w: float = 0.0  # radio power while the mobile side waits for the server (active, no data: beta)
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,10 @@ class Planner(ABC):
     def update_mobile_times(self, mobile_s) -> None:
         """New per-segment mobile times (e.g. as the mobile side measured them)."""
         self.mobile_s = np.asarray(mobile_s, dtype=np.float64).copy()
+
+    def update_server_times(self, server_s) -> None:
+        """New per-segment server times (as the server measures them itself, under its current load)."""
+        self.server_s = np.asarray(server_s, dtype=np.float64).copy()
 
     def schedule(self, server_mask) -> Schedule:
         """The schedule of a server mask, with its stages and cost terms (kept: planners come back to
@@ -321,8 +327,10 @@ class ShortestPathPlanner(Planner):
         out = self.output_bytes * 8 / (c.down_mbps * 1e6)  # a server segment's model outputs come back
         trip = c.rtt_s + c.server_wait_s
         latency = np.stack([x, down + x, trip + up + y + out, y + out], axis=1)
+        wait = c.wait_power_w
         energy = np.stack([x * self.power_w, down * c.download_power_w + x * self.power_w,
-                           (up * c.upload_power_w + out * c.download_power_w), out * c.download_power_w], axis=1)
+                           up * c.upload_power_w + out * c.download_power_w + (trip + y) * wait,
+                           out * c.download_power_w + y * wait], axis=1)
         server = np.stack([np.zeros(n), np.zeros(n), y, y], axis=1)
         exits = np.zeros((2, 3))  # the end is on the mobile side; what the server made is already back
         return latency, energy, server, exits
@@ -471,7 +479,7 @@ class _FlowNetwork:
             server = planner.server_s * c.server_slowdown + down_s
             mobile, upload = planner.mobile_s, up_s
         else:
-            server = down_s * c.download_power_w
+            server = down_s * c.download_power_w + planner.server_s * c.server_slowdown * c.wait_power_w
             mobile, upload = planner.mobile_s * planner.power_w, up_s * c.upload_power_w
         capacity = {"server": server.tolist(), "mobile": mobile.tolist(), "upload": upload.tolist()}
         cap = [0.0] * len(self.to)

@@ -38,6 +38,9 @@ PROFILE_FORMAT = JsonFormat("neurosurgeon-profile", 1, "neurosurgeon profile", P
                             hint="profile again with this neurosurgeon's kit")
 
 
+WARMUP_PASSES, WARMUP_S = 3, 0.3
+
+
 def time_segments(bundle: Bundle, side: str, repeats: int = 5, seed: int = 0,
                   executor: SegmentExecutor | None = None) -> list[float]:
     """Median seconds of each segment (`segment_samples`)."""
@@ -46,11 +49,20 @@ def time_segments(bundle: Bundle, side: str, repeats: int = 5, seed: int = 0,
 
 def segment_samples(bundle: Bundle, side: str, repeats: int = 5, seed: int = 0,
                     executor: SegmentExecutor | None = None) -> list[list[float]]:
-    """`repeats` timed runs of each segment, in seconds, after one warm-up pass of the whole chain
-    that also produces every segment's real inputs. Each run ends when its device has finished
-    (a GPU runs kernels asynchronously)."""
+    """`repeats` timed runs of each segment, in seconds, after warm-up passes of the whole chain (that
+    also produce every segment's real inputs). Each run ends when its device has finished (a GPU runs
+    kernels asynchronously).
+
+    One warm-up pass is not enough: in a fresh process the first calls pay for thread pools starting,
+    buffers first touched and the CPU's clock rising (AlexNet's conv1 took 16-20 ms for its first five
+    calls there, then 0.4 ms): the chain runs at least WARMUP_PASSES times and WARMUP_S seconds."""
     executor = executor or SegmentExecutor(bundle, side)
-    env = executor.run(random_inputs(bundle.inputs, seed), range(len(bundle.segments)))
+    feeds = random_inputs(bundle.inputs, seed)
+    started, passes = time.perf_counter(), 0
+    while passes < WARMUP_PASSES or (time.perf_counter() - started < WARMUP_S and passes < 100):
+        env = executor.run(dict(feeds), range(len(bundle.segments)))
+        executor.device.sync()
+        passes += 1
     return [time_calls(lambda i=index: executor.run(dict(env), (i,)), sync=executor.device.sync, repeats=repeats,
                        warmup=0)[0] for index in range(len(bundle.segments))]
 

@@ -15,12 +15,16 @@ import numpy as np
 
 from .errors import NeurosurgeonError
 
-__all__ = ["DATATYPES", "NUMPY_DTYPES", "HEADER_LENGTH", "LOAD_HEADER", "ProtocolError", "encode_infer_request",
+__all__ = ["DATATYPES", "NUMPY_DTYPES", "HEADER_LENGTH", "LOAD_HEADER", "SEGMENT_TIMES", "ProtocolError",
+           "encode_infer_request",
            "decode_infer_request", "encode_infer_response", "decode_infer_response", "parse_header_length",
            "cut_model_name", "parse_cut_model_name", "stage_model_name"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 LOAD_HEADER = "X-Neurosurgeon-Load"  # the server's load, on every answer to an authorised client
+# A request parameter: true asks the answer for parameter "segment_s", the server's own seconds per
+# segment of the bundle (null for a segment it has not run yet).
+SEGMENT_TIMES = "segment_times"
 
 DATATYPES: dict[str, str] = {
     "bool": "BOOL",

@@ -280,6 +280,7 @@ class ScheduleTerms:
         latency  = mobile_mask @ x + slowdown * server_mask @ y + up_bytes * 8 / B_up
                    + down_bytes * 8 / B_down + round_trips * (RTT + wait)
         energy   = mobile_mask @ (x * p) + up_bytes * 8 / B_up * P_up + down_bytes * 8 / B_down * P_down
+                   + (slowdown * server_mask @ y + round_trips * (RTT + wait)) * P_wait
         server_s = slowdown * server_mask @ y
     """
 
@@ -324,5 +325,7 @@ class ScheduleTerms:
         up_s, down_s = self.up_bytes * 8 / (c.up_mbps * 1e6), self.down_bytes * 8 / (c.down_mbps * 1e6)
         server = self.server_masks @ y
         latency = mobile @ x + server + up_s + down_s + self.round_trips * (c.rtt_s + c.server_wait_s)
-        energy = mobile @ (x * np.asarray(mobile_power_w)) + up_s * c.upload_power_w + down_s * c.download_power_w
+        waiting = server + self.round_trips * (c.rtt_s + c.server_wait_s)
+        energy = (mobile @ (x * np.asarray(mobile_power_w)) + up_s * c.upload_power_w + down_s * c.download_power_w
+                  + waiting * c.wait_power_w)
         return latency, energy, server

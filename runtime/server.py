@@ -27,6 +27,7 @@ from .metrics import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
 from .protocol import (
     HEADER_LENGTH,
     LOAD_HEADER,
+    SEGMENT_TIMES,
     ProtocolError,
     decode_infer_request,
     encode_infer_response,
@@ -254,6 +255,8 @@ class InferenceServer:
             outputs, compute_s, batch = await asyncio.wrap_future(served.pool.submit(job))
             answer = {**served.load(), "compute_s": compute_s, "server_s": round(time.perf_counter() - received, 6),
                       "server_segments": len(job.segments), "batch_size": batch}
+            if parameters.get(SEGMENT_TIMES) is True:  # the server's own time per segment, for the planner
+                answer["segment_s"] = served.pool.segment_times.snapshot()
             body, headers = encode_infer_response(model.name, {n: outputs[n] for n in wanted},
                                                   {n for n, binary in wanted.items() if binary},
                                                   parameters=answer, model_version=MODEL_VERSION)

@@ -21,7 +21,7 @@ import numpy as np
 from . import kernels
 from .bundle import Bundle, SegmentExecutor, fetch
 
-__all__ = ["Batching", "Job", "LoadMeter", "WorkerPool", "cores_here", "set_blas_threads_here"]
+__all__ = ["Batching", "Job", "LoadMeter", "SegmentTimes", "WorkerPool", "cores_here", "set_blas_threads_here"]
 
 
 def cores_here() -> int:
@@ -130,6 +130,26 @@ class Batching:
         return next(b for b in self.sizes if b >= n)
 
 
+class SegmentTimes:
+    """The server's own time per segment (one sample, batch 1), an exponentially weighted mean over the
+    jobs that ran it: what a device needs to plan with, from the one who knows (compile-time figures
+    were measured elsewhere, alone, and not under this server's load). None until a segment first runs."""
+
+    def __init__(self, segments: int, weight: float = 0.2):
+        self.weight = weight
+        self._seconds: list[float | None] = [None] * segments
+        self._lock = threading.Lock()
+
+    def observe(self, segment: int, seconds: float) -> None:
+        with self._lock:
+            old = self._seconds[segment]
+            self._seconds[segment] = seconds if old is None else self.weight * seconds + (1 - self.weight) * old
+
+    def snapshot(self) -> list[float | None]:
+        with self._lock:
+            return [None if s is None else round(s, 7) for s in self._seconds]
+
+
 class WorkerPool:
     """`workers` threads serving one bundle's server side. Construction loads every segment on every
     worker (and verifies the artifacts first) at every batch size, so that the first request is not
@@ -144,6 +164,7 @@ class WorkerPool:
         self.threads_per_worker = threads_per_worker or max(1, cores_here() // workers)
         self.batching = batching if batching is not None and len(batching.sizes) > 1 else None
         self.meter = LoadMeter(workers)
+        self.segment_times = SegmentTimes(len(bundle.segments))
         self._jobs: deque[Job] = deque()  # waiting, oldest first
         self._claimed: set[tuple] = set()  # keys a worker is gathering a batch of
         self._closing = False
@@ -258,7 +279,12 @@ class WorkerPool:
                 inputs = {name: np.concatenate([job.inputs[name] for job in group]
                                                + [np.zeros_like(value)] * (size - n))
                           for name, value in first.inputs.items()}
-            env = executors[size].run(inputs, first.segments)
+            executor, env = executors[size], inputs
+            for segment in first.segments:  # one by one, each timed (per sample in a batch)
+                started = time.perf_counter()
+                env = executor.run(env, (segment,))
+                executor.device.sync()
+                self.segment_times.observe(segment, (time.perf_counter() - started) / n)
             made = {name: fetch(env[name]) for name in first.wanted}
         except BaseException as err:  # noqa: BLE001 (the requests' answer: a 500 naming it)
             self.meter.stop(index, t0, n)

@@ -9,8 +9,8 @@ process of its own for demos, benchmarks and tests, and the load generator that 
 
 from .config import ServerConfig
 from .engines import ENGINES, serve
-from .load import LoadGenerator, LoadSample
+from .load import LoadGenerator, LoadProcess, LoadSample
 from .process import ServerProcess, ServerStartError, start_server
 
-__all__ = ["ENGINES", "LoadGenerator", "LoadSample", "ServerConfig", "ServerProcess", "ServerStartError", "serve",
+__all__ = ["ENGINES", "LoadGenerator", "LoadProcess", "LoadSample", "ServerConfig", "ServerProcess", "ServerStartError", "serve",
            "start_server"]

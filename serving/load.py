@@ -13,7 +13,7 @@ import numpy as np
 
 from ..runtime.client import InferenceClient, ServerUnavailable
 
-__all__ = ["LoadGenerator", "LoadSample"]
+__all__ = ["LoadGenerator", "LoadProcess", "LoadSample"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,45 @@ class LoadGenerator:
             time.sleep(seconds)
         self.settle_s = settle
         return time.perf_counter() - started
+
+
+def _load_process_main(url, model, feeds, outputs, clients, token, stop, answered) -> None:
+    generator = LoadGenerator(url, model, feeds, outputs, clients, token, settle_s=0.0)
+    with generator:
+        stop.wait()
+    answered.value = len(generator.samples)
+
+
+class LoadProcess:
+    """A LoadGenerator in a process of its own: its clients' encoding and decoding take neither the
+    GIL nor the CPU quota of the process that measures (the mobile side). `with LoadProcess(...) as
+    load:` keeps the load up until the block ends; `load.answered` then counts the answers."""
+
+    def __init__(self, url: str, model: str, feeds: dict[str, np.ndarray], outputs: list[str], clients: int,
+                 token: str | None = None, settle_s: float = 0.5):
+        import multiprocessing
+
+        self.clients, self.settle_s = clients, settle_s
+        self._context = multiprocessing.get_context("spawn")
+        self._stop = self._context.Event()
+        self._answered = self._context.Value("q", 0)
+        self._args = (url, model, feeds, outputs, clients, token, self._stop, self._answered)
+        self._process = None
+        self.answered = 0
+
+    def __enter__(self) -> LoadProcess:
+        if self.clients > 0:
+            self._stop.clear()
+            self._process = self._context.Process(target=_load_process_main, args=self._args, daemon=True)
+            self._process.start()
+            time.sleep(self.settle_s)  # let a queue form before the caller measures anything
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._process is not None:
+            self._stop.set()
+            self._process.join(timeout=60)
+            if self._process.is_alive():
+                self._process.kill()
+            self.answered = int(self._answered.value)
+            self._process = None

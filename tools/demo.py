@@ -1,191 +1,103 @@
-"""The README's main job on a built-in default, end to end on this machine:
+"""The README's main job on a built-in default, end to end on this machine, with the evaluation's
+machinery (tools/evaluate):
 
 1. take a zoo network, compile it for x86-host on both sides (cached between runs) and check every
    cut against onnxruntime;
 2. start the inference server on loopback (a separate process);
-3. make this process the mobile side: a cgroup CPU quota makes it really slower than the server, as
-   a phone is, and it measures its own segment times at start (no guessing);
-4. send requests with the link shaped to Wi-Fi, LTE and 3G, then under rising server load, and
-   print what the planner chose and why, against cloud-only and mobile-only, outputs checked.
+3. start the mobile device, a process of its own slowed to a stated speed (tools/evaluate/device.py),
+   which measures its own segment times at start (no guessing);
+4. per scenario (Wi-Fi, LTE, 3G on an idle server, then Wi-Fi with other clients loading the server
+   from a process of their own), run the planner's choice, cloud-only, device-only and every cut that
+   could be the best, interleaved, 10 requests each, and print the medians with their spread, every
+   output checked against onnxruntime.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
-from ..api import CompileOptions, analyse
-from ..api import compile as compile_bundle
 from ..compiler.report import cut_table, human_bytes
 from ..runtime.bundle import Bundle
-from ..runtime.manifest import MANIFEST, MANIFEST_FORMAT
-from ..runtime.mobile import COSTS_FORMAT, MobileRuntime
-from ..runtime.profile import time_segments
+from ..runtime.errors import NeurosurgeonError
 from ..runtime.protocol import cut_model_name
 from ..runtime.tensors import random_inputs
-from ..serving import LoadGenerator, start_server
-from . import zoo
+from ..serving import LoadProcess, start_server
+from .evaluate import EvaluateOptions, prepare_bundle
+from .evaluate.device import DeviceProcess, parse_speed
+from .evaluate.measure import measure_case
 from .verify import check_table, reference_outputs, verify_bundle
 
-__all__ = ["run_demo", "throttle_self"]
+__all__ = ["SCENARIOS", "run_demo"]
+
+SCENARIOS = (("wifi", 0), ("lte", 0), ("3g", 0), ("wifi", 2), ("wifi", 4))  # (network, other clients)
 
 
-def throttle_self(share: float) -> tuple[str | None, callable]:
-    """Limit this process to `share` of one CPU with a cgroup quota (v1 cpu controller or v2).
-    Returns (None, undo) on success, or (why not, no-op)."""
-    period = 100_000
-    quota = max(1000, int(share * period))
-    name = f"neurosurgeon-demo-{os.getpid()}"
-    for root, v2 in (("/sys/fs/cgroup/cpu", False), ("/sys/fs/cgroup", True)):
-        base = Path(root)
-        if not (base / ("cgroup.controllers" if v2 else "cpu.cfs_quota_us")).exists():
-            continue
-        group = base / name
-        try:
-            group.mkdir(exist_ok=True)
-            if v2:
-                (group / "cpu.max").write_text(f"{quota} {period}")
-            else:
-                (group / "cpu.cfs_period_us").write_text(str(period))
-                (group / "cpu.cfs_quota_us").write_text(str(quota))
-            (group / "cgroup.procs").write_text(str(os.getpid()))
-        except OSError as err:
-            try:
-                group.rmdir()
-            except OSError:
-                pass
-            reason = f"cannot use {root} ({err.strerror})"
-            continue
+def run_demo(workdir: Path, model_name: str = "alexnet", input_size: int | None = None, device: str = "dilate:16",
+             requests: int = 10) -> int:
+    speed = parse_speed(device)
+    model_path, bundle_path = prepare_bundle(workdir, model_name, input_size)
+    from ..api import analyse
 
-        def undo(group=group, base=base):
-            try:
-                (base / "cgroup.procs").write_text(str(os.getpid()))
-                group.rmdir()
-            except OSError:
-                pass
-        return None, undo
-    return locals().get("reason", "no writable cgroup cpu controller"), lambda: None
-
-
-def _cached_bundle_is_current(bundle_path: Path, model_sha256: str) -> bool:
-    """A cached bundle counts only if this very compiler made it from this model (a bundle from an
-    older version would show older code's speed and decisions)."""
-    import tvm
-
-    from .. import __version__
-
-    if not (bundle_path / MANIFEST).is_file():
-        return False
-    manifest = Bundle(bundle_path).manifest
-    identity = manifest.identity
-    return (identity.model_sha256 == model_sha256 and identity.tool_version == __version__
-            and identity.tvm_version == tvm.__version__ and manifest.version == MANIFEST_FORMAT.version
-            and identity.options.get("kernels") == CompileOptions("x86-host", "x86-host").kernels)
-
-
-def run_demo(workdir: Path, model_name: str = "alexnet", input_size: int | None = None, mobile_share: float = 0.25,
-             requests: int = 3) -> int:
-    workdir.mkdir(parents=True, exist_ok=True)
-    model_path = workdir / f"{model_name}.onnx"
-    zoo.save(zoo.build(model_name, input_size=input_size), model_path)
-    frozen, graph, plan = analyse(model_path)
-    print(cut_table(plan), end="\n\n")
-
-    bundle_path = workdir / f"{model_name}.bundle"
-    if _cached_bundle_is_current(bundle_path, frozen.sha256):
-        print(f"using the cached bundle {bundle_path}")
-    else:
-        compile_bundle(model_path, bundle_path, CompileOptions(mobile="x86-host", server="x86-host", force=True))
+    print(cut_table(analyse(model_path)[2]), end="\n\n")
     checks = verify_bundle(bundle_path, model_path)
     print(check_table(checks).splitlines()[-1], "(every cut, in-process)\n")
     bundle = Bundle(bundle_path)
     feeds = random_inputs(bundle.inputs, seed=1)
     reference = reference_outputs(model_path, feeds)
-
-    with start_server(bundle_path) as server:
-        url = server.url
-        why_not, unthrottle = throttle_self(mobile_share)
-        try:
-            print(f"server: {url} (its own process, full speed)")
-            if why_not:
-                print(f"mobile side: this process, NOT throttled ({why_not}): it runs as fast as the server, "
-                      "so offloading rarely pays off here")
-            else:
-                print(f"mobile side: this process, limited to {mobile_share:.0%} of one CPU by a cgroup quota "
-                      "(a phone-like machine)")
-            mobile_costs = _calibrate(bundle, workdir)
-            n = len(bundle.segments)
-            rows = []
-            mobile_only = _run(bundle, url, "wifi", mobile_costs, n, feeds, 1)[-1]
-            for network in ("wifi", "lte", "3g"):
-                auto = _run(bundle, url, network, mobile_costs, "auto", feeds, requests)
-                cloud = _run(bundle, url, network, mobile_costs, 0, feeds, 1)
-                rows.append((network, "idle", auto, cloud[-1], mobile_only))
-            for clients in (2, 4):
-                with LoadGenerator(url, cut_model_name(bundle.name, 0), feeds, [t.name for t in bundle.outputs], clients):
-                    auto = _run(bundle, url, "wifi", mobile_costs, "auto", feeds, requests)
-                    cloud = _run(bundle, url, "wifi", mobile_costs, 0, feeds, 1)
-                rows.append(("wifi", f"{clients} other clients", auto, cloud[-1], mobile_only))
-            _print_table(bundle, rows, reference)
-        finally:
-            unthrottle()
+    outputs = [t.name for t in bundle.outputs]
+    rows = []
+    with start_server(bundle_path) as server, DeviceProcess(bundle_path, server.url, speed, reference, feeds) as phone:
+        if phone.not_applied:
+            raise NeurosurgeonError(f"device {speed.spec}: {phone.not_applied}; try --device dilate:4")
+        print(f"server: {server.url} (its own process, full speed)")
+        print(f"mobile device: its own process, {speed.describe}")
+        seconds = phone.calibrate(5, str(workdir), EvaluateOptions.device_power_w)
+        server_s = sum(bundle.manifest.costs["server"].segment_seconds)
+        print(f"device calibration: {sum(seconds) * 1e3:.0f} ms for the whole model (the server measured "
+              f"{server_s * 1e3:.0f} ms at compile time)\n")
+        for network, clients in SCENARIOS:
+            print(f"measuring {network}, {clients} other clients ...", flush=True)
+            with LoadProcess(server.url, cut_model_name(bundle.name, 0), feeds, outputs, clients):
+                rows.append(measure_case(phone, bundle, model_name, network, clients, requests,
+                                         objectives=("latency",)))
+    print()
+    _print_table(bundle, rows, requests)
     return 0
 
 
-def _calibrate(bundle: Bundle, workdir: Path) -> Path:
-    """The mobile side measures its own segments (it is slower than the machine that built the bundle)
-    and writes a costs file with them, which its runtime then decides with."""
-    started = time.perf_counter()
-    seconds = time_segments(bundle, "mobile", repeats=3)
-    mobile, server = bundle.manifest.costs["mobile"], bundle.manifest.costs["server"]
-    costs = {**COSTS_FORMAT.stamp(),
-             "mobile": {"segment_seconds": seconds, "source": "measured on this machine at start-up",
-                        "power_w": list(mobile.power_w) if isinstance(mobile.power_w, tuple) else mobile.power_w},
-             "server": {"segment_seconds": list(server.segment_seconds), "source": server.source}}
-    path = Path(tempfile.mkstemp(prefix="mobile-costs-", suffix=".json", dir=workdir)[1])
-    COSTS_FORMAT.write(path, costs)
-    print(f"mobile calibration: {sum(seconds) * 1e3:.0f} ms for the whole model here "
-          f"(the server measured {sum(server.segment_seconds) * 1e3:.0f} ms), took {time.perf_counter() - started:.1f} s\n")
-    return path
-
-
-def _run(bundle, url, network, costs_file, cut, feeds, requests):
-    runtime = MobileRuntime(bundle, url, network=network, shape_link=True, costs=costs_file)
-    runtime.warm_up()
-    results = []
-    for _ in range(requests):
-        outputs, record = runtime.infer(feeds, cut)
-        results.append((outputs, record))
-    runtime.client.close()
-    return results
-
-
-def _print_table(bundle: Bundle, rows, reference) -> None:
-    head = ("network", "server load", "chosen cut", "after layer", "uploads", "predicted", "latency", "cloud-only",
-            "mobile-only", "vs cloud", "vs mobile", "why: estimates used", "max err")
+def _print_table(bundle: Bundle, cases, requests: int) -> None:
+    n = len(bundle.segments)
+    head = ("network", "server load", "chosen cut (share)", "after layer", "uploads", "predicted", "latency",
+            "cloud-only", "device-only", "best cut", "vs cloud", "vs device", "vs best", "max err")
     table = [head]
-    for network, load, auto, (_, cloud), (_, mobile) in rows:
-        outputs, record = auto[-1]
-        error = max(float(np.max(np.abs(outputs[k] - reference[k]))) for k in reference)
-        after = bundle.cuts[record.cut].after_layer or "(input)"
-        why = (f"up {record.up_mbps:.1f} Mbps, rtt {record.rtt_s * 1e3:.0f} ms, "
-               f"server queue {record.server_wait_s * 1e3:.0f} ms")
-        table.append((network, load, f"{record.cut}" + (" (fell back)" if record.fell_back else ""), after,
-                      human_bytes(record.crossing_bytes), f"{record.predicted_latency_s * 1e3:.0f} ms",
-                      f"{record.total_s * 1e3:.0f} ms", f"{cloud.total_s * 1e3:.0f} ms", f"{mobile.total_s * 1e3:.0f} ms",
-                      f"{cloud.total_s / record.total_s:.2f}x", f"{mobile.total_s / record.total_s:.2f}x", why,
-                      f"{error:.1e}"))
+    for case in cases:
+        auto = case.auto_stats("latency")
+        schedule, times = case.chosen("latency").most_common(1)[0]
+        picked = [r for r in case.auto["latency"] if r["schedule"] == schedule]
+        cut = picked[0]["cut"]
+        best, best_stats = case.oracle("latency")
+        cloud, device = case.stats(0), case.stats(n)
+        judged = case.stats(cut) if cut in case.full_cuts() else auto
+        predicted = sorted(r["predicted_latency_s"] for r in picked)[len(picked) // 2]
+        error = max(r["error"] for v in [*case.cuts.values(), *case.auto.values()] for r in v)
+        fell_back = sum(r["fell_back"] for r in case.auto["latency"])
+        table.append((case.network, f"{case.clients} other clients" if case.clients else "idle",
+                      f"{cut} ({times}/{auto.n})" + (f", {fell_back} fell back" if fell_back else ""),
+                      (bundle.cuts[cut].after_layer or "(input)") if cut is not None else schedule,
+                      human_bytes(bundle.cuts[cut].upload_bytes) if cut is not None else "", f"{predicted * 1e3:.0f} ms",
+                      f"{auto.text()} ms", f"{cloud.text()} ms", f"{device.text()} ms", f"{best}: {best_stats.text()} ms",
+                      f"{cloud.median / auto.median:.2f}x", f"{device.median / auto.median:.2f}x",
+                      f"{judged.median / best_stats.median:.2f}x", f"{error:.1e}"))
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     for i, r in enumerate(table):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print(f"\nchosen cut: the argmin of the predicted latency over all {len(bundle.cuts)} cuts, from the mobile side's "
-          "measured segment times, the server's, and the estimates shown (learned from the requests' own transfers "
-          "and the load the server reports).")
-    print(f"latency: the last of the auto requests (the estimators learn from the first ones); cloud-only and "
-          f"mobile-only run the same request at cut 0 and cut {len(bundle.segments)}; max err vs onnxruntime on the whole model.")
+    print(f"\nEvery time is the median of {requests} requests [10th-90th percentile], the planner's own requests "
+          "interleaved with cloud-only (cut 0), device-only (cut "
+          f"{n}) and every cut that could be the best (the best cut: the lowest median measured).")
+    print("chosen cut: the planner's argmin of the predicted latency over all cuts, from the device's measured "
+          "segment times, the server's, and what it learns from its requests (bandwidth, round trip, the load the "
+          "server reports); share: how many of the requests chose it.")
+    print("vs best: the chosen cut's median against the best cut's, both from the same rounds (1.00x: the best). "
+          "max err: against onnxruntime on the whole model, over every request.")

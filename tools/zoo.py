@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 from ..compiler.frontend import ONNX_IR_VERSION, ONNX_OPSET
 from ..runtime.errors import NeurosurgeonError
 
-__all__ = ["MODELS", "GraphBuilder", "UnknownModelError", "build", "min_input_size", "resolve", "save"]
+__all__ = ["MODELS", "GraphBuilder", "UnknownModelError", "build", "min_input_size", "own_input_size", "resolve", "save"]
 
 INPUT_NAME = "input"
 
@@ -444,6 +444,12 @@ def _input_shape(name: str, spec: _Spec, input_size: int | None) -> tuple[int, .
         raise ValueError(f"input_size must be positive, got {input_size}; the minimum "
                          f"input_size for {name!r} is {min_input_size(name)}")
     return (1, spec.input_shape[0], int(input_size), int(input_size))
+
+
+def own_input_size(name: str) -> int | None:
+    """The spatial input size (H = W) the paper's network takes; None for non-image models."""
+    spec = _spec(name)
+    return spec.input_shape[-1] if spec.is_image else None
 
 
 @functools.cache

@@ -31,10 +31,37 @@ def register(verbs) -> None:
     p.add_argument("--input-size", type=int, default=112,
                    help="input size (default 112, for speed; 0 = the model's own)")
     p.add_argument("--workdir", default=".cache/demo", help="where the model and bundle are kept between runs")
-    p.add_argument("--mobile-share", "--device-share", dest="mobile_share", type=float, default=0.25,
-                   help="CPU share of the emulated mobile side (default 0.25; --device-share, the old name, still works)")
-    p.add_argument("--requests", type=int, default=3, help="auto requests per scenario")
+    p.add_argument("--device", default="dilate:16", metavar="SPEC",
+                   help="the device's speed: dilate:F (F times slower by time dilation, default dilate:16) or "
+                        "quota:SHARE[:PERIOD_MS] (a cgroup CPU quota)")
+    p.add_argument("--mobile-share", "--device-share", dest="mobile_share", type=float,
+                   help="the old way to say --device quota:SHARE:4 (a cgroup CPU quota over a 4 ms period)")
+    p.add_argument("--requests", type=int, default=10, help="requests per median (default 10)")
     p.set_defaults(run=demo)
+
+    p = verbs.add_parser("evaluate", help="the papers' evaluation, run for real: every model x network x server load, "
+                                          "the planner's choice against cloud-only, device-only and every cut; "
+                                          "a report with plots")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="zoo networks (default: all of them)")
+    p.add_argument("-o", "--output", default="report", help="the report folder (default report/); a run resumes "
+                                                            "from the cases already in it")
+    p.add_argument("--networks", nargs="+", default=None, metavar="NET", help="wifi lte 3g (default: all)")
+    p.add_argument("--objective", dest="objectives", nargs="+", default=None, metavar="OBJ",
+                   help="latency energy (default: both)")
+    p.add_argument("--device", default="dilate:16", metavar="SPEC",
+                   help="the device's speed: dilate:F (F times slower by time dilation, default dilate:16) or "
+                        "quota:SHARE[:PERIOD_MS] (a cgroup CPU quota)")
+    p.add_argument("--loads", nargs="+", type=int, default=None, metavar="N",
+                   help="other clients on the server, one case each (default 0 2 4)")
+    p.add_argument("--requests", type=int, default=10, help="requests per median (default 10)")
+    p.add_argument("--sweep", nargs="+", type=float, default=None, metavar="F",
+                   help="the device-speed sweep's dilation factors (default 1 2 4 8 16 32); 0: no sweep")
+    p.add_argument("--sweep-model", default="alexnet", help="the sweep's model (default alexnet)")
+    p.add_argument("--input-size", type=int, default=112, help="image models' input size (default 112; 0 = own)")
+    p.add_argument("--workdir", default=".cache/evaluate", help="where models and bundles are kept between runs")
+    p.add_argument("--report-only", action="store_true", help="measure nothing: make the report from the raw files")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(run=evaluate)
 
     p = verbs.add_parser("emulate", help="run an aarch64 bundle's run.py under qemu on the emulated board",
                          usage="neurosurgeon emulate BUNDLE [--cpu CPU] -- [run.py args ...]")
@@ -84,7 +111,40 @@ def zoo(args) -> int:
 def demo(args) -> int:
     from ..tools.demo import run_demo
 
-    return run_demo(Path(args.workdir), args.model, args.input_size or None, args.mobile_share, args.requests)
+    device = f"quota:{args.mobile_share:g}:{max(4, 1 / args.mobile_share):g}" if args.mobile_share else args.device
+    return run_demo(Path(args.workdir), args.model, args.input_size or None, device, args.requests)
+
+
+def evaluate(args) -> int:
+    import shlex
+    import sys
+
+    from ..runtime.errors import NeurosurgeonError
+    from ..tools import zoo
+    from ..tools.evaluate import EvaluateOptions, run_evaluate
+    from ..tools.evaluate.report import write_report
+
+    unknown = [m for m in args.models if m not in zoo.MODELS]
+    if unknown:
+        raise NeurosurgeonError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(zoo.MODELS)}")
+    options = EvaluateOptions(device=args.device, requests=args.requests, input_size=args.input_size or None,
+                              workdir=Path(args.workdir), progress=not args.quiet)
+    for name in ("models", "networks", "objectives", "loads"):
+        value = getattr(args, name)
+        if value:
+            setattr(options, name, tuple(value))
+    if args.sweep == [0]:
+        options.sweep_model = None
+    else:
+        options.sweep = tuple(args.sweep or options.sweep)
+        options.sweep_model = args.sweep_model
+        if args.sweep_model not in zoo.MODELS:
+            raise NeurosurgeonError(f"unknown sweep model {args.sweep_model}; valid: {', '.join(zoo.MODELS)}")
+    command = "neurosurgeon evaluate " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["evaluate"] else None
+    out = Path(args.output)
+    report = write_report(out, options, command) if args.report_only else run_evaluate(out, options, command)
+    print(f"report: {report}")
+    return 0
 
 
 def emulate(args) -> int:

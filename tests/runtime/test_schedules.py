@@ -24,7 +24,7 @@ def conditions(rng) -> Conditions:
     up = rng.uniform(0.5, 50)
     return Conditions(up, up * rng.uniform(1.5, 3), log_uniform(rng, 0.001, 0.1), server_wait_s=rng.uniform(0, 0.01),
                       server_slowdown=rng.uniform(1, 2), upload_power_w=rng.uniform(0.1, 3),
-                      download_power_w=rng.uniform(0.1, 2))
+                      download_power_w=rng.uniform(0.1, 2), wait_power_w=rng.uniform(0, 1.5))
 
 
 def segment_costs(rng, n) -> SegmentCosts:
@@ -161,7 +161,8 @@ def chain_milp(graph, costs, c, objective, budgets):
     # variables: [x_0..x_{n-1}, u_0..u_{n-1}, d_1..d_n]
     lat = np.concatenate([y - x, trip + up, down])
     lat0 = x.sum()
-    energy = np.concatenate([-x * p, up * c.upload_power_w, down * c.download_power_w])
+    w = c.wait_power_w  # the radio while the mobile side waits: each round trip, and the server's compute
+    energy = np.concatenate([-x * p + y * w, up * c.upload_power_w + trip * w, down * c.download_power_w])
     energy0 = (x * p).sum()
     server = np.concatenate([y, np.zeros(2 * n)])
     rows, lower = [], []
@@ -304,7 +305,9 @@ def placement_milp(graph, costs, c, objective, budgets):
     x, y, p = costs.mobile_s, costs.server_s * c.server_slowdown, costs.mobile_power_w
     size = n + tensors + 1
     lat = np.concatenate([y - x + out, up, [c.rtt_s + c.server_wait_s]])
-    energy = np.concatenate([-x * p + out * c.download_power_w, up * c.upload_power_w, [0.0]])
+    w = c.wait_power_w
+    energy = np.concatenate([-x * p + out * c.download_power_w + y * w, up * c.upload_power_w,
+                             [(c.rtt_s + c.server_wait_s) * w]])
     server = np.concatenate([y, np.zeros(tensors + 1)])
     rows = []
     for t in range(tensors):

@@ -273,6 +273,37 @@ def test_load_is_reported(lenet, lenet_server):
     assert load["mean_service_s"] > 0 and json.loads(headers[LOAD_HEADER]) == load
 
 
+def test_the_server_reports_its_own_segment_times_when_asked(lenet, lenet_server):
+    from neurosurgeon.runtime.client import InferenceClient
+    from neurosurgeon.runtime.mobile import MobileRuntime
+
+    n = len(lenet.bundle.segments)
+    client = InferenceClient(lenet_server.url)
+    try:
+        inputs = lenet.mobile_side(3)[0]
+        outputs = [t.name for t in lenet.bundle.outputs]
+        plain = client.infer("lenet-cut03", inputs, outputs, 10.0)
+        assert "segment_s" not in plain.parameters  # only when asked: the answer stays small
+        asked = client.infer("lenet-cut03", inputs, outputs, 10.0, {"segment_times": True})
+    finally:
+        client.close()
+    times = asked.parameters["segment_s"]
+    assert len(times) == n and all(0 < t < 5 for t in times[3:])
+    # segments 0..2 have not run on this server unless another test sent them: then they are timed too
+    assert all(t is None or t > 0 for t in times[:3])
+
+    # The device plans with what the server measured, not the compile-time figures.
+    runtime = MobileRuntime(lenet.bundle, lenet_server.url)
+    try:
+        before = runtime.planner.server_s.copy()
+        runtime.infer(random_inputs(lenet.bundle.inputs, 0), 0)
+        after = runtime.planner.server_s
+        assert (after != before).any() and np.all(after > 0)
+        assert after[3:] == pytest.approx(runtime.server_times[3:])
+    finally:
+        runtime.close()
+
+
 def test_concurrent_requests_queue_on_one_worker(inception, inception_server):
     body, headers = encode_infer_request(inception.feeds)
     url = f"{inception_server.url}/v2/models/inception/infer"
