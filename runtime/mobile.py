@@ -6,6 +6,7 @@ lost: the mobile side has every segment. A bundle's generated run.py drives it (
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,6 +53,7 @@ class StageRecord:
     measured_s: float
     upload_bytes: int = 0  # bytes actually sent and received (tensors plus protocol header)
     download_bytes: int = 0
+    hedged_s: float = 0.0  # hedging: seconds this side computed the server stage while it waited
 
 
 @dataclass
@@ -79,10 +81,15 @@ class RequestRecord:
     rtt_s: float
     server_wait_s: float
     stages: list[StageRecord] = field(default_factory=list)
+    hedged_s: float = 0.0  # hedging: seconds computed here for server stages (wasted where the server won)
+    hedge_won: int = 0  # server stages this side finished first
 
 
 COST_SOURCES = ("default", *COST_CHOICES)
 SERVER_TIMES_EVERY_S = 2.0  # how often a request asks the server for its own segment times
+# A device whose requests do not reach the server learns nothing of its load from answers: it asks the
+# server's ready endpoint (in the background, on a connection of its own) when its estimate is this old.
+LOAD_PROBE_EVERY_S = 1.0
 COSTS_FORMAT = JsonFormat("neurosurgeon-costs", 1, "costs file", BundleError)  # run.py --costs FILE
 
 
@@ -147,9 +154,11 @@ class MobileRuntime:
                  deadline_s: float | None = None, learn: bool = True, retry_after_s: float = 5.0,
                  budgets: Budgets | None = None, costs: str | Path | SegmentCosts | None = None,
                  planner: str | None = None, ca_file: str | None = None, allow_plain_token: bool = False,
-                 executor=None):
+                 executor=None, hedge: bool = False):
         """`executor` runs the mobile side's segments (default: a SegmentExecutor of the bundle's
-        artifacts; a load test gives a simulated device, see tools/bench/load.py)."""
+        artifacts; a load test gives a simulated device, see tools/bench/load.py). `hedge`: while a server
+        stage is away, this side computes it too, and the first to finish wins (never much slower than
+        running it here, whatever the server and the link do; it costs the energy of computing it)."""
         if objective not in OBJECTIVES:
             raise NeurosurgeonError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
@@ -169,8 +178,16 @@ class MobileRuntime:
         self.objective, self.budgets = objective, budgets or Budgets()
         self.deadline_s = deadline_s
         self.retry_after_s = retry_after_s
-        self.client = (InferenceClient(server_url, token, ShapedLink.from_network(link) if shape_link else None,
-                                       ca_file=ca_file, allow_plain_token=allow_plain_token) if server_url else None)
+        def connect():
+            return InferenceClient(server_url, token, ShapedLink.from_network(link) if shape_link else None,
+                                   ca_file=ca_file, allow_plain_token=allow_plain_token)
+
+        self.client = connect() if server_url else None
+        self._connect = connect
+        self._probe_client: InferenceClient | None = None
+        self._probe: threading.Thread | None = None
+        self.hedge = hedge
+        self._hedge_call: threading.Thread | None = None  # a losing server call still holding the client
         self._server_down_until = 0.0
         self._server_times_at = -float("inf")  # when the server last told its own segment times
         self.n_segments = len(self.bundle.segments)
@@ -184,6 +201,11 @@ class MobileRuntime:
 
     def close(self) -> None:
         """Close the connection to the server (the next request opens a new one)."""
+        self._settle_hedge()
+        if self._probe is not None:
+            self._probe.join()
+        if self._probe_client is not None:
+            self._probe_client.close()
         if self.client is not None:
             self.client.close()
 
@@ -250,9 +272,20 @@ class MobileRuntime:
                     if not available:
                         raise ServerUnavailable("server marked down after a recent failure")
                     ask = time.monotonic() - self._server_times_at > SERVER_TIMES_EVERY_S and self.learn
-                    answer = self.client.infer(self._stage_model, {names[t]: fetch(env[names[t]]) for t in stage.uploads},
-                                               [names[t] for t in stage.downloads], self._deadline(predicted_s),
-                                               {SEGMENT_TIMES: True} if ask else None)
+                    args = (self._stage_model, {names[t]: fetch(env[names[t]]) for t in stage.uploads},
+                            [names[t] for t in stage.downloads], self._deadline(predicted_s),
+                            {SEGMENT_TIMES: True} if ask else None)
+                    self._settle_hedge()
+                    if self.hedge:
+                        answer, record.hedged_s = self._hedged(args, env, stage.segments)
+                        if answer is None:  # this side finished first: the server's answer is not awaited
+                            record.ran_on = MOBILE
+                            mobile_s += record.hedged_s
+                            record.measured_s = time.perf_counter() - t0
+                            stages.append(record)
+                            continue
+                    else:
+                        answer = self.client.infer(*args)
                     env.update(answer.outputs)
                     record.upload_bytes, record.download_bytes = answer.upload_bytes, answer.download_bytes
                     compute_s = float(answer.parameters.get("compute_s", 0.0))
@@ -275,6 +308,7 @@ class MobileRuntime:
             stages.append(record)
         outputs = {t.name: fetch(env[t.name]) for t in self.bundle.outputs}
         total = time.perf_counter() - started
+        hedged = [s for s in stages if s.hedged_s > 0]
         if self.learn:
             for p in self._planners.values():
                 p.update_mobile_times(self.mobile_times.times)
@@ -288,8 +322,71 @@ class MobileRuntime:
             upload_bytes=sum(s.upload_bytes for s in stages), download_bytes=sum(s.download_bytes for s in stages),
             mobile_s=mobile_s, network_s=network_s, server_s=server_s, total_s=total, fell_back=reason is not None,
             fallback_reason=reason, fallback_s=fallback_s, up_mbps=self.network.up_mbps, rtt_s=self.network.rtt_s,
-            server_wait_s=self.load.wait_s(), stages=stages)
+            server_wait_s=self.load.wait_s(), stages=stages, hedged_s=sum(s.hedged_s for s in hedged),
+            hedge_won=sum(s.ran_on == MOBILE for s in hedged))
+        self._probe_load_if_stale()
         return outputs, record
+
+    def _probe_load_if_stale(self) -> None:
+        """Ask for the server's load in the background when the last report is LOAD_PROBE_EVERY_S old (a
+        device running everything itself would otherwise decide on a stale queue forever)."""
+        if (self.client is None or not self.learn or time.monotonic() - self.load.updated < LOAD_PROBE_EVERY_S
+                or time.monotonic() < self._server_down_until or (self._probe is not None and self._probe.is_alive())):
+            return
+        if self._probe_client is None:
+            self._probe_client = self._connect()
+
+        def probe():
+            try:
+                load, _ = self._probe_client.ready(deadline_s=max(0.5, 4 * self.network.rtt_s), model=self._stage_model)
+            except ServerUnavailable:
+                return
+            self.load.update(load)
+
+        self._probe = threading.Thread(target=probe, daemon=True, name="neurosurgeon-load-probe")
+        self._probe.start()
+
+    def _hedged(self, args, env: dict, segments) -> tuple[object | None, float]:
+        """Send a server stage and compute it here meanwhile, segment by segment: (the server's answer,
+        or None where this side finished first and `env` holds its results; seconds computed here). A
+        server that fails while this side computes costs nothing more: it finishes here. The losing
+        call keeps the client until it ends (`_settle_hedge`, before the next call)."""
+        outcome: dict = {}
+        answered = threading.Event()
+
+        def call():
+            try:
+                outcome["answer"] = self.client.infer(*args)
+            except ServerUnavailable as err:
+                outcome["error"] = err
+            finally:
+                answered.set()
+
+        thread = threading.Thread(target=call, daemon=True, name="neurosurgeon-hedged-call")
+        thread.start()
+        here, computed = dict(env), 0.0
+        for index in segments:
+            if "answer" in outcome:
+                thread.join()
+                return outcome["answer"], computed
+            t0 = time.perf_counter()
+            self.executor.run(here, (index,))
+            computed += time.perf_counter() - t0
+            self.mobile_times.observe(index, time.perf_counter() - t0)
+        if "answer" in outcome:  # both done: the server's answer counts (it also teaches the estimators)
+            thread.join()
+            return outcome["answer"], computed
+        env.update(here)
+        if "error" in outcome:  # the server failed meanwhile: probe it before offloading again
+            self._mark_down()
+        self._hedge_call = thread
+        return None, computed
+
+    def _settle_hedge(self) -> None:
+        """Wait for a losing hedged call to let go of the client (its answer is dropped)."""
+        if self._hedge_call is not None:
+            self._hedge_call.join()
+            self._hedge_call = None
 
     def _run_here(self, env: dict, segments) -> float:
         started = time.perf_counter()

@@ -22,7 +22,7 @@ from ..runtime.errors import NeurosurgeonError
 from ..runtime.protocol import cut_model_name
 from ..runtime.tensors import random_inputs
 from ..serving import LoadProcess, start_server
-from .evaluate import EvaluateOptions, prepare_bundle
+from .evaluate import SERVER_ENV, EvaluateOptions, prepare_bundle
 from .evaluate.device import DeviceProcess, parse_speed
 from .evaluate.measure import measure_case
 from .verify import check_table, reference_outputs, verify_bundle
@@ -46,7 +46,7 @@ def run_demo(workdir: Path, model_name: str = "alexnet", input_size: int | None 
     reference = reference_outputs(model_path, feeds)
     outputs = [t.name for t in bundle.outputs]
     rows = []
-    with start_server(bundle_path) as server, DeviceProcess(bundle_path, server.url, speed, reference, feeds) as phone:
+    with start_server(bundle_path, extra_env=SERVER_ENV) as server, DeviceProcess(bundle_path, server.url, speed, reference, feeds) as phone:
         if phone.not_applied:
             raise NeurosurgeonError(f"device {speed.spec}: {phone.not_applied}; try --device dilate:4")
         print(f"server: {server.url} (its own process, full speed)")
@@ -59,7 +59,7 @@ def run_demo(workdir: Path, model_name: str = "alexnet", input_size: int | None 
             print(f"measuring {network}, {clients} other clients ...", flush=True)
             with LoadProcess(server.url, cut_model_name(bundle.name, 0), feeds, outputs, clients):
                 rows.append(measure_case(phone, bundle, model_name, network, clients, requests,
-                                         objectives=("latency",)))
+                                         objectives=("latency",), device_s=seconds))
     print()
     _print_table(bundle, rows, requests)
     return 0

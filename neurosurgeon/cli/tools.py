@@ -53,10 +53,13 @@ def register(verbs) -> None:
                         "quota:SHARE[:PERIOD_MS] (a cgroup CPU quota)")
     p.add_argument("--loads", nargs="+", type=int, default=None, metavar="N",
                    help="other clients on the server, one case each (default 0 2 4)")
+    p.add_argument("--load-networks", nargs="+", default=None, metavar="NET",
+                   help="the networks measured under load (default wifi lte; 3G idle only)")
     p.add_argument("--requests", type=int, default=10, help="requests per median (default 10)")
     p.add_argument("--sweep", nargs="+", type=float, default=None, metavar="F",
-                   help="the device-speed sweep's dilation factors (default 1 2 4 8 16 32); 0: no sweep")
-    p.add_argument("--sweep-model", default="alexnet", help="the sweep's model (default alexnet)")
+                   help="the device-speed sweep's dilation factors (default 1 4 16 64); 0: no sweeps and no trace")
+    p.add_argument("--focus-model", default="alexnet",
+                   help="the model of the device-speed and server-load sweeps and of the trace (default alexnet)")
     p.add_argument("--input-size", type=int, default=112, help="image models' input size (default 112; 0 = own)")
     p.add_argument("--workdir", default=".cache/evaluate", help="where models and bundles are kept between runs")
     p.add_argument("--report-only", action="store_true", help="measure nothing: make the report from the raw files")
@@ -129,17 +132,17 @@ def evaluate(args) -> int:
         raise NeurosurgeonError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(zoo.MODELS)}")
     options = EvaluateOptions(device=args.device, requests=args.requests, input_size=args.input_size or None,
                               workdir=Path(args.workdir), progress=not args.quiet)
-    for name in ("models", "networks", "objectives", "loads"):
+    for name in ("models", "networks", "objectives", "loads", "load_networks"):
         value = getattr(args, name)
         if value:
             setattr(options, name, tuple(value))
     if args.sweep == [0]:
-        options.sweep_model = None
+        options.focus_model = None
     else:
         options.sweep = tuple(args.sweep or options.sweep)
-        options.sweep_model = args.sweep_model
-        if args.sweep_model not in zoo.MODELS:
-            raise NeurosurgeonError(f"unknown sweep model {args.sweep_model}; valid: {', '.join(zoo.MODELS)}")
+        options.focus_model = args.focus_model
+        if args.focus_model not in zoo.MODELS:
+            raise NeurosurgeonError(f"unknown sweep model {args.focus_model}; valid: {', '.join(zoo.MODELS)}")
     command = "neurosurgeon evaluate " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["evaluate"] else None
     out = Path(args.output)
     report = write_report(out, options, command) if args.report_only else run_evaluate(out, options, command)

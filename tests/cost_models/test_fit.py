@@ -1,7 +1,6 @@
 """Cost model fits on a small real profile: single-layer models built with TVM for x86-host and timed
 here (the profiler proper is not needed), the JSON export against scikit-learn, bad profiles, the CLI."""
 
-import argparse
 import json
 import time
 

@@ -1,7 +1,6 @@
 """The profiler (Neurosurgeon's deployment phase): microbenchmark grid, profile kit, runtime timing
 with resume and budget, tamper refusal, and the grid's coverage of the zoo networks."""
 
-import argparse
 import json
 import os
 import shutil

@@ -249,3 +249,62 @@ def test_a_bad_token_file_is_a_one_line_error(alexnet, server, tmp_path, content
                           str(token_file), "--cut", "0"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stdout + run.stderr
     assert run.stderr.strip() == f"run.py: error: token file {token_file}: {message}"
+
+
+def test_hedging_the_first_side_to_finish_wins_and_the_outputs_are_right(alexnet, server):
+    """Over 3G the upload alone takes far longer than computing the model here: the device's own run of
+    the server stage wins; over an unshaped link to a server much faster than a device slowed 200x, the
+    server's answer wins. Either way the outputs are onnxruntime's and the next request runs normally."""
+    from neurosurgeon.runtime.bundle import SegmentExecutor
+    from neurosurgeon.tools.evaluate.device import Dilation
+
+    _, bundle, feeds, reference = alexnet
+    slow_link = MobileRuntime(bundle, server.url, network="3g", shape_link=True, hedge=True)
+    try:
+        outputs, record = slow_link.infer(feeds, 0)
+        assert_matches(outputs, reference)
+        assert record.hedge_won == 1 and record.stages[0].ran_on == "mobile" and not record.fell_back
+        upload_s = record.crossing_bytes * 8 / 1.1e6
+        assert record.total_s < upload_s  # it did not wait for the upload to finish
+        outputs, record = slow_link.infer(feeds, 0)  # the losing call let go of the client first
+        assert_matches(outputs, reference)
+    finally:
+        slow_link.close()
+
+    slow_device = MobileRuntime(bundle, server.url, hedge=True,
+                                executor=Dilation(200).executor(SegmentExecutor(bundle, "mobile")))
+    try:
+        for _ in range(2):
+            outputs, record = slow_device.infer(feeds, 0)
+            assert_matches(outputs, reference)
+            assert record.hedge_won == 0 and record.stages[0].ran_on == "server" and record.hedged_s > 0
+            assert record.server_s > 0
+    finally:
+        slow_device.close()
+
+
+def test_a_device_running_everything_itself_still_learns_the_servers_load(alexnet, server):
+    """No answers, no load reports: the device asks the server's ready endpoint in the background once its
+    estimate is LOAD_PROBE_EVERY_S old, on a connection of its own."""
+    from neurosurgeon.runtime.mobile import LOAD_PROBE_EVERY_S
+
+    _, bundle, feeds, reference = alexnet
+    n = len(bundle.segments)
+    runtime = MobileRuntime(bundle, server.url)
+    try:
+        assert runtime.load.updated == 0.0
+        outputs, record = runtime.infer(feeds, n)
+        assert_matches(outputs, reference)
+        runtime._probe.join(timeout=10)
+        first = runtime.load.updated
+        assert first > 0 and runtime.load.mean_service_s >= 0
+        runtime.infer(feeds, n)  # too soon: no new probe
+        assert runtime.load.updated == first
+        import time
+
+        time.sleep(LOAD_PROBE_EVERY_S + 0.1)
+        runtime.infer(feeds, n)
+        runtime._probe.join(timeout=10)
+        assert runtime.load.updated > first
+    finally:
+        runtime.close()

@@ -53,7 +53,7 @@ def test_stats():
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    options = EvaluateOptions(models=("lenet",), networks=("lte",), loads=(0,), requests=5, device="dilate:3", spread=False, sweep_model=None,
+    options = EvaluateOptions(models=("lenet",), networks=("lte",), loads=(0,), requests=5, device="dilate:3", spread=False, focus_model=None,
                               workdir=tmp_path_factory.mktemp("work"), progress=False)
     report = run_evaluate(out, options, "neurosurgeon evaluate lenet --networks lte --loads 0 --requests 5")
     return out, options, report
@@ -101,3 +101,22 @@ def test_a_second_run_resumes_without_measuring_again(evaluated):
     before = case.stat().st_mtime_ns, case.read_bytes()
     run_evaluate(out, options)
     assert (case.stat().st_mtime_ns, case.read_bytes()) == before
+
+
+def test_sweeps_trace_and_hedging_reach_the_report(tmp_path):
+    options = EvaluateOptions(models=("lenet",), networks=("lte",), loads=(0,), requests=3, device="dilate:3",
+                              spread=False, focus_model="lenet", sweep=(2,), sweep_networks=("lte",),
+                              load_sweep=(0, 1), datacenter=False, workdir=tmp_path / "work", progress=False)
+    out = tmp_path / "report"
+    text = run_evaluate(out, options).read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["device"] for r in summary["sweep"]] == ["dilate:2", "dilate:3"]  # the sweep's point, the main case's
+    assert [r["clients"] for r in summary["load_sweep"]] == [0, 1]  # on wifi, the load sweep's network
+    assert [r["clients"] for r in summary["hedging"]] == [0, 1]
+    trace = json.loads((out / "raw" / "lenet" / "dilate-3" / "trace-lte.json").read_text())["steps"]
+    assert len(trace) == 40 and trace[0]["up_mbps"] > 10 * trace[-1]["up_mbps"]
+    assert all(s["auto"]["error"] < 1e-4 and s["cloud_only"]["error"] < 1e-4 for s in trace)
+    for title in ("Where partitioning pays", "Under rising server load", "Hedging", "A falling lte uplink"):
+        assert title in text
+    for png in ("device-sweep.png", "load-sweep.png", "trace.png"):
+        assert (out / png).stat().st_size > 1000

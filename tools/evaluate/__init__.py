@@ -13,48 +13,21 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...runtime.errors import NeurosurgeonError
 from ...runtime.planner import NETWORKS, OBJECTIVES
 from ...runtime.progress import Progress
-from .device import DeviceProcess, measure_spread, parse_speed
-from .measure import Case, measure_case
+from .device import HEDGED, DeviceProcess, measure_spread, parse_speed
+from .measure import Case, falling_trace, measure_case, measure_trace
+from .options import DEFAULT_MODELS, RAW, CaseKey, EvaluateOptions
 
-__all__ = ["DEFAULT_MODELS", "CaseKey", "EvaluateOptions", "plan_cases", "prepare_bundle", "run_evaluate"]
-
-# The papers' eight benchmarks and the three DAGs of the zoo, at input sizes that keep a run here short.
-DEFAULT_MODELS = ("alexnet", "vgg16", "deepface", "lenet", "asr", "pos", "ner", "chk", "resnet18", "mobilenetv2",
-                  "inception")
-RAW = "raw"
-
-
-@dataclass
-class EvaluateOptions:
-    models: tuple[str, ...] = DEFAULT_MODELS
-    networks: tuple[str, ...] = tuple(NETWORKS)
-    objectives: tuple[str, ...] = OBJECTIVES
-    device: str = "dilate:16"
-    # The device's compute power: a phone-class board's, as the aarch64-neon preset assumes
-    # (cost_models/power_defaults.json), not the x86 machine's that emulates it.
-    device_power_w: float = 3.0
-    loads: tuple[int, ...] = (0, 2, 4)  # other clients on the server
-    requests: int = 10
-    screen: int = 3
-    input_size: int | None = 112  # image models; None: each model's own
-    workdir: Path = Path(".cache/evaluate")
-    progress: bool = True
-    spread: bool = True  # measure how much each way to slow the device spreads (once, on the first model)
-    extra: dict = field(default_factory=dict)
-
-    sweep_model: str | None = "alexnet"  # the device-speed sweep's model (None: no sweep)
-    sweep: tuple[float, ...] = (1, 2, 4, 8, 16, 32)  # its dilation factors
-
-    def config(self, key: CaseKey, bundle_sha: str) -> dict:
-        """What a raw case depends on: a case measured under another config is measured again."""
-        return {"device": key.device, "device_power_w": self.device_power_w, "requests": self.requests, "screen": self.screen,
-                "objectives": list(key.objectives), "input_size": self.input_size, "bundle": bundle_sha}
+__all__ = ["DEFAULT_MODELS", "SERVER_ENV", "CaseKey", "EvaluateOptions", "plan_cases", "prepare_bundle", "run_evaluate"]
+# The emulated device and the server share this machine's cores. After a job, OpenBLAS's threads spin for
+# about 2^28 cycles and TVM's pool spins too, taking cores the device (and the server's own next GEMM)
+# would use: measured on AlexNet at 112 (AMD EPYC, 2 cores), a server idle 50 ms between requests took
+# 24 ms per request spinning, 16 ms not (8 ms back to back either way). The server's threads sleep at once.
+SERVER_ENV = {"OPENBLAS_THREAD_TIMEOUT": "4", "TVM_THREAD_POOL_SPIN_COUNT": "0"}
 
 
 def prepare_bundle(workdir: Path, model: str, input_size: int | None, log=print) -> tuple[Path, Path]:
@@ -113,29 +86,25 @@ def _write_json(path: Path, data: dict) -> None:
     partial.replace(path)  # a case file is whole or absent
 
 
-@dataclass(frozen=True)
-class CaseKey:
-    """One case to measure: a model on a network, the device at a speed, the server with other clients."""
-
-    model: str
-    device: str
-    clients: int
-    network: str
-    objectives: tuple[str, ...]
-
-    def path(self, out: Path) -> Path:
-        return out / RAW / self.model / self.device.replace(":", "-") / f"{self.network}-{self.clients}c.json"
-
-
 def plan_cases(options: EvaluateOptions) -> list[CaseKey]:
-    """The main cases (every model, load and network, the stated device), then the device-speed sweep
-    (one model, idle server, every network, the latency objective)."""
+    """The main cases (every model, load and network, the stated device), then the focus model's sweeps
+    (the latency objective): the device's speed and the server's load."""
     keys = [CaseKey(m, options.device, c, n, options.objectives)
-            for m in options.models for c in options.loads for n in options.networks]
-    if options.sweep_model:
-        keys += [CaseKey(options.sweep_model, f"dilate:{f:g}", 0, n, ("latency",)) for f in options.sweep
-                 for n in options.networks if f"dilate:{f:g}" != options.device or 0 not in options.loads]
-    return keys
+            for m in options.models for c in options.loads for n in options.networks
+            if c == 0 or n in options.load_networks]
+    if options.focus_model:
+        keys += [CaseKey(options.focus_model, f"dilate:{f:g}", 0, n, ("latency",)) for f in options.sweep
+                 for n in options.sweep_networks]
+        keys += [CaseKey(options.focus_model, options.device, c, "wifi", ("latency",)) for c in options.load_sweep]
+        if options.hedge:
+            keys += [CaseKey(options.focus_model, options.device, c, "wifi", ("latency", HEDGED), HEDGED)
+                     for c in options.load_sweep]
+    unique = {}
+    for key in keys:  # a sweep point the main cases measure already is not measured twice
+        same = (key.model, key.device, key.clients, key.network, key.variant)
+        if same not in unique or len(key.objectives) > len(unique[same].objectives):
+            unique[same] = key
+    return list(unique.values())
 
 
 def run_evaluate(out: Path, options: EvaluateOptions, command: str | None = None) -> Path:
@@ -169,7 +138,11 @@ def run_evaluate(out: Path, options: EvaluateOptions, command: str | None = None
             pending = [k for k in mine if _read_case(k.path(out), options.config(k, sha)) is None]
             if len(mine) > len(pending):
                 progress.update(len(mine) - len(pending), note=f"{model}: {len(mine) - len(pending)} cases already measured")
-            if not pending:
+            trace_path = out / RAW / model / options.device.replace(":", "-") / f"trace-{options.trace_network}.json"
+            trace_config = {**options.config(CaseKey(model, options.device, 0, options.trace_network, ("latency",)), sha),
+                            "trace": falling_trace()}
+            wants_trace = model == options.focus_model and _read_json(trace_path).get("config") != trace_config
+            if not pending and not wants_trace:
                 continue
             feeds = random_inputs(bundle.inputs, seed=1)
             reference = reference_outputs(model_path, feeds)
@@ -179,8 +152,8 @@ def run_evaluate(out: Path, options: EvaluateOptions, command: str | None = None
                 _write_json(spread_path, {"model": model, "bundle": sha,
                                           "rows": measure_spread(bundle_path, reference, feeds)})
             outputs = [t.name for t in bundle.outputs]
-            with start_server(bundle_path) as server:
-                for spec in dict.fromkeys(k.device for k in pending):
+            with start_server(bundle_path, extra_env=SERVER_ENV) as server:
+                for spec in dict.fromkeys([k.device for k in pending] + ([options.device] if wants_trace else [])):
                     speed = parse_speed(spec)
                     with DeviceProcess(bundle_path, server.url, speed, reference, feeds) as device:
                         if device.not_applied:
@@ -196,12 +169,41 @@ def run_evaluate(out: Path, options: EvaluateOptions, command: str | None = None
                                     what = f"{model} on {key.network}, device {spec}, {clients} other clients"
                                     progress.update(0, note=what)
                                     case = measure_case(device, bundle, model, key.network, clients, options.requests,
-                                                        options.screen, key.objectives)
-                                    case.device, case.device_total_s = spec, sum(device_s)
+                                                        options.screen, key.objectives, device_s=device_s,
+                                                        power_w=options.device_power_w)
+                                    case.device, case.device_total_s, case.variant = spec, sum(device_s), key.variant
                                     _write_json(key.path(out), {"config": options.config(key, sha), **case.to_json()})
                                     progress.update(1, note=f"{what}: {case.seconds:.0f} s")
+                        if wants_trace and spec == options.device:
+                            progress.update(0, note=f"{model}: replaying a falling {options.trace_network} uplink trace")
+                            steps = measure_trace(device, options.trace_network, trace_config["trace"])
+                            _write_json(trace_path, {"config": trace_config, "model": model,
+                                                     "network": options.trace_network, "steps": steps})
+        datacenter_path = out / RAW / "datacenter.json"
+        wants = {"mix": list(options.datacenter_mix), "input_size": options.input_size,
+                 "devices": options.datacenter_devices, "seconds": options.datacenter_seconds,
+                 "networks": list(options.networks)}
+        if options.datacenter and _read_json(datacenter_path).get("config") != wants:
+            progress.update(0, note="datacenter throughput: simulated devices against one server, per network")
+            _write_json(datacenter_path, {"config": wants, **_datacenter(options)})
     log("writing the report")
     return write_report(out, options, command)
+
+
+def _datacenter(options: EvaluateOptions) -> dict:
+    """bench load's datacenter cells (tools/bench/load.py): only those."""
+    from dataclasses import asdict
+
+    from ..bench.load import LoadOptions, bench_load
+
+    build = {"input_size": options.input_size} if options.input_size else {}
+    result = bench_load(LoadOptions(mix={m: dict(build) for m in options.datacenter_mix}, devices=(), configs=(),
+                                    focus={}, networks=options.networks, datacenter_devices=options.datacenter_devices,
+                                    seconds=options.datacenter_seconds, progress=False))
+    return {"cpu": result.cpu, "device_model": result.device_model, "rows": [
+        {"network": row["network"], "devices": row["devices"], "gain": row["gain"],
+         **{label: {k: row[label][k] for k in ("requests_s", "sustained_s", "server_share", "errors", "p50_ms")}
+            for label in ("cloud", "neurosurgeon")}} for row in asdict(result)["datacenter"]]}
 
 
 def _model_info(bundle, model: str, device_s: list[float], sha: str, hardware: dict) -> dict:

@@ -3,10 +3,11 @@ the same way in interleaved rounds (cloud-only, device-only, every cut that coul
 planner's own choice per objective), each a median of the same number of requests.
 
 The measured best (the oracle) is the cut with the lowest median. Cuts are raced, not all run to the
-end: every cut gets `screen` requests (unless the shaped link alone makes it slower, and costlier in
-radio energy, than the best median measured so far: link time is a lower bound on a cut's latency,
-since the link is shaped to the network's nominal rates); the cuts whose fastest screening request is
-within RACE_MARGIN of the best median go on to the full count; cloud-only and device-only always do.
+end: every cut gets `screen` requests, unless its bound already loses to the best median measured so far
+in both latency and energy (the bound: the shaped link's time for its transfers, exact since the link is
+shaped to the network's nominal rates, plus BOUND_SHARE of its device segments' time as the device
+measured itself at start); the cuts whose fastest screening request is within RACE_MARGIN of the best
+median go on to the full count; cloud-only and device-only always do.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import numpy as np
 
 from ...runtime.planner import OBJECTIVES, get_network
 
-__all__ = ["RACE_MARGIN", "Case", "Stats", "measure_case"]
+__all__ = ["RACE_MARGIN", "Case", "Stats", "falling_trace", "measure_case", "measure_trace"]
 
 RACE_MARGIN = 1.25
-METRIC = {"latency": "latency_s", "energy": "energy_j"}
+BOUND_SHARE = 0.8  # of the device's calibrated time: its request-to-request spread is well inside that
+METRIC = {"latency": "latency_s", "energy": "energy_j", "hedged": "latency_s"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Case:
     seconds: float = 0.0
     device: str = ""  # the device's speed spec
     device_total_s: float = 0.0  # the whole model on the device, as it measured itself
+    variant: str = ""  # "hedged": a case measured to compare the choice with and without hedging
 
     @property
     def n_segments(self) -> int:
@@ -88,7 +91,7 @@ class Case:
 
     def to_json(self) -> dict:
         return {"model": self.model, "network": self.network, "clients": self.clients, "seconds": self.seconds,
-                "device": self.device, "device_total_s": self.device_total_s,
+                "device": self.device, "device_total_s": self.device_total_s, "variant": self.variant,
                 "cuts": {str(k): v for k, v in sorted(self.cuts.items())}, "auto": self.auto,
                 "skipped": {str(k): v for k, v in sorted(self.skipped.items())}}
 
@@ -97,31 +100,33 @@ class Case:
         return cls(data["model"], data["network"], int(data["clients"]),
                    {int(k): v for k, v in data["cuts"].items()}, dict(data["auto"]),
                    {int(k): v for k, v in data.get("skipped", {}).items()}, float(data.get("seconds", 0.0)),
-                   data.get("device", ""), float(data.get("device_total_s", 0.0)))
+                   data.get("device", ""), float(data.get("device_total_s", 0.0)), data.get("variant", ""))
 
 
-def _link_bounds(bundle, network: str, cut: int) -> tuple[float, float]:
-    """(seconds, radio joules) the shaped link alone takes for cut k's transfers: lower bounds."""
+def _bounds(bundle, network: str, cut: int, device_s, power_w: float) -> tuple[float, float]:
+    """(seconds, joules) cut k takes at least: its transfers over the shaped link, and BOUND_SHARE of
+    its device segments' calibrated time."""
     link = get_network(network)
     spec = bundle.cuts[cut]
     up = spec.upload_bytes * 8 / (link.up_mbps * 1e6)
     down = spec.download_bytes * 8 / (link.down_mbps * 1e6)
-    return link.rtt_s + up + down, (up * link.upload_power_w(link.up_mbps) + down * link.download_power_w(link.down_mbps)
-                                    + link.rtt_s * link.beta_mw / 1000)
+    compute = BOUND_SHARE * float(sum(device_s[:cut])) if device_s is not None else 0.0
+    return (link.rtt_s + up + down + compute,
+            up * link.upload_power_w(link.up_mbps) + down * link.download_power_w(link.down_mbps)
+            + link.rtt_s * link.beta_mw / 1000 + compute * power_w)
 
 
 def measure_case(device, bundle, model: str, network: str, clients: int, requests: int = 10, screen: int = 3,
-                 objectives=OBJECTIVES, warmup: int = 3, progress=None) -> Case:
+                 objectives=OBJECTIVES, warmup: int = 3, device_s=None, power_w: float = 0.0) -> Case:
     """Measure one case with `device` (a DeviceProcess) while the server carries `clients` other clients
-    (the caller keeps that load up). `progress.update(1)` per request."""
+    (the caller keeps that load up). `device_s`: the device's calibrated seconds per segment, `power_w`
+    its compute power (for the bounds)."""
     started = time.perf_counter()
     case = Case(model, network, clients)
     n = len(bundle.segments)
-    tick = (lambda k=1: progress.update(k)) if progress else (lambda k=1: None)
 
     def run(cut, count):
         case.cuts.setdefault(cut, []).extend(device.run(network, "latency", cut, count))
-        tick(count)
 
     def best(objective):
         return min(float(np.median([r[METRIC[objective]] for r in v])) for v in case.cuts.values())
@@ -129,16 +134,15 @@ def measure_case(device, bundle, model: str, network: str, clients: int, request
     for objective in objectives:  # a fresh runtime per objective, whose estimators learn from `warmup` requests
         case.auto[objective] = []
         device.run(network, objective, "auto", 0, warmup, True)
-        tick(warmup)
     # Screening, in rounds: cloud-only and device-only first (the bests to beat), then every other cut
     # whose link alone does not already lose.
-    for _ in range(screen):
-        for cut in (0, n):
+    for round_ in range(screen):
+        for cut in ((0, n) if round_ % 2 == 0 else (n, 0)):
             run(cut, 1)
     for cut in range(1, n):
-        seconds, joules = _link_bounds(bundle, network, cut)
+        seconds, joules = _bounds(bundle, network, cut, device_s, power_w)
         if seconds > best("latency") and joules > best("energy"):
-            case.skipped[cut] = f"link alone {seconds * 1e3:.0f} ms, more than the best median"
+            case.skipped[cut] = f"bound {seconds * 1e3:.0f} ms, {joules * 1e3:.0f} mJ: more than the best medians"
             continue
         for _ in range(screen):
             run(cut, 1)
@@ -151,19 +155,46 @@ def measure_case(device, bundle, model: str, network: str, clients: int, request
             racing.append(cut)
         else:
             case.skipped[cut] = f"fastest of {screen} more than {RACE_MARGIN}x the best median"
-    # The full count, in interleaved rounds with the auto requests.
+    # The full count, in rounds with the auto requests, each round in a new (seeded) order: what runs just
+    # before a request (a server call, or device segments that leave the caches warm) changes its time.
+    rng = np.random.default_rng(0)
     for round_ in range(requests):
-        for cut in racing:
-            if len(case.cuts[cut]) <= round_:
-                run(cut, 1)
-        for objective in objectives:
-            case.auto[objective].extend(device.run(network, objective, "auto", 1))
-            tick()
+        turns = [("cut", cut) for cut in racing if len(case.cuts[cut]) <= round_]
+        turns += [("auto", objective) for objective in objectives]
+        for index in rng.permutation(len(turns)):
+            kind, what = turns[index]
+            if kind == "cut":
+                run(what, 1)
+            else:
+                case.auto[what].extend(device.run(network, what, "auto", 1))
     case.seconds = time.perf_counter() - started
     return case
 
 
-def case_requests(bundle, requests: int, screen: int, objectives, warmup: int) -> int:
-    """Requests a case makes at most (for progress)."""
-    n = len(bundle.segments)
-    return (n + 1) * requests + len(objectives) * (requests + warmup) - 0 * screen
+
+def falling_trace(start_mbps: float = 8.0, end_mbps: float = 0.4, steps: int = 40, noise: float = 0.15,
+                  seed: int = 0) -> list[float]:
+    """A synthetic uplink trace: a geometric fall from `start_mbps` to `end_mbps` over `steps` requests,
+    each step times a seeded uniform factor in [1 - noise, 1 + noise] (the shape of Neurosurgeon's
+    Fig. 14, whose measured LTE trace does not ship with the paper)."""
+    rng = np.random.default_rng(seed)
+    base = np.geomspace(start_mbps, end_mbps, steps)
+    return [float(b * rng.uniform(1 - noise, 1 + noise)) for b in base]
+
+
+def measure_trace(device, network: str, trace: list[float], warmup: int = 3) -> list[dict]:
+    """Replay an uplink trace: per step, the link's uplink is set to the trace's rate, then one request
+    of the planner's choice (latency) and one cloud-only request run over it (the same runtime: its
+    estimator learns from both). Per step: the rate, the planner's estimate before the request, and both
+    requests."""
+    device.run(network, "latency", "auto", 0, 0, True)  # a fresh runtime (its estimates at the network's own)
+    device.set_link(network, trace[0])
+    device.run(network, "latency", "auto", 0, warmup)
+    steps = []
+    for up_mbps in trace:
+        device.set_link(network, up_mbps)
+        estimate = device.estimates(network, "latency")["up_mbps"]
+        auto = device.run(network, "latency", "auto", 1)[0]
+        cloud = device.run(network, "latency", 0, 1)[0]
+        steps.append({"up_mbps": up_mbps, "estimated_up_mbps": estimate, "auto": auto, "cloud_only": cloud})
+    return steps

@@ -33,7 +33,7 @@ def load_cases(out: Path) -> tuple[list[Case], dict[str, dict]]:
         data = json.loads(path.read_text())
         if path.name == "model.json":
             models[data["model"]] = data
-        else:
+        elif not path.name.startswith("trace-"):
             cases.append(Case.from_json(data))
     return cases, models
 
@@ -111,17 +111,27 @@ def _cut_name(cut, n) -> str:
 
 
 def write_report(out: Path, options=None, command: str | None = None) -> Path:
-    from . import EvaluateOptions
+    from .options import EvaluateOptions
 
     options = options or EvaluateOptions()
     everything, models = load_cases(out)
-    cases = [c for c in everything if c.device == options.device]
+    cases = [c for c in everything if c.device == options.device and not c.variant]
     summary = summarise(cases)
+    hedging = _hedging_rows([c for c in everything if c.device == options.device and c.variant == "hedged"])
+    summary["hedging"] = hedging
     sweep = _sweep_rows(everything, models, options)
     summary["sweep"] = sweep
+    loads = _load_rows(cases, options)
+    summary["load_sweep"] = loads
+    trace = _trace(out, options)
+    summary["trace"] = trace["summary"] if trace else None
     plots = _plots(out, cases, models, summary)
     if sweep:
         plots.append(_sweep_plot(out, sweep))
+    if loads:
+        plots.append(_load_plot(out, loads))
+    if trace:
+        plots.append(_trace_plot(out, trace))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = ["# neurosurgeon evaluate", ""]
     if command:
@@ -185,8 +195,8 @@ def write_report(out: Path, options=None, command: str | None = None) -> Path:
     if sweep:
         lines += ["## Where partitioning pays: the device's speed", "",
                   f"{sweep[0]['model']}, idle server, latency; the device slowed by time dilation from this machine's "
-                  "own speed (one thread) down; `device / server`: the whole model on the device over the server's time "
-                  "for it. `gain`: the better of cloud-only and device-only over the chosen cut (above 1.00x: "
+                  "own speed (one thread) down; `device / server`: the whole model on the device (as it measured itself at "
+                  "start) over the server's time for it (inside the server, idle, as its cloud-only answers said). `gain`: the better of cloud-only and device-only over the chosen cut (above 1.00x: "
                   "partitioning pays).", "",
                   "| device | device / server | network | chosen | latency | cloud-only | device-only | gain |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -194,17 +204,80 @@ def write_report(out: Path, options=None, command: str | None = None) -> Path:
             lines.append(f"| `{r['device']}` | {r['ratio']:.1f}x | {r['network']} | {r['chosen']} | "
                          f"{r['latency_ms']:.0f} ms | {r['cloud_ms']:.0f} ms | {r['device_ms']:.0f} ms | {r['gain']:.2f}x |")
         lines.append("")
+    if loads:
+        lines += ["## Under rising server load (after Neurosurgeon Fig. 15)", "",
+                  f"{loads[0]['model']} on Wi-Fi, device `{options.device}`, latency; other clients each send the whole "
+                  "model again and again from a process of their own.", "",
+                  "| other clients | chosen (share) | latency | cloud-only | device-only | best cut | vs best |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in loads:
+            lines.append(f"| {r['clients']} | {r['chosen']} ({r['share']:.0%}) | {r['latency_ms']:.0f} ms | "
+                         f"{r['cloud_ms']:.0f} ms | {r['device_ms']:.0f} ms | {r['best']}: {r['best_ms']:.0f} ms | "
+                         f"{r['vs_best']:.2f}x |")
+        lines.append("")
+    if hedging:
+        lines += ["## Hedging: the device computes the server's part too, the first to finish wins", "",
+                  f"{hedging[0]['model']} on Wi-Fi, device `{options.device}`: the planner's choice (latency) without and "
+                  "with hedging, in the same rounds as every cut (medians; energy: the device's, hedged compute "
+                  "included).", "",
+                  "| other clients | best cut | plain: latency | hedged: latency | plain: energy | hedged: energy | "
+                  "hedge won | energy cost |", "|---|---|---|---|---|---|---|---|"]
+        for r in hedging:
+            lines.append(f"| {r['clients']} | {r['best']}: {r['best_ms']:.0f} ms | {r['plain_ms']:.0f} ms | "
+                         f"{r['hedged_ms']:.0f} ms | {r['plain_mj']:.0f} mJ | {r['hedged_mj']:.0f} mJ | "
+                         f"{r['won']}/{r['requests']} | {r['hedged_mj'] / r['plain_mj'] - 1:+.0%} |")
+        lines.append("")
+    if trace:
+        t = trace["summary"]
+        lines += [f"## A falling {trace['network']} uplink (after Neurosurgeon Fig. 14)", "",
+                  f"{trace['model']}, device `{options.device}`: the uplink follows a synthetic trace, a geometric fall "
+                  f"from {t['first_mbps']:.1f} to {t['last_mbps']:.1f} Mbps over {t['steps']} requests with +-15% "
+                  "seeded noise per step (the paper's measured LTE trace does not ship with it); per step one request "
+                  "of the planner's choice and one cloud-only request over the same link.", "",
+                  f"Median latency over the trace: chosen {t['auto_ms']:.0f} ms, cloud-only {t['cloud_ms']:.0f} ms "
+                  f"({t['cloud_ms'] / t['auto_ms']:.2f}x); over the last quarter (slowest link): chosen "
+                  f"{t['auto_last_ms']:.0f} ms, cloud-only {t['cloud_last_ms']:.0f} ms. Cuts chosen, in order: "
+                  f"{t['cuts']}.", ""]
+    datacenter = out / "raw" / "datacenter.json"
+    if datacenter.is_file():
+        data = json.loads(datacenter.read_text())
+        summary["datacenter"] = data
+        config = data["config"]
+        lines += ["## Datacenter throughput (after Neurosurgeon Fig. 16)", "",
+                  f"{config['devices']} simulated devices ({data['device_model']}; tools/bench/load.py: the real mobile "
+                  f"runtime whose segments sleep the device model's time), a mix of {', '.join(config['mix'])}, against "
+                  "one server (2 workers) on this machine, each device on a shaped link choosing its cut for latency "
+                  "from the load the server reports, against the same devices all cloud-only. Sustained: requests x "
+                  "cores / the server's CPU seconds over the same window (what its cores would serve saturated).", "",
+                  "| network | cloud-only: sustained req/s | chosen cuts: sustained req/s | gain | paper | "
+                  "server's share of the work |", "|---|---|---|---|---|---|"]
+        paper = {"wifi": "1.04x", "lte": "1.43x", "3g": "2.36x"}
+        for row in data["rows"]:
+            ours = row["neurosurgeon"]["sustained_s"]
+            sustained = "no server work" if ours is None else f"{ours:.1f}"
+            gain = "all on the devices" if row["gain"] is None else f"{row['gain']:.2f}x"
+            lines.append(f"| {row['network']} | {row['cloud']['sustained_s']:.1f} | {sustained} | {gain} | "
+                         f"{paper.get(row['network'], '')} | {row['neurosurgeon']['server_share']:.2f} |")
+        lines.append("")
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     lines += ["## How it was measured", "",
-              "The server is `neurosurgeon serve` in its own process on loopback; other clients (the load) run in a "
-              "process of their own, each sending the whole model (cloud-only) again and again. The device is a "
-              "process of its own, slowed as stated above, with its link shaped to the network's nominal up/down "
-              "rates and round trip (runtime/planner.py NETWORKS). Per case, cloud-only and device-only are run "
-              "to the full count, every other cut 3 times (unless the shaped link alone makes it slower than the "
-              "best median), the cuts within 1.25x of the best go on to the full count, in rounds interleaved "
-              "with the planner's own requests (after 3 it learns from). Mobile energy = device power x its "
-              "measured compute time + radio power (Huang et al.) x the measured network time."]
+              "The server is `neurosurgeon serve` in its own process on loopback, its threads told not to spin after "
+              "a job (they would take the cores the device shares with it here: tools/evaluate SERVER_ENV); other "
+              "clients (the load) run in a process of their own, each sending the whole model (cloud-only) again "
+              "and again. The device is a process of its own, slowed as stated above, with its link shaped to the "
+              "network's nominal up/down rates and round trip (runtime/planner.py NETWORKS), and the compute power "
+              f"of a phone-class board ({options.device_power_w:g} W, the aarch64-neon preset's). Per case, "
+              f"cloud-only and device-only run to the full count; every other cut runs {options.screen} times, "
+              "unless its bound (the shaped link's time plus 80% of the device's calibrated time for its segments) "
+              f"already loses to the best medians in both latency and energy; the cuts whose fastest of "
+              f"{options.screen} is within 1.25x of the best median go on to the full count (raw/ lists every cut "
+              "skipped and why). The full count runs in rounds, each in a new seeded order, interleaved with the "
+              "planner's own requests (after 3 it learns from). Mobile energy = device power x its measured "
+              "compute time + the radio's: Huang et al.'s power at the link's rate x the transfer time, and its "
+              "active power (beta) x the time it waits for the server.",
+              "", f"Device-side compute power: {options.device_power_w:g} W; every request's outputs are compared "
+              "with onnxruntime's on the whole model."]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -294,23 +367,27 @@ def _plots(out: Path, cases: list[Case], models: dict, summary: dict) -> list[Pa
 
 def _sweep_rows(cases: list[Case], models: dict, options) -> list[dict]:
     """The device-speed sweep: per speed and network, what the choice gains over the better extreme."""
-    model = options.sweep_model
+    model = options.focus_model
     if not model or model not in models:
         return []
-    server_s = sum(s["server_s"] for s in models[model]["segments"])
     rows = []
     for case in cases:
-        if case.model != model or case.clients != 0 or not case.device.startswith("dilate:") or "latency" not in case.auto:
+        if (case.model != model or case.clients != 0 or not case.device.startswith("dilate:") or case.variant
+                or case.network not in options.sweep_networks or "latency" not in case.auto):
             continue
         n = case.n_segments
         auto, cloud, device = case.auto_stats("latency"), case.stats(0), case.stats(n)
         schedule = case.chosen("latency").most_common(1)[0][0]
         cut = next(r["cut"] for r in case.auto["latency"] if r["schedule"] == schedule)
+        judged = case.stats(cut) if cut in case.full_cuts() else auto  # as in summarise: the cut's own rounds
         rows.append({"model": model, "device": case.device, "factor": float(case.device.split(":")[1]),
-                     "ratio": case.device_total_s / server_s if server_s else 0.0, "network": case.network,
+                     # the whole model on the device (as it measured itself) over the server's time for it
+                     # (inside the server, as its cloud-only answers reported it)
+                     "ratio": case.device_total_s / float(np.median([r["server_s"] for r in case.cuts[0]])),
+                     "network": case.network,
                      "chosen": _cut_name(cut, n), "latency_ms": auto.median * 1e3, "cloud_ms": cloud.median * 1e3,
-                     "device_ms": device.median * 1e3, "gain": min(cloud.median, device.median) / auto.median,
-                     "vs_cloud": cloud.median / auto.median})
+                     "device_ms": device.median * 1e3, "gain": min(cloud.median, device.median) / judged.median,
+                     "vs_cloud": cloud.median / judged.median})
     order = list(NETWORKS)
     return sorted(rows, key=lambda r: (order.index(r["network"]), r["factor"]))
 
@@ -340,3 +417,118 @@ def _sweep_plot(out: Path, rows: list[dict]) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _load_rows(cases: list[Case], options) -> list[dict]:
+    """The server-load sweep: the focus model on Wi-Fi at each load, latency."""
+    rows = []
+    for case in sorted(cases, key=lambda c: c.clients):
+        if case.model != options.focus_model or case.network != "wifi" or "latency" not in case.auto:
+            continue
+        n = case.n_segments
+        schedule, times = case.chosen("latency").most_common(1)[0]
+        cut = next(r["cut"] for r in case.auto["latency"] if r["schedule"] == schedule)
+        best, best_stats = case.oracle("latency")
+        judged = case.stats(cut) if cut in case.full_cuts() else case.auto_stats("latency")
+        rows.append({"model": case.model, "clients": case.clients, "chosen": _cut_name(cut, n), "cut": cut,
+                     "share": times / len(case.auto["latency"]), "latency_ms": case.auto_stats("latency").median * 1e3,
+                     "cloud_ms": case.stats(0).median * 1e3, "device_ms": case.stats(n).median * 1e3,
+                     "best": _cut_name(best, n), "best_ms": best_stats.median * 1e3,
+                     "vs_best": judged.median / best_stats.median})
+    return rows
+
+
+def _load_plot(out: Path, rows: list[dict]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    x = [r["clients"] for r in rows]
+    for key, label, style in (("latency_ms", "chosen", "o-"), ("cloud_ms", "cloud-only", "x--"),
+                              ("device_ms", "device-only", "s:"), ("best_ms", "best cut", "+-")):
+        ax.plot(x, [r[key] for r in rows], style, label=label)
+    for r in rows:
+        ax.annotate(f"cut {r['cut']}", (r["clients"], r["latency_ms"]), textcoords="offset points", xytext=(4, 6),
+                    fontsize=8)
+    ax.set_xlabel("other clients loading the server")
+    ax.set_ylabel("latency, ms (median)")
+    ax.set_title(f"{rows[0]['model']} on Wi-Fi under rising server load (after Neurosurgeon Fig. 15)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "load-sweep.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _trace(out: Path, options) -> dict | None:
+    if not options.focus_model:
+        return None
+    path = out / "raw" / options.focus_model / options.device.replace(":", "-") / f"trace-{options.trace_network}.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    steps = data["steps"]
+    auto = [s["auto"]["latency_s"] * 1e3 for s in steps]
+    cloud = [s["cloud_only"]["latency_s"] * 1e3 for s in steps]
+    last = max(1, len(steps) // 4)
+    cuts = []
+    for s in steps:
+        if not cuts or cuts[-1][0] != s["auto"]["cut"]:
+            cuts.append([s["auto"]["cut"], 0])
+        cuts[-1][1] += 1
+    data["summary"] = {"steps": len(steps), "first_mbps": steps[0]["up_mbps"], "last_mbps": steps[-1]["up_mbps"],
+                       "auto_ms": float(np.median(auto)), "cloud_ms": float(np.median(cloud)),
+                       "auto_last_ms": float(np.median(auto[-last:])), "cloud_last_ms": float(np.median(cloud[-last:])),
+                       "cuts": ", ".join(f"{k} x{n}" for k, n in cuts)}
+    return data
+
+
+def _trace_plot(out: Path, trace: dict) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = trace["steps"]
+    x = np.arange(len(steps))
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
+    axes[0].plot(x, [s["up_mbps"] for s in steps], "k-", label="uplink (trace)")
+    axes[0].plot(x, [s["estimated_up_mbps"] for s in steps], "c--", label="device's estimate")
+    axes[0].set_ylabel("Mbps")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(x, [s["auto"]["cut"] for s in steps], "o-", markersize=3)
+    axes[1].set_ylabel("chosen cut")
+    axes[2].plot(x, [s["auto"]["latency_s"] * 1e3 for s in steps], "o-", markersize=3, label="chosen")
+    axes[2].plot(x, [s["cloud_only"]["latency_s"] * 1e3 for s in steps], "x--", markersize=3, label="cloud-only")
+    axes[2].set_ylabel("latency, ms")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("request")
+    axes[2].legend(fontsize=8)
+    axes[0].set_title(f"{trace['model']}: a falling {trace['network']} uplink replayed (after Neurosurgeon Fig. 14)")
+    fig.tight_layout()
+    path = out / "trace.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _hedging_rows(cases: list[Case]) -> list[dict]:
+    rows = []
+    for case in sorted(cases, key=lambda c: c.clients):
+        if "hedged" not in case.auto or "latency" not in case.auto:
+            continue
+        n = case.n_segments
+        best, best_stats = case.oracle("latency")
+        plain, hedged = case.auto["latency"], case.auto["hedged"]
+        rows.append({"model": case.model, "clients": case.clients, "best": _cut_name(best, n),
+                     "best_ms": best_stats.median * 1e3,
+                     "plain_ms": float(np.median([r["latency_s"] for r in plain])) * 1e3,
+                     "hedged_ms": float(np.median([r["latency_s"] for r in hedged])) * 1e3,
+                     "plain_mj": float(np.median([r["energy_j"] for r in plain])) * 1e3,
+                     "hedged_mj": float(np.median([r["energy_j"] for r in hedged])) * 1e3,
+                     "won": sum(r.get("hedge_won", 0) > 0 for r in hedged), "requests": len(hedged)})
+    return rows
