@@ -145,7 +145,7 @@ def evaluate(args) -> int:
             raise NeurosurgeonError(f"unknown sweep model {args.focus_model}; valid: {', '.join(zoo.MODELS)}")
     command = "neurosurgeon evaluate " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["evaluate"] else None
     out = Path(args.output)
-    report = write_report(out, options, command) if args.report_only else run_evaluate(out, options, command)
+    report = write_report(out, options) if args.report_only else run_evaluate(out, options, command)
     print(f"report: {report}")
     return 0
 

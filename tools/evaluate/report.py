@@ -134,6 +134,12 @@ def write_report(out: Path, options=None, command: str | None = None) -> Path:
         plots.append(_trace_plot(out, trace))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = ["# neurosurgeon evaluate", ""]
+    made_by = out / "raw" / "command.json"  # the measuring run's command (a --report-only run keeps it)
+    if command:
+        made_by.parent.mkdir(parents=True, exist_ok=True)
+        made_by.write_text(json.dumps({"command": command}))
+    elif made_by.is_file():
+        command = json.loads(made_by.read_text())["command"]
     if command:
         lines += ["Made by:", "", f"    {command}", ""]
     hardware = next(iter(models.values()), {}).get("hardware", {})
@@ -155,11 +161,11 @@ def write_report(out: Path, options=None, command: str | None = None) -> Path:
                          f"{totals['energy_saving_max']:.1%} |")
         lines.append(f"| chosen vs optimal (mean oracle/chosen) | {PAPER['of_optimal']:.1%} | {totals['of_optimal']:.1%} |")
         lines += ["", f"Goals over all {totals['cases']} (model, network, load, objective) cases: within {WITHIN}x of "
-                  f"the measured oracle in {totals['within_1_10']:.0%} (goal 95%), worst {totals['worst_vs_oracle']:.2f}x "
+                  f"the measured oracle in {totals['within_1_10']:.1%} (goal 95%), worst {totals['worst_vs_oracle']:.2f}x "
                   f"(goal <= {NEVER_WORSE}x); the choice is the oracle's own cut in {totals['choice_is_oracle']:.0%}."]
         if "loaded_within_1_10" in totals:
             lines.append(f"Under load (2 and more other clients, latency): within {WITHIN}x of the best of cloud-only, "
-                         f"device-only and every cut in {totals['loaded_within_1_10']:.0%}, worst "
+                         f"device-only and every cut in {totals['loaded_within_1_10']:.1%}, worst "
                          f"{totals['loaded_worst']:.2f}x.")
         lines.append(f"Largest difference from onnxruntime in any output of any request: {totals['max_error']:.1e}.")
         lines.append("")
