@@ -40,9 +40,11 @@ def test_dilation_makes_each_call_take_factor_times_as_long():
             return env
 
     slow = Dilation(3).executor(Sleeper())
-    started = time.perf_counter()
-    slow.run({}, (0,))
-    assert 0.059 <= time.perf_counter() - started < 0.075
+    slow.run({}, (0,))  # the first call also runs it WARM_RUNS more times, back to back, for its warm time
+    for _ in range(2):
+        started = time.perf_counter()
+        slow.run({}, (0,))
+        assert 0.059 <= time.perf_counter() - started < 0.075
 
 
 def test_stats():
