@@ -72,12 +72,11 @@ def _print_table(bundle: Bundle, cases, requests: int) -> None:
     table = [head]
     for case in cases:
         auto = case.auto_stats("latency")
-        schedule, times = case.chosen("latency").most_common(1)[0]
+        schedule, times, cut = case.choice("latency")
         picked = [r for r in case.auto["latency"] if r["schedule"] == schedule]
-        cut = picked[0]["cut"]
         best, best_stats = case.oracle("latency")
         cloud, device = case.stats(0), case.stats(n)
-        judged = case.stats(cut) if cut in case.full_cuts() else auto
+        judged = case.judged("latency")
         predicted = sorted(r["predicted_latency_s"] for r in picked)[len(picked) // 2]
         error = max(r["error"] for v in [*case.cuts.values(), *case.auto.values()] for r in v)
         fell_back = sum(r["fell_back"] for r in case.auto["latency"])

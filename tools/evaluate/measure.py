@@ -89,6 +89,17 @@ class Case:
         """How often each schedule was chosen."""
         return Counter(r["schedule"] for r in self.auto[objective])
 
+    def choice(self, objective: str) -> tuple[str, int, int | None]:
+        """The planner's most frequent schedule: (schedule, how many requests chose it, its cut)."""
+        schedule, times = self.chosen(objective).most_common(1)[0]
+        return schedule, times, next(r["cut"] for r in self.auto[objective] if r["schedule"] == schedule)
+
+    def judged(self, objective: str) -> Stats:
+        """The choice judged by its cut's own measurements (the same rounds as the oracle's; another sample
+        of the same cut would differ by noise alone), or by the auto requests where its cut was raced out."""
+        cut = self.choice(objective)[2]
+        return self.stats(cut, objective) if cut in self.full_cuts() else self.auto_stats(objective)
+
     def to_json(self) -> dict:
         return {"model": self.model, "network": self.network, "clients": self.clients, "seconds": self.seconds,
                 "device": self.device, "device_total_s": self.device_total_s, "variant": self.variant,

@@ -53,11 +53,8 @@ def summarise(cases: list[Case]) -> dict:
             cloud, device = case.stats(0, objective), case.stats(n, objective)
             oracle_cut, oracle = case.oracle(objective)
             chosen = case.chosen(objective)
-            schedule, times = chosen.most_common(1)[0]
-            cut = next(r["cut"] for r in case.auto[objective] if r["schedule"] == schedule)
-            # The choice is judged by its cut's own measurements (the same rounds as the oracle's), not by
-            # the auto requests' (another sample of the same cut would differ by noise alone).
-            measured = case.stats(cut, objective) if cut in case.full_cuts() else auto
+            schedule, times, cut = case.choice(objective)
+            measured = case.judged(objective)
             rows.append({
                 "model": case.model, "network": case.network, "clients": case.clients, "objective": objective,
                 "metric": metric, "chosen": schedule, "chosen_cut": cut, "chosen_share": times / auto.n,
@@ -290,10 +287,7 @@ def write_report(out: Path, options=None, command: str | None = None) -> Path:
 
 
 def _plots(out: Path, cases: list[Case], models: dict, summary: dict) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     paths = []
     for model, info in models.items():
@@ -319,10 +313,7 @@ def _plots(out: Path, cases: list[Case], models: dict, summary: dict) -> list[Pa
                 k = row["chosen_cut"]
                 axes[1].plot(k - 0.5, cuts[k]["upload_bytes"] / 1024, "*", markersize=14, label=f"chosen, {case.network}")
         axes[1].legend()
-        fig.tight_layout()
-        paths.append(out / f"{model}-layers.png")
-        fig.savefig(paths[-1], dpi=90)
-        plt.close(fig)
+        paths.append(_save(fig, out / f"{model}-layers.png"))
 
         fig, ax = plt.subplots(figsize=(10, 4.5))
         for case in sorted(model_cases, key=lambda c: list(NETWORKS).index(c.network)):
@@ -332,7 +323,7 @@ def _plots(out: Path, cases: list[Case], models: dict, summary: dict) -> list[Pa
             high = [case.stats(k).p90 * 1e3 - m for k, m in zip(ks, med)]
             line = ax.errorbar(ks, med, yerr=[low, high], fmt="o-", capsize=3, label=f"{case.network}: every cut")
             auto = case.auto_stats("latency")
-            cut = next(r["cut"] for r in case.auto["latency"] if r["schedule"] == case.chosen("latency").most_common(1)[0][0])
+            cut = case.choice("latency")[2]
             if cut is not None:
                 ax.plot(cut, auto.median * 1e3, "*", markersize=16, color=line[0].get_color(),
                         markeredgecolor="k", label=f"{case.network}: chosen")
@@ -341,10 +332,7 @@ def _plots(out: Path, cases: list[Case], models: dict, summary: dict) -> list[Pa
         ax.set_ylabel("latency, ms (median, p10-p90)")
         ax.set_title(f"{model}: measured latency of every cut that could win, idle server")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / f"{model}-cuts.png")
-        fig.savefig(paths[-1], dpi=90)
-        plt.close(fig)
+        paths.append(_save(fig, out / f"{model}-cuts.png"))
     rows = [r for r in summary["rows"] if r["objective"] == "latency" and r["clients"] == 0]
     if rows:
         names = sorted({r["model"] for r in rows}, key=list(models).index)
@@ -364,10 +352,7 @@ def _plots(out: Path, cases: list[Case], models: dict, summary: dict) -> list[Pa
             ax.set_title(title)
             ax.legend()
         axes[0].set_yscale("log")
-        fig.tight_layout()
-        paths.append(out / "summary.png")
-        fig.savefig(paths[-1], dpi=90)
-        plt.close(fig)
+        paths.append(_save(fig, out / "summary.png"))
     return paths
 
 
@@ -383,9 +368,7 @@ def _sweep_rows(cases: list[Case], models: dict, options) -> list[dict]:
             continue
         n = case.n_segments
         auto, cloud, device = case.auto_stats("latency"), case.stats(0), case.stats(n)
-        schedule = case.chosen("latency").most_common(1)[0][0]
-        cut = next(r["cut"] for r in case.auto["latency"] if r["schedule"] == schedule)
-        judged = case.stats(cut) if cut in case.full_cuts() else auto  # as in summarise: the cut's own rounds
+        cut, judged = case.choice("latency")[2], case.judged("latency")
         rows.append({"model": model, "device": case.device, "factor": float(case.device.split(":")[1]),
                      # the whole model on the device (as it measured itself) over the server's time for it
                      # (inside the server, as its cloud-only answers reported it)
@@ -399,10 +382,7 @@ def _sweep_rows(cases: list[Case], models: dict, options) -> list[dict]:
 
 
 def _sweep_plot(out: Path, rows: list[dict]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for network in NETWORKS:
@@ -418,11 +398,7 @@ def _sweep_plot(out: Path, rows: list[dict]) -> Path:
     ax.set_ylabel("chosen cut's speed-up (median latency)")
     ax.set_title(f"{rows[0]['model']}: where partitioning pays (gain over the better of cloud-only and device-only)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "device-sweep.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "device-sweep.png")
 
 
 def _load_rows(cases: list[Case], options) -> list[dict]:
@@ -432,10 +408,9 @@ def _load_rows(cases: list[Case], options) -> list[dict]:
         if case.model != options.focus_model or case.network != "wifi" or "latency" not in case.auto:
             continue
         n = case.n_segments
-        schedule, times = case.chosen("latency").most_common(1)[0]
-        cut = next(r["cut"] for r in case.auto["latency"] if r["schedule"] == schedule)
+        _, times, cut = case.choice("latency")
         best, best_stats = case.oracle("latency")
-        judged = case.stats(cut) if cut in case.full_cuts() else case.auto_stats("latency")
+        judged = case.judged("latency")
         rows.append({"model": case.model, "clients": case.clients, "chosen": _cut_name(cut, n), "cut": cut,
                      "share": times / len(case.auto["latency"]), "latency_ms": case.auto_stats("latency").median * 1e3,
                      "cloud_ms": case.stats(0).median * 1e3, "device_ms": case.stats(n).median * 1e3,
@@ -445,10 +420,7 @@ def _load_rows(cases: list[Case], options) -> list[dict]:
 
 
 def _load_plot(out: Path, rows: list[dict]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     x = [r["clients"] for r in rows]
@@ -462,11 +434,7 @@ def _load_plot(out: Path, rows: list[dict]) -> Path:
     ax.set_ylabel("latency, ms (median)")
     ax.set_title(f"{rows[0]['model']} on Wi-Fi under rising server load (after Neurosurgeon Fig. 15)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "load-sweep.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "load-sweep.png")
 
 
 def _trace(out: Path, options) -> dict | None:
@@ -493,10 +461,7 @@ def _trace(out: Path, options) -> dict | None:
 
 
 def _trace_plot(out: Path, trace: dict) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     steps = trace["steps"]
     x = np.arange(len(steps))
@@ -515,11 +480,7 @@ def _trace_plot(out: Path, trace: dict) -> Path:
     axes[2].set_xlabel("request")
     axes[2].legend(fontsize=8)
     axes[0].set_title(f"{trace['model']}: a falling {trace['network']} uplink replayed (after Neurosurgeon Fig. 14)")
-    fig.tight_layout()
-    path = out / "trace.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "trace.png")
 
 
 def _hedging_rows(cases: list[Case]) -> list[dict]:
@@ -538,3 +499,20 @@ def _hedging_rows(cases: list[Case]) -> list[dict]:
                      "hedged_mj": float(np.median([r["energy_j"] for r in hedged])) * 1e3,
                      "won": sum(r.get("hedge_won", 0) > 0 for r in hedged), "requests": len(hedged)})
     return rows
+
+
+def _pyplot():
+    """matplotlib's pyplot on a backend that needs no display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    _pyplot().close(fig)
+    return path
