@@ -36,19 +36,20 @@ def load_tensor_intrinsics(preset: Preset) -> None:
     the CUDA ones taking most of its 25-40 s. A CPU target only needs the CPU ones, so the package
     is registered without running its __init__ and only those submodules are imported."""
     name = "tvm.s_tir.tensor_intrin"
-    if preset.device == "cuda" or name in sys.modules:
+    if preset.device == "cuda":
         importlib.import_module(name)
         importlib.import_module(f"{name}.cuda")  # in case this process registered the CPU ones only
         return
-    spec = importlib.util.find_spec(name)
-    package = types.ModuleType(name)
-    package.__path__ = list(spec.submodule_search_locations)
-    package.__spec__ = spec
-    package.__file__ = spec.origin
-    sys.modules[name] = package
-    import tvm.s_tir
+    if name not in sys.modules:  # else registered already: in full, or the CPU ones by an earlier call
+        spec = importlib.util.find_spec(name)
+        package = types.ModuleType(name)
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        package.__file__ = spec.origin
+        sys.modules[name] = package
+        import tvm.s_tir
 
-    tvm.s_tir.tensor_intrin = package
+        tvm.s_tir.tensor_intrin = package
     for sub in ("x86", "arm_cpu", "riscv_cpu"):
         importlib.import_module(f"{name}.{sub}")
 

@@ -172,9 +172,10 @@ class _Search:
         self.database = ms.database.JSONDatabase(str(workload_file), str(record_file), allow_missing=True)
         self.target = tuning_target(preset, self.measured, cores_here() if where.measured_on == "here" else None)
         for w in workloads:  # trials only count if the database still holds a valid record for them
-            if _best_seconds(self.database, w, self.target) is None:
+            if _best_record(self.database, w, self.target) is None:
                 info["tasks"][w.key]["trials"] = 0
                 info["tasks"][w.key].pop("best_us", None)
+                info["tasks"][w.key].pop("schedule", None)
         self.rounds = _round_targets(trials, self.measured)
         goals = self.goals()
         self.skipped = sum(1 for w in workloads if info["tasks"][w.key]["trials"] >= goals[w.key])
@@ -250,11 +251,13 @@ class _Search:
             self.search_seconds.append(seconds - (self.measuring["seconds"] - measuring_before))
         self.trials_run += todo
         self.tuned.add(w.key)
-        best = _best_seconds(self.database, w, self.target)
-        if best is not None:  # else every candidate failed: the task stays to do
+        record = _best_record(self.database, w, self.target)
+        if record is not None:  # else every candidate failed: the task stays to do
             entry["trials"] = goal
             if self.measured:
-                entry["best_us"] = round(best * 1e6, 2)
+                entry["best_us"] = round(mean_seconds(record.run_secs) * 1e6, 2)
+                # which candidate a tuned build takes: decided by the record, not by rounded times
+                entry["schedule"] = "default" if _is_default(record, w, self.target) else "searched"
         entry["seconds"] = round(entry["seconds"] + seconds, 2)
         self.run_record["seconds"] = round(time.perf_counter() - self.started, 1)
         write_info(self.out_dir, self.info)
@@ -300,14 +303,21 @@ def _commit_default_schedules(workloads: list[Workload], info: dict, database, b
     return committed
 
 
-def _best_seconds(database, workload: Workload, target) -> float | None:
-    """The best valid time (mean of its runs) the database holds for a workload (MetaSchedule records
-    failed candidates as 1e10 s), or None."""
+def _best_record(database, workload: Workload, target):
+    """The database's best valid record for a workload (MetaSchedule records failed candidates as
+    1e10 s), or None."""
     record = database.query_tuning_record(workload.mod, target, workload.name)
-    if record is None or not record.run_secs:
+    if record is None or not record.run_secs or mean_seconds(record.run_secs) >= 1e9:
         return None
-    best = mean_seconds(record.run_secs)
-    return best if best < 1e9 else None
+    return record
+
+
+def _is_default(record, workload: Workload, target) -> bool:
+    """Whether `record` is neurosurgeon's own schedule (candidate zero), by its trace."""
+    from ..kernels import parallel_loops_rule
+
+    default = parallel_loops_rule().apply(workload.mod["main"], target, False)
+    return default is not None and str(default.trace) == str(record.trace)
 
 
 def mean_seconds(run_secs) -> float:
