@@ -18,10 +18,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..runtime.errors import NeurosurgeonError
 from ..runtime.tensors import TensorInfo
-from .layers import LayerGraph
+from .layers import LAYER_TYPES, SHAPE_ONLY_OPS, LayerGraph
 
-__all__ = ["Cut", "LayerBoundaryPartitioner", "PartitionPlan", "Partitioner", "Segment", "partition"]
+__all__ = ["DEFAULT_PARTITIONER", "PARTITIONERS", "Cut", "FusedLayersPartitioner", "LayerBoundaryPartitioner",
+           "PartitionPlan", "Partitioner", "Segment", "epilogue_boundaries", "get_partitioner", "partition"]
 
 
 @dataclass
@@ -89,8 +91,65 @@ class LayerBoundaryPartitioner(Partitioner):
         return list(range(len(graph.layers) + 1))
 
 
+class FusedLayersPartitioner(Partitioner):
+    """Every layer boundary except those inside what a compiler fuses: a pointwise layer (activation,
+    batch norm, an elementwise op whose other operands are constants) that alone reads the output of
+    the layer just before it stays in that layer's segment (conv + BN + ReLU, depthwise + BN + ReLU6,
+    Gemm + bias + activation).
+
+    Such a boundary never pays: cutting before the pointwise layer uploads the same bytes as cutting
+    after it (same shape, and fewer after compression: ReLU's zeros), and only moves that layer to the
+    server, where it runs unfused, as a pass over memory of its own, instead of inside the device's
+    kernel for nearly nothing. The segments keep the fusion of a whole build, and there are fewer of them."""
+
+    name = "fused-layers"
+
+    def boundaries(self, graph: LayerGraph) -> list[int]:
+        inside = set(epilogue_boundaries(graph))
+        return [b for b in range(len(graph.layers) + 1) if b not in inside]
+
+
+# Operators that map each element on its own (the others' operands constants): a compiler's epilogues.
+POINTWISE_OPS = LAYER_TYPES["activation"] | LAYER_TYPES["elementwise"] | {"BatchNormalization"}
+
+
+def epilogue_boundaries(graph: LayerGraph) -> list[int]:
+    """Boundaries b where layer b is a pointwise epilogue of layer b - 1: it reads one computed tensor,
+    made by layer b - 1 and read by no other layer nor returned, and writes a tensor of the same size."""
+    producer = graph.producer_layer()
+    readers: dict[str, int] = {}
+    for layer in graph.layers:
+        for name in layer.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    outputs = {t.name for t in graph.model.outputs}
+    tensors = graph.model.tensors
+    found = []
+    for b in range(1, len(graph.layers)):
+        layer = graph.layers[b]
+        compute = [op for op in layer.ops if op not in SHAPE_ONLY_OPS]
+        if not compute or not set(compute) <= POINTWISE_OPS or len(layer.inputs) != 1 or len(layer.outputs) != 1:
+            continue
+        source = layer.inputs[0]
+        if (producer.get(source) == b - 1 and readers[source] == 1 and source not in outputs
+                and tensors[source].nbytes == layer.outputs[0].nbytes):
+            found.append(b)
+    return found
+
+
+PARTITIONERS: dict[str, type[Partitioner]] = {p.name: p for p in (FusedLayersPartitioner, LayerBoundaryPartitioner)}
+DEFAULT_PARTITIONER = FusedLayersPartitioner.name
+
+
+def get_partitioner(name: str | None = None) -> Partitioner:
+    """The partitioner called `name` (None: the default)."""
+    name = name or DEFAULT_PARTITIONER
+    if name not in PARTITIONERS:
+        raise NeurosurgeonError(f"unknown partitioner {name!r}: expected one of {', '.join(sorted(PARTITIONERS))}")
+    return PARTITIONERS[name]()
+
+
 def partition(graph: LayerGraph, partitioner: Partitioner | None = None) -> PartitionPlan:
-    partitioner = partitioner or LayerBoundaryPartitioner()
+    partitioner = partitioner or get_partitioner()
     bounds = partitioner.boundaries(graph)
     n_layers = len(graph.layers)
     if not bounds or bounds[0] != 0 or bounds[-1] != n_layers or bounds != sorted(set(bounds)):

@@ -18,11 +18,17 @@ def test_zoo_compile_verify(tmp_path, capsys):
 
     bundle = tmp_path / "lenet.bundle"
     assert main(["compile", str(model), "--mobile", "x86-host", "--server", "x86-host", "-o", str(bundle), "--quiet"]) == 0
-    assert "9 cuts" in capsys.readouterr().out
+    assert "8 cuts" in capsys.readouterr().out  # fused-layers: ip1 and its ReLU are one segment
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["model"]["name"] == "lenet" and len(manifest["cuts"]) == 9
+    assert manifest["model"]["name"] == "lenet" and len(manifest["cuts"]) == 8
 
     assert main(["verify", str(bundle), str(model)]) == 0
+    assert "8 of 8 cuts reproduce onnxruntime" in capsys.readouterr().out
+    every = tmp_path / "every.bundle"
+    assert main(["compile", str(model), "--mobile", "x86-host", "--server", "x86-host", "-o", str(every), "--quiet",
+                 "--partitioner", "layer-boundaries"]) == 0
+    assert "9 cuts" in capsys.readouterr().out
+    assert main(["verify", str(every), str(model)]) == 0
     assert "9 of 9 cuts reproduce onnxruntime" in capsys.readouterr().out
 
     # a second compile to the same place needs --force; --tar writes one file

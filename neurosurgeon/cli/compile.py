@@ -15,6 +15,7 @@ def register(verbs) -> None:
     p = verbs.add_parser("inspect", help="print the layer table and candidate cuts of a model")
     add_model(p)
     p.add_argument("--plot", metavar="PNG", help="draw per-layer output size and FLOPs to this file")
+    _add_partitioner(p)
     p.set_defaults(run=inspect)
 
     p = verbs.add_parser("compile", help="compile a model into a partitioned bundle")
@@ -41,6 +42,7 @@ def register(verbs) -> None:
                    help="CPU builds: blas (default) hands convolutions (as im2col + GEMM) and fully connected "
                         "layers to the BLAS numpy ships, which the runtime calls; tvm generates every kernel with "
                         "neurosurgeon's schedules; naive is TVM's default pipeline")
+    _add_partitioner(p)
     p.set_defaults(run=compile_bundle)
 
     p = verbs.add_parser("keygen", help="make an Ed25519 key pair to sign bundles with (KEY.pem and KEY.pub.pem)")
@@ -58,9 +60,10 @@ def register(verbs) -> None:
 
 def inspect(args) -> int:
     from ..api import analyse
+    from ..compiler.partition import get_partitioner
     from ..compiler.report import cut_table, layer_table, plot_layers
 
-    frozen, graph, plan = analyse(args.model, input_shapes(args))
+    frozen, graph, plan = analyse(args.model, input_shapes(args), get_partitioner(args.partitioner))
     print(layer_table(frozen, graph))
     print()
     print(cut_table(plan))
@@ -71,12 +74,13 @@ def inspect(args) -> int:
 
 def compile_bundle(args) -> int:
     from .. import api
+    from ..compiler.partition import get_partitioner
     from ..compiler.report import human_bytes
 
     options = api.CompileOptions(mobile=args.mobile, server=args.server, input_shapes=input_shapes(args),
                                  as_tar=args.tar, force=args.force, progress=not args.quiet, tuning=args.tuning,
                                  kernels=args.kernels, planner=args.planner, sign_key=args.sign_key,
-                                 server_batch=args.server_batch)
+                                 server_batch=args.server_batch, partitioner=get_partitioner(args.partitioner))
     costs = api.CostAnnotation(mobile_model=args.mobile_cost, server_model=args.server_cost,
                                mobile_power=args.mobile_power, measure=not args.no_measure)
     result = api.compile(args.model, Path(args.output), options, costs)
@@ -104,6 +108,12 @@ def verify(args) -> int:
     checks = verify_bundle(args.bundle, args.model, rtol=args.rtol, atol=args.atol)
     print(check_table(checks))
     return 0 if all(c.ok for c in checks) else 1
+
+
+def _add_partitioner(p) -> None:
+    p.add_argument("--partitioner", metavar="NAME", help="which layer boundaries are candidate cuts: fused-layers (default) keeps a pointwise "
+                        "layer (activation, batch norm, bias) with the layer before it, as a compiler fuses them; "
+                        "layer-boundaries cuts after every layer")
 
 
 def _sizes(text: str) -> tuple[int, ...]:

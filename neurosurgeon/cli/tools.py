@@ -54,7 +54,7 @@ def register(verbs) -> None:
     p.add_argument("--loads", nargs="+", type=int, default=None, metavar="N",
                    help="other clients on the server, one case each (default 0 2 4)")
     p.add_argument("--load-networks", nargs="+", default=None, metavar="NET",
-                   help="the networks measured under load (default wifi lte; 3G idle only)")
+                   help="the networks measured under load (default wifi; 3G idle only)")
     p.add_argument("--requests", type=int, default=10, help="requests per median (default 10)")
     p.add_argument("--sweep", nargs="+", type=float, default=None, metavar="F",
                    help="the device-speed sweep's dilation factors (default 1 4 16 64); 0: no sweeps and no trace")

@@ -5,6 +5,8 @@ import pytest
 from neurosurgeon.cli import main
 from neurosurgeon.tools import zoo
 from neurosurgeon.compiler.analysis import analyse
+from neurosurgeon.compiler.partition import PARTITIONERS, get_partitioner
+from neurosurgeon.runtime.errors import NeurosurgeonError
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +42,17 @@ def test_configuration_and_flops_are_the_papers_variables(alexnet):
     assert graph.layers[1].config == {"neurons": 96 * h_out * h_out}
 
 
+@pytest.mark.parametrize("partitioner", sorted(PARTITIONERS))
 @pytest.mark.parametrize("name", list(zoo.MODELS))
-def test_cuts_cover_both_ends_and_are_never_duplicates(name):
+def test_cuts_cover_both_ends_and_are_never_duplicates(name, partitioner):
     size = zoo.min_input_size(name)
-    frozen, graph, plan = analyse(zoo.build(name, input_size=size and max(size, 32), width=0.25))
+    frozen, graph, plan = analyse(zoo.build(name, input_size=size and max(size, 32), width=0.25),
+                                  partitioner=get_partitioner(partitioner))
     cuts = plan.cuts
-    assert len(cuts) == len(graph.layers) + 1 == len(plan.segments) + 1
+    assert len(cuts) == len(plan.segments) + 1 and plan.partitioner == partitioner
+    assert cuts[0].layer_boundary == 0 and cuts[-1].layer_boundary == len(graph.layers)
+    if partitioner == "layer-boundaries":
+        assert len(cuts) == len(graph.layers) + 1
     assert [t.name for t in cuts[0].crossing] == [t.name for t in frozen.inputs]  # cloud-only uploads the input
     assert cuts[-1].crossing == [] and cuts[-1].server_outputs == []  # mobile-only uploads nothing
     for before, after in zip(cuts, cuts[1:]):
@@ -54,6 +61,41 @@ def test_cuts_cover_both_ends_and_are_never_duplicates(name):
     nodes = sum(len(seg.model.graph.node) for seg in plan.segments)
     weights = [init.name for seg in plan.segments for init in seg.model.graph.initializer]
     assert nodes == len(frozen.graph.node) and sorted(weights) == sorted(frozen.constant_names())
+
+
+@pytest.mark.parametrize("name", ["alexnet", "resnet18", "mobilenetv2", "asr"])
+def test_fused_layers_drop_only_boundaries_inside_a_pointwise_epilogue(name):
+    """The default partitioner keeps conv + BN + activation (and fc + activation) in one segment: every
+    boundary it drops lies before a pointwise layer that alone reads the layer before it, so cutting
+    there would upload exactly the bytes of cutting after it."""
+    model = zoo.build(name, input_size=64 if zoo.own_input_size(name) else None, width=0.25)
+    _, graph, every = analyse(model, partitioner=get_partitioner("layer-boundaries"))
+    _, _, fused = analyse(model)
+    assert fused.partitioner == "fused-layers"
+    kept = [c.layer_boundary for c in fused.cuts]
+    dropped = sorted(set(range(len(graph.layers) + 1)) - set(kept))
+    assert dropped and set(kept) <= set(range(len(graph.layers) + 1))
+    for b in dropped:
+        layer = graph.layers[b]
+        assert layer.type in ("activation", "normalization", "elementwise") and len(layer.inputs) == 1, layer.name
+        assert every.cuts[b].upload_bytes == every.cuts[b + 1].upload_bytes, layer.name
+    segments = {tuple(s.layer_names) for s in fused.segments}
+    if name == "resnet18":  # conv + BN + ReLU in one segment; the residual add is a boundary of its own
+        assert ("conv1", "bn1", "relu1") in segments and ("layer1.0.add", "layer1.0.relu2") in segments
+    if name == "mobilenetv2":
+        assert ("block1.dw", "block1.dw_bn", "block1.dw_relu6") in segments
+        assert len(fused.segments) < len(every.segments) / 2
+    if name == "asr":
+        assert not any(s[0].startswith("sigmoid") for s in segments) and ("fc1", "sigmoid1") in segments
+
+
+def test_an_unknown_partitioner_is_refused_by_name(tmp_path, capsys):
+    with pytest.raises(NeurosurgeonError, match="unknown partitioner 'every-op'.*fused-layers, layer-boundaries"):
+        get_partitioner("every-op")
+    model = tmp_path / "lenet.onnx"
+    zoo.save(zoo.build("lenet"), model)
+    assert main(["inspect", str(model), "--partitioner", "every-op"]) == 2
+    assert "unknown partitioner 'every-op'" in capsys.readouterr().err
 
 
 def test_dag_cuts_cross_several_tensors():

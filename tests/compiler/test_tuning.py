@@ -49,7 +49,7 @@ def test_workloads_are_deduplicated_across_segments(kernels, conv_part):
     convs = [w for w in workloads if conv_part in w.name]
     assert len(convs) == 2  # 3 -> 8, and 8 -> 8 twice
     shared = next(w for w in convs if w.weight == 2)
-    assert shared.graphs == ["segment 2", "segment 4"]
+    assert shared.graphs == ["segment 1", "segment 2"]  # conv + ReLU per segment (fused-layers)
     assert len({w.key for w in workloads}) == len(workloads)
 
 
@@ -162,7 +162,8 @@ def test_tune_command(tmp_path, capsys):
     assert main(["tune", str(model), "--target", "aarch64-neon", "--budget", "60", "-o", str(tmp_path / "t"),
                  "--trials-per-task", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "4 workloads: 4 tuned" in out and "measured: false" in out  # im2col, bias add, relu, pool
+    # im2col, bias add + ReLU (one segment, fused), pool
+    assert "3 workloads: 3 tuned" in out and "measured: false" in out
     assert read_tuning_info(tmp_path / "t")["runs"][0]["model"] == "net"
 
 

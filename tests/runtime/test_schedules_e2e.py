@@ -13,6 +13,7 @@ import pytest
 
 from neurosurgeon.api import CompileOptions
 from neurosurgeon.api import compile as compile_model
+from neurosurgeon.compiler.partition import get_partitioner
 from neurosurgeon.runtime.bundle import Bundle
 from neurosurgeon.runtime.mobile import MobileRuntime
 from neurosurgeon.runtime.planner import PLANNERS, _placements
@@ -25,6 +26,9 @@ from neurosurgeon.tools.verify import reference_outputs
 
 MODELS = {"alexnet": dict(input_size=64, width=0.125), "inception": dict(input_size=32, width=0.125),
           "resnet18": dict(input_size=32, width=0.125)}
+# AlexNet cut after every layer (21 segments: the most room for multi-stage schedules); the DAGs with
+# the default partitioner (fused-layers)
+PARTITIONERS = {"alexnet": "layer-boundaries"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,9 @@ def served(tmp_path_factory):
     with contextlib.ExitStack() as stack:
         for name, shape in MODELS.items():
             model = zoo.build(name, **shape)
-            result = compile_model(model, root / name, CompileOptions("x86-host", "x86-host", progress=False), name=name)
+            options = CompileOptions("x86-host", "x86-host", progress=False,
+                                     partitioner=get_partitioner(PARTITIONERS.get(name)))
+            result = compile_model(model, root / name, options, name=name)
             bundle = Bundle(result.path)
             feeds = random_inputs(bundle.inputs, seed=4)
             found[name] = (bundle, feeds, reference_outputs(model, feeds), stack.enter_context(start_server(bundle.path)))
