@@ -34,6 +34,7 @@ from .codegen import generate_runtime
 from .frontend import FrozenModel
 from .kernels import KERNEL_CHOICES
 from .layers import LayerGraph
+from .codecs import calibration, measure_codecs
 from .partition import Partitioner, PartitionPlan
 
 __all__ = ["CompileOptions", "CompileResult", "CostStage", "check_toolchain", "compile_model", "make_manifest"]
@@ -128,6 +129,8 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
                                                                         **file_entry(staged, path)})
                 progress.update(note=f"{preset.name} segment {segment.index}" + (f" b{batch}" if batch > 1 else ""))
         manifest = make_manifest(frozen, graph, plan, presets, options, artifacts, build_seconds)
+        manifest["codecs"] = measure_codecs(frozen, plan)
+        manifest["build"]["codec_calibration"] = calibration()
         if batch_artifacts:
             manifest["batching"] = {"sizes": [1, *batched], "artifacts": batch_artifacts}
         # Per target: TVM-generated kernels in all segments, how many came from the tuning database (the

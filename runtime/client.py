@@ -73,6 +73,7 @@ class InferAnswer:
     seconds: float  # the whole exchange as the mobile side saw it
     upload_bytes: int
     download_bytes: int
+    encode_s: float = 0.0  # building the request, coding its tensors included (work of this side, not the link's)
 
 
 def is_loopback(host: str) -> bool:
@@ -222,8 +223,11 @@ class InferenceClient:
         return body.get("load", {}), seconds
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline_s: float,
-              parameters: dict | None = None) -> InferAnswer:
-        body, headers = encode_infer_request(inputs, outputs, binary=True, parameters=parameters)
+              parameters: dict | None = None, codecs: dict[str, str] | None = None) -> InferAnswer:
+        """`codecs`: the inputs to send coded, with their codec (runtime/codec.py)."""
+        started = time.perf_counter()
+        body, headers = encode_infer_request(inputs, outputs, binary=True, parameters=parameters, codecs=codecs)
+        encode_s = time.perf_counter() - started
         status, answer_headers, payload, seconds = self._exchange("POST", f"/v2/models/{model}/infer", body, headers, deadline_s)
         if status != 200:
             try:
@@ -239,4 +243,4 @@ class InferenceClient:
         missing = [name for name in outputs if name not in decoded]
         if missing:
             raise ServerUnavailable(f"answer lacks outputs {missing}")
-        return InferAnswer(decoded, parameters, seconds, len(body), len(payload))
+        return InferAnswer(decoded, parameters, seconds, len(body), len(payload), encode_s)

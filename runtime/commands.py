@@ -65,6 +65,9 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
                         help="run the bundle only if it is signed with this Ed25519 key (compile --sign-key)")
     parser.add_argument("--shape", action="store_true", help="shape this client's transfers to the network's link")
     parser.add_argument("--deadline", type=float, help="seconds to wait for the server before finishing here")
+    parser.add_argument("--compression", default="auto", metavar="MODE",
+                        help="uploads: auto (lossless, where it pays at the link's rate; default), off, or a lossy "
+                             "codec asked for by name (float16, int8)")
     parser.add_argument("--max-latency", type=float, metavar="S", help="latency budget in seconds (QoS)")
     parser.add_argument("--max-energy", type=float, metavar="J", help="mobile energy budget in joules (battery)")
     parser.add_argument("--max-server", type=float, metavar="S", help="budget of time on the server, in seconds")
@@ -92,7 +95,7 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
         budgets = Budgets(args.max_latency, args.max_energy, args.max_server)
         runtime = MobileRuntime(bundle, args.server, token, args.network, args.objective, args.shape, args.deadline,
                                 budgets=budgets, costs=args.costs, planner=args.planner, ca_file=args.ca_file,
-                                allow_plain_token=args.allow_plain_token)
+                                allow_plain_token=args.allow_plain_token, compression=args.compression)
         inputs = read_inputs(bundle, args.input)
         runtime.check_inputs(inputs)  # before any of the bundle's code loads
         runtime.warm_up()

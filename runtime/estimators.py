@@ -86,17 +86,30 @@ class ServerLoadEstimator:
 
 
 class MobileTimeEstimator:
-    """The mobile side's own per-segment times, learned from the segments it runs (seeded by the bundle)."""
+    """The mobile side's own per-segment times, learned from the segments it runs (seeded by the bundle).
 
-    def __init__(self, seed_s: np.ndarray, alpha: float = 0.3):
-        self.times = np.array(seed_s, dtype=np.float64)
-        self.alpha = alpha
-        self.observed = np.zeros(len(self.times), dtype=bool)
+    Per segment, the median of its seed and its last WINDOW runs: one slow run (a page fault, a context
+    switch, a timer that overshot) cannot make a segment look slow for good, which it could when one run
+    replaced the seed, since a planner that stops choosing a segment never measures it again; a seed from
+    another machine is outvoted after two runs, a device whose speed changed after a few."""
+
+    WINDOW = 5
+
+    def __init__(self, seed_s: np.ndarray):
+        self.seed = np.array(seed_s, dtype=np.float64)
+        self.times = self.seed.copy()
+        self.runs: list[list[float]] = [[] for _ in self.times]
+
+    @property
+    def observed(self) -> np.ndarray:
+        return np.array([bool(r) for r in self.runs], dtype=bool)
 
     def observe(self, segment: int, seconds: float) -> None:
-        # The first measurement replaces the seed outright: the seed may come from another machine.
-        self.times[segment] = seconds if not self.observed[segment] else ewma(self.times[segment], seconds, self.alpha)
-        self.observed[segment] = True
+        runs = self.runs[segment]
+        runs.append(float(seconds))
+        del runs[:-self.WINDOW]
+        window = runs if len(runs) == self.WINDOW else [float(self.seed[segment]), *runs]
+        self.times[segment] = float(np.median(window))
 
 
 def conditions(network: NetworkEstimator, load: ServerLoadEstimator, server_available: bool,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .codec import CodecStats
 from .errors import BundleError
 from .jsonfile import JsonFormat
 from .tensors import TensorInfo
@@ -40,7 +41,7 @@ MANIFEST = "manifest.json"
 # (1.x: "device_outputs"); layers give their "weight_bytes". This runtime reads 1.x bundles too (their
 # planner is "prefix"). 2.1: "batching", the server side also built for batch sizes above 1 (its own
 # artifact list, which a 2.0 reader does not look at).
-MANIFEST_FORMAT = JsonFormat("neurosurgeon-bundle", (2, 1), "neurosurgeon bundle manifest", BundleError,
+MANIFEST_FORMAT = JsonFormat("neurosurgeon-bundle", (2, 2), "neurosurgeon bundle manifest", BundleError,
                              version_key="schema_version", hint="rebuild the bundle or update the runtime",
                              older=(1,), file=MANIFEST, folder="bundle", made_by="`neurosurgeon compile`")
 DEFAULT_PLANNER = "prefix"
@@ -93,6 +94,21 @@ class _Fields:
 
     def _name(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
+
+
+def _codecs(m: _Fields) -> dict[str, dict[str, CodecStats]]:
+    if "codecs" not in m.doc:
+        return {}
+    section = m.section("codecs")
+    found = {}
+    for codec in section.doc:
+        tensors = section.section(codec)
+        found[codec] = {}
+        for name in tensors.doc:
+            t = tensors.section(name)
+            found[codec][name] = CodecStats(t.get("raw_bytes", int), t.get("bytes", int),
+                                            t.get("encode_s", (int, float)), t.get("decode_s", (int, float)))
+    return found
 
 
 def _kinds(kind) -> tuple:
@@ -210,6 +226,8 @@ class Manifest:
     build: dict = field(default_factory=dict)
     batch_sizes: tuple[int, ...] = (1,)  # the server side's batch sizes (2.1)
     batch_artifacts: tuple[Artifact, ...] = ()  # the server preset's artifacts for batch sizes above 1
+    # per codec, per tensor that may be uploaded: its coded size and coding times on calibration inputs (2.2)
+    codecs: dict[str, dict[str, CodecStats]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, bundle_dir: str | Path) -> Manifest:
@@ -242,6 +260,7 @@ class Manifest:
             runtime_files=tuple(Artifact(-1, _inside(f, "file"), f.get("sha256", str), f.get("bytes", int))
                                 for f in m.items("runtime_files")) if "runtime_files" in doc else (),
             build=m.get("build", dict, {}),
+            codecs=_codecs(m),
             **_batching(m),
         )
         manifest._check(where)

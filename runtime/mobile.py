@@ -15,6 +15,7 @@ import numpy as np
 
 from .bundle import Bundle, SegmentExecutor, fetch
 from .client import InferenceClient, ServerUnavailable, ShapedLink
+from .codec import CODECS, DEFAULT_CODEC, Codec, CodecError, get_codec, probe_seconds
 from .errors import BundleError, NeurosurgeonError
 from .estimators import (
     MobileTimeEstimator,
@@ -54,6 +55,7 @@ class StageRecord:
     upload_bytes: int = 0  # bytes actually sent and received (tensors plus protocol header)
     download_bytes: int = 0
     hedged_s: float = 0.0  # hedging: seconds this side computed the server stage while it waited
+    encode_s: float = 0.0  # a server stage: seconds this side spent building its request (coding uploads)
 
 
 @dataclass
@@ -144,6 +146,19 @@ def _bundle_costs(bundle: Bundle, choice: str) -> dict[str, SideCosts]:
     return sides
 
 
+def _codec_for(compression: str) -> tuple[Codec | None, bool]:
+    """(codec, whether every upload is coded) of a `compression` setting: auto, off or a codec's name."""
+    if compression == "off":
+        return None, False
+    if compression == "auto":
+        return get_codec(DEFAULT_CODEC), False
+    try:
+        return get_codec(compression, allow_lossy=True), True
+    except CodecError:
+        raise NeurosurgeonError(f"compression must be auto, off or a codec ({', '.join(CODECS)}), "
+                                f"not {compression!r}") from None
+
+
 class MobileRuntime:
     """The mobile side of a bundle: per request, a schedule (chosen by a planner from the estimates, or
     fixed), run stage by stage; a server stage that fails in any way runs here, and so does every
@@ -154,18 +169,26 @@ class MobileRuntime:
                  deadline_s: float | None = None, learn: bool = True, retry_after_s: float = 5.0,
                  budgets: Budgets | None = None, costs: str | Path | SegmentCosts | None = None,
                  planner: str | None = None, ca_file: str | None = None, allow_plain_token: bool = False,
-                 executor=None, hedge: bool = False):
+                 executor=None, hedge: bool = False, compression: str = "auto"):
         """`executor` runs the mobile side's segments (default: a SegmentExecutor of the bundle's
         artifacts; a load test gives a simulated device, see tools/bench/load.py). `hedge`: while a server
         stage is away, this side computes it too, and the first to finish wins (never much slower than
-        running it here, whatever the server and the link do; it costs the energy of computing it)."""
+        running it here, whatever the server and the link do; it costs the energy of computing it).
+        `compression`: "auto" sends a tensor coded losslessly (runtime/codec.py) where the bundle's
+        measurements say that coding it and sending fewer bytes beats sending it raw at the bandwidth
+        this side sees; "off" sends every tensor raw; a codec's name (float16, int8: lossy) codes every
+        floating-point upload with it."""
         if objective not in OBJECTIVES:
             raise NeurosurgeonError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+        self.codec, self.code_everything = _codec_for(compression)
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
         self.executor = executor or SegmentExecutor(self.bundle, "mobile")
         self.costs = load_costs(self.bundle, costs)
         self.server_times = self.costs.server_s.copy()  # per segment: what the planners use
         self.graph = TensorGraph.of_bundle(self.bundle)
+        stats = self.bundle.manifest.codecs.get(self.codec.name) if self.codec else None
+        if stats:
+            self.graph = self.graph.with_codec(stats, self._encode_scale())
         self.planner_name = planner or self.bundle.manifest.planner
         self._planners: dict[str, Planner] = {}
         self.planner = self.planner_for(self.planner_name)
@@ -192,6 +215,30 @@ class MobileRuntime:
         self._server_times_at = -float("inf")  # when the server last told its own segment times
         self.n_segments = len(self.bundle.segments)
         self._stage_model = stage_model_name(self.bundle.name)
+
+    def _device_work(self, seconds: float) -> float:
+        """Seconds this side spent on work outside its segments (coding uploads), as its executor
+        accounts for them: a slowed device (tools/evaluate) is charged its slowdown for them too."""
+        charge = getattr(self.executor, "charge", None)
+        return seconds + (charge(seconds) if charge else 0.0)
+
+    def _encode_scale(self) -> float:
+        """This device's encoding time over the calibrating machine's, on the same probe tensor."""
+        calibrated = self.bundle.manifest.build.get("codec_calibration", {}).get("probe_s", {}).get(self.codec.name)
+        if not isinstance(calibrated, (int, float)) or calibrated <= 0:
+            return 1.0
+        return self._device_work(probe_seconds(self.codec)) / calibrated
+
+    def _codecs(self, tensors, values: dict[str, np.ndarray]) -> dict[str, str]:
+        """The uploads to send coded, with their codec: every floating-point one under a codec asked
+        for by name; under "auto", those that arrive sooner coded at the bandwidth this side sees."""
+        if self.codec is None:
+            return {}
+        names = self.graph.names
+        if self.code_everything:
+            return {names[t]: self.codec.name for t in tensors if values[names[t]].dtype.kind == "f"}
+        up_mbps = self.network.up_mbps
+        return {names[t]: self.codec.name for t in tensors if self.graph.pays_to_code(t, up_mbps)}
 
     def planner_for(self, name: str) -> Planner:
         if name not in self._planners:
@@ -272,9 +319,10 @@ class MobileRuntime:
                     if not available:
                         raise ServerUnavailable("server marked down after a recent failure")
                     ask = time.monotonic() - self._server_times_at > SERVER_TIMES_EVERY_S and self.learn
-                    args = (self._stage_model, {names[t]: fetch(env[names[t]]) for t in stage.uploads},
-                            [names[t] for t in stage.downloads], self._deadline(predicted_s),
-                            {SEGMENT_TIMES: True} if ask else None)
+                    uploads = {names[t]: fetch(env[names[t]]) for t in stage.uploads}
+                    args = (self._stage_model, uploads, [names[t] for t in stage.downloads],
+                            self._deadline(predicted_s), {SEGMENT_TIMES: True} if ask else None,
+                            self._codecs(stage.uploads, uploads))
                     self._settle_hedge()
                     if self.hedge:
                         answer, record.hedged_s = self._hedged(args, env, stage.segments)
@@ -287,6 +335,8 @@ class MobileRuntime:
                     else:
                         answer = self.client.infer(*args)
                     env.update(answer.outputs)
+                    record.encode_s = self._device_work(answer.encode_s)
+                    mobile_s += record.encode_s
                     record.upload_bytes, record.download_bytes = answer.upload_bytes, answer.download_bytes
                     compute_s = float(answer.parameters.get("compute_s", 0.0))
                     # Time inside the server (queueing included) is not network time.

@@ -174,7 +174,8 @@ class Planner(ABC):
         """(latency, energy, server time) of one schedule, priced exactly."""
         self.schedule(schedule.server_mask)
         terms = self._schedules[schedule.server_mask.tobytes()][1]
-        latency, energy, server = terms.costs(self.mobile_s, self.server_s, self.power_w, c)
+        latency, energy, server = terms.costs(self.mobile_s, self.server_s, self.power_w, c,
+                                              self.graph.upload_nbytes(c.up_mbps))
         return float(latency[0]), float(energy[0]), float(server[0])
 
     def stage_times(self, c: Conditions, schedule: Schedule) -> list[float]:
@@ -186,7 +187,7 @@ class Planner(ABC):
             if stage.side == MOBILE:
                 times.append(float(self.mobile_s[segments].sum()))
                 continue
-            up = float(self.graph.nbytes[list(stage.uploads)].sum()) * 8 / (c.up_mbps * 1e6)
+            up = float(self.graph.upload_nbytes(c.up_mbps)[list(stage.uploads)].sum()) * 8 / (c.up_mbps * 1e6)
             down = float(self.graph.nbytes[list(stage.downloads)].sum()) * 8 / (c.down_mbps * 1e6)
             times.append(c.rtt_s + c.server_wait_s + up + c.server_slowdown * float(self.server_s[segments].sum()) + down)
         return times
@@ -220,7 +221,7 @@ class _CandidatePlanner(Planner):
 
     def predict(self, c: Conditions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(latency, energy, server time) of every candidate."""
-        return self.terms.costs(self.mobile_s, self.server_s, self.power_w, c)
+        return self.terms.costs(self.mobile_s, self.server_s, self.power_w, c, self.graph.upload_nbytes(c.up_mbps))
 
     def _argmin(self, c: Conditions, objective: str, budgets: Budgets) -> tuple[int, tuple[str, ...]]:
         costs = self.predict(c)
@@ -290,7 +291,8 @@ class MinCutPlanner(_CandidatePlanner):
         server = self._flow.server_side(self, c, objective)
         mobile_only = np.zeros(self.graph.n, dtype=bool)
         candidates = ScheduleTerms.placements(self.graph, np.stack([server, mobile_only]))
-        score = candidates.costs(self.mobile_s, self.server_s, self.power_w, c)[OBJECTIVES.index(objective)]
+        score = candidates.costs(self.mobile_s, self.server_s, self.power_w, c,
+                                 self.graph.upload_nbytes(c.up_mbps))[OBJECTIVES.index(objective)]
         return self.schedule(candidates.server_masks[int(np.argmin(score))]), ()
 
 
@@ -310,8 +312,8 @@ class ShortestPathPlanner(Planner):
         last_read = np.array([max((r for r in readers if r < graph.n), default=-1) for readers in consumers])
         # bytes crossing boundary k (made before k, read at or after k), and the model outputs each
         # segment makes (a server stage brings them back in its answer)
-        self.cross_bytes = np.array([graph.nbytes[(graph.producer < k) & (last_read >= k)].sum()
-                                     for k in range(graph.n)])
+        self.crossing = np.array([(graph.producer < k) & (last_read >= k) for k in range(graph.n)], dtype=np.float64)
+        self.cross_bytes = self.crossing @ graph.nbytes
         self.output_bytes = np.zeros(graph.n)
         for t in graph.outputs:
             if graph.producer[t] >= 0:
@@ -322,7 +324,7 @@ class ShortestPathPlanner(Planner):
         [m->m, s->m, m->s, s->s] (k = 0: from the mobile start), and of the two exits [m, s]."""
         n = self.graph.n
         x, y = self.mobile_s, self.server_s * c.server_slowdown
-        up = self.cross_bytes * 8 / (c.up_mbps * 1e6)
+        up = self.crossing @ self.graph.upload_nbytes(c.up_mbps) * 8 / (c.up_mbps * 1e6)
         down = self.cross_bytes * 8 / (c.down_mbps * 1e6)
         out = self.output_bytes * 8 / (c.down_mbps * 1e6)  # a server segment's model outputs come back
         trip = c.rtt_s + c.server_wait_s
@@ -469,11 +471,11 @@ class _FlowNetwork:
         for t in graph.outputs:
             if graph.producer[t] >= 0:
                 self.output_bytes[graph.producer[t]] += graph.nbytes[t]
-        self.nbytes = graph.nbytes
+        self.graph = graph
 
     def server_side(self, planner: Planner, c: Conditions, objective: str) -> np.ndarray:
         """The server mask of the minimum cut for the objective."""
-        up_s = self.nbytes * 8 / (c.up_mbps * 1e6)
+        up_s = self.graph.upload_nbytes(c.up_mbps) * 8 / (c.up_mbps * 1e6)
         down_s = self.output_bytes * 8 / (c.down_mbps * 1e6)
         if objective == "latency":
             server = planner.server_s * c.server_slowdown + down_s

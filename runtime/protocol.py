@@ -3,7 +3,9 @@
 Shared by the server and the mobile side's client. A message is a JSON header, optionally followed by
 raw tensor bytes; the `Inference-Header-Content-Length` header says where the JSON ends. Tensor
 bytes are little-endian and row-major, one block per binary tensor in the order they are listed.
-Only numeric and boolean tensors travel: BYTES (strings) are refused with a clear error.
+Only numeric and boolean tensors travel: BYTES (strings) are refused with a clear error. A binary
+tensor may come coded (runtime/codec.py): its parameter `content_encoding` names the codec and its
+`binary_data_size` is the coded length.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from math import prod
 
 import numpy as np
 
+from .codec import CODECS, CodecError, get_codec
 from .errors import NeurosurgeonError
 
-__all__ = ["DATATYPES", "NUMPY_DTYPES", "HEADER_LENGTH", "LOAD_HEADER", "SEGMENT_TIMES", "ProtocolError",
+__all__ = ["CONTENT_ENCODING", "DATATYPES", "NUMPY_DTYPES", "HEADER_LENGTH", "LOAD_HEADER", "SEGMENT_TIMES",
+           "ProtocolError",
            "encode_infer_request",
            "decode_infer_request", "encode_infer_response", "decode_infer_response", "parse_header_length",
            "cut_model_name", "parse_cut_model_name", "stage_model_name"]
@@ -25,6 +29,8 @@ LOAD_HEADER = "X-Neurosurgeon-Load"  # the server's load, on every answer to an 
 # A request parameter: true asks the answer for parameter "segment_s", the server's own seconds per
 # segment of the bundle (null for a segment it has not run yet).
 SEGMENT_TIMES = "segment_times"
+# A binary tensor's parameter naming the codec its bytes are in (runtime/codec.py); raw without it.
+CONTENT_ENCODING = "content_encoding"
 
 DATATYPES: dict[str, str] = {
     "bool": "BOOL",
@@ -80,10 +86,12 @@ def parse_header_length(value: str | None) -> int | None:
 
 
 def encode_infer_request(inputs: dict[str, np.ndarray], outputs: list[str] | None = None, binary: bool = True,
-                         parameters: dict | None = None, request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+                         parameters: dict | None = None, request_id: str | None = None,
+                         codecs: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
     """Body and extra HTTP headers of an infer request. With `binary`, tensors travel as raw bytes
-    and outputs are asked for as raw bytes too (all outputs, when `outputs` is None)."""
-    entries, chunks = _encode_tensors(inputs, set(inputs) if binary else set())
+    and outputs are asked for as raw bytes too (all outputs, when `outputs` is None). `codecs`: the
+    inputs sent coded (runtime/codec.py), by name, with the codec each is sent in."""
+    entries, chunks = _encode_tensors(inputs, set(inputs) if binary else set(), codecs or {})
     header: dict = {"inputs": entries}
     if request_id is not None:
         header["id"] = request_id
@@ -116,8 +124,10 @@ def encode_infer_response(model_name: str, outputs: dict[str, np.ndarray], binar
     return _join(header, chunks)
 
 
-def _encode_tensors(tensors: dict[str, np.ndarray], binary: set[str]) -> tuple[list[dict], list[bytes]]:
+def _encode_tensors(tensors: dict[str, np.ndarray], binary: set[str],
+                    codecs: dict[str, str] | None = None) -> tuple[list[dict], list[bytes]]:
     entries, chunks = [], []
+    codecs = codecs or {}
     for name, value in tensors.items():
         array = np.asarray(value)
         datatype = DATATYPES.get(array.dtype.name)
@@ -125,7 +135,13 @@ def _encode_tensors(tensors: dict[str, np.ndarray], binary: set[str]) -> tuple[l
             raise ProtocolError(f"tensor {name!r}: numpy dtype {array.dtype} has no protocol datatype "
                                 f"(supported: {', '.join(DATATYPES)})")
         entry: dict = {"name": name, "shape": list(array.shape), "datatype": datatype}
-        if name in binary:
+        if name in codecs:
+            if name not in binary:
+                raise ProtocolError(f"tensor {name!r}: only binary tensors can be sent coded")
+            coded = get_codec(codecs[name], allow_lossy=True).encode(array)
+            entry["parameters"] = {"binary_data_size": len(coded), CONTENT_ENCODING: codecs[name]}
+            chunks.append(coded)
+        elif name in binary:
             raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
@@ -207,7 +223,10 @@ def _decode_tensors(entries: list, tail: memoryview, kind: str) -> dict[str, np.
         if name in tensors:
             raise ProtocolError(f"{where} appears twice")
         dtype, shape = _dtype_and_shape(entry, where)
-        size = _object(entry, "parameters", where).get("binary_data_size")
+        tensor_parameters = _object(entry, "parameters", where)
+        size, encoding = tensor_parameters.get("binary_data_size"), tensor_parameters.get(CONTENT_ENCODING)
+        if encoding is not None and size is None:
+            raise ProtocolError(f"{where}: {CONTENT_ENCODING} {encoding!r} is for binary data; the tensor has none")
         if size is None:
             tensors[name] = _from_json_data(entry, dtype, shape, where)
             continue
@@ -215,6 +234,23 @@ def _decode_tensors(entries: list, tail: memoryview, kind: str) -> dict[str, np.
             raise ProtocolError(f"{where} has both JSON 'data' and binary_data_size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ProtocolError(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
+        if encoding is not None:
+            if offset + size > len(tail):
+                raise ProtocolError(f"binary data is truncated: {where} needs bytes {offset}..{offset + size} after "
+                                    f"the JSON header, the body has only {len(tail)}")
+            try:
+                codec = get_codec(encoding, allow_lossy=True) if isinstance(encoding, str) else None
+            except CodecError:
+                codec = None
+            if codec is None:
+                raise ProtocolError(f"{where}: unknown {CONTENT_ENCODING} {encoding!r} (this server decodes "
+                                    f"{', '.join(CODECS)})")
+            try:
+                tensors[name] = codec.decode(tail[offset:offset + size], dtype, shape, where)
+            except CodecError as err:
+                raise ProtocolError(str(err)) from None
+            offset += size
+            continue
         expected = prod(shape) * dtype.itemsize
         if size != expected:
             raise ProtocolError(f"{where}: binary_data_size is {size} bytes but shape {shape} of "

@@ -19,7 +19,7 @@ the same numbers the tests check by brute force.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -48,6 +48,31 @@ class TensorGraph:
     reads: tuple[tuple[int, ...], ...]  # per segment: the tensors it reads
     makes: tuple[tuple[int, ...], ...]  # per segment: the tensors it makes that leave it
     outputs: tuple[int, ...]  # the model's outputs
+    # Per tensor, where it may be uploaded coded (runtime/codec.py): its coded bytes and the seconds to
+    # code it both ways. None: every tensor travels raw.
+    coded_nbytes: np.ndarray | None = None
+    code_s: np.ndarray | None = None
+
+    def with_codec(self, stats: dict, encode_scale: float = 1.0) -> TensorGraph:
+        """This graph with the tensors in `stats` (name -> CodecStats) coded where it pays; the device's
+        encoding time scaled by `encode_scale` (its speed against the machine that measured it)."""
+        coded, seconds = self.nbytes.copy(), np.zeros(len(self.names))
+        for name, st in stats.items():
+            if name in self.index:
+                coded[self.index[name]] = st.bytes
+                seconds[self.index[name]] = st.encode_s * encode_scale + st.decode_s
+        return replace(self, coded_nbytes=coded, code_s=seconds)
+
+    def upload_nbytes(self, up_mbps: float) -> np.ndarray:
+        """Per tensor, the bytes whose upload at `up_mbps` takes as long as sending it the faster way:
+        raw, or coded plus the time to code it (expressed in bytes at that rate)."""
+        if self.coded_nbytes is None:
+            return self.nbytes
+        return np.minimum(self.nbytes, self.coded_nbytes + self.code_s * up_mbps * 1e6 / 8)
+
+    def pays_to_code(self, t: int, up_mbps: float) -> bool:
+        return self.coded_nbytes is not None and \
+            self.coded_nbytes[t] + self.code_s[t] * up_mbps * 1e6 / 8 < self.nbytes[t]
 
     @classmethod
     def from_segments(cls, inputs, segments, outputs) -> TensorGraph:
@@ -261,12 +286,12 @@ class Schedule:
         return " ".join(f"{stage.side[0]}{spans(stage.segments)}" for stage in self.stages)
 
 
-def _transfers(graph: TensorGraph, stages) -> tuple[float, float, float]:
-    """(bytes up, bytes down, server stages) of a schedule's stages."""
-    up = down = trips = 0.0
+def _transfers(graph: TensorGraph, stages) -> tuple[np.ndarray, float, float]:
+    """(times each tensor is uploaded, bytes down, server stages) of a schedule's stages."""
+    up, down, trips = np.zeros(len(graph.names)), 0.0, 0.0
     for stage in stages:
         if stage.side == SERVER:
-            up += float(graph.nbytes[list(stage.uploads)].sum())
+            up[list(stage.uploads)] += 1
             down += float(graph.nbytes[list(stage.downloads)].sum())
             trips += 1
     return up, down, trips
@@ -282,17 +307,20 @@ class ScheduleTerms:
         energy   = mobile_mask @ (x * p) + up_bytes * 8 / B_up * P_up + down_bytes * 8 / B_down * P_down
                    + (slowdown * server_mask @ y + round_trips * (RTT + wait)) * P_wait
         server_s = slowdown * server_mask @ y
+
+    with up_bytes = uploads @ (each tensor's bytes as sent at B_up: TensorGraph.upload_nbytes; the
+    time to code a tensor counts as upload time, at the radio's power).
     """
 
     server_masks: np.ndarray  # (schedules, segments) bool
-    up_bytes: np.ndarray
+    uploads: np.ndarray  # (schedules, tensors): how many times each tensor is uploaded
     down_bytes: np.ndarray
     round_trips: np.ndarray
 
     @classmethod
     def of(cls, graph: TensorGraph, server_masks) -> ScheduleTerms:
         masks = np.asarray(server_masks, dtype=bool).reshape(-1, graph.n)
-        up, down, trips = np.zeros(len(masks)), np.zeros(len(masks)), np.zeros(len(masks))
+        up, down, trips = np.zeros((len(masks), len(graph.names))), np.zeros(len(masks)), np.zeros(len(masks))
         for row, mask in enumerate(masks):
             up[row], down[row], trips[row] = _transfers(graph, plan_stages(graph, mask))
         return cls(masks, up, down, trips)
@@ -301,7 +329,7 @@ class ScheduleTerms:
     def of_schedule(cls, graph: TensorGraph, schedule: Schedule) -> ScheduleTerms:
         """`of` for one schedule whose stages are known."""
         up, down, trips = _transfers(graph, schedule.stages)
-        return cls(schedule.server_mask[None, :], np.array([up]), np.array([down]), np.array([trips]))
+        return cls(schedule.server_mask[None, :], up[None, :], np.array([down]), np.array([trips]))
 
     @classmethod
     def placements(cls, graph: TensorGraph, server_masks) -> ScheduleTerms:
@@ -312,17 +340,18 @@ class ScheduleTerms:
         made_on_server = np.zeros_like(read_on_server)
         made = graph.producer >= 0
         made_on_server[:, made] = masks[:, graph.producer[made]]
-        up = (read_on_server & ~made_on_server) @ graph.nbytes
+        uploads = (read_on_server & ~made_on_server).astype(np.float64)
         outputs = list(graph.outputs)
         down = made_on_server[:, outputs] @ graph.nbytes[outputs]
-        return cls(masks, up, down, masks.any(axis=1).astype(np.float64))
+        return cls(masks, uploads, down, masks.any(axis=1).astype(np.float64))
 
-    def costs(self, mobile_s, server_s, mobile_power_w, c) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(latency, mobile energy, server time) of every schedule under conditions `c`."""
+    def costs(self, mobile_s, server_s, mobile_power_w, c, upload_nbytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(latency, mobile energy, server time) of every schedule under conditions `c`, each tensor
+        uploaded as `upload_nbytes` bytes (TensorGraph.upload_nbytes at c's rate)."""
         x = np.asarray(mobile_s, dtype=np.float64)
         y = np.asarray(server_s, dtype=np.float64) * c.server_slowdown
         mobile = ~self.server_masks
-        up_s, down_s = self.up_bytes * 8 / (c.up_mbps * 1e6), self.down_bytes * 8 / (c.down_mbps * 1e6)
+        up_s, down_s = self.uploads @ upload_nbytes * 8 / (c.up_mbps * 1e6), self.down_bytes * 8 / (c.down_mbps * 1e6)
         server = self.server_masks @ y
         latency = mobile @ x + server + up_s + down_s + self.round_trips * (c.rtt_s + c.server_wait_s)
         waiting = server + self.round_trips * (c.rtt_s + c.server_wait_s)

@@ -18,13 +18,16 @@ import json
 import logging
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .auth import token_matches
 from .metrics import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
+from .codec import CODECS
 from .protocol import (
+    CONTENT_ENCODING,
     HEADER_LENGTH,
     LOAD_HEADER,
     SEGMENT_TIMES,
@@ -61,6 +64,10 @@ class HTTPError(ProtocolError):
     def __init__(self, message: str, status: int, headers: dict[str, str] | None = None):
         super().__init__(message, status)
         self.headers = headers or {}
+
+
+# Content-Encodings of a whole request body this server inflates (Triton's HTTP endpoint takes the same)
+BODY_ENCODINGS = ("identity", "gzip", "deflate")
 
 
 class ClientGone(Exception):
@@ -205,7 +212,9 @@ class InferenceServer:
                                         "batch_sizes": list(b.pool.batching.sizes) if b.pool.batching else [1],
                                         "max_queue_delay_s": b.pool.batching.max_queue_delay_s if b.pool.batching
                                         else 0.0} for b in self.repository.bundles.values()],
-                           "failed": self.repository.failed})
+                           "failed": self.repository.failed,
+                           # binary input tensors may come coded: parameter content_encoding names one of these
+                           "parameters": {CONTENT_ENCODING: list(CODECS)}})
 
     async def _live(self, match, scope, receive) -> Reply:
         return json_reply({"live": True})
@@ -241,11 +250,14 @@ class InferenceServer:
         received_bytes = sent_bytes = 0
         try:
             served, model = self.repository.model(name, match["version"])
-            encoding = header(scope, "content-encoding")
-            if encoding not in (None, "identity"):
-                raise HTTPError(f"Content-Encoding {encoding!r} is not supported; send the body uncompressed", 415)
+            encoding = (header(scope, "content-encoding") or "identity").strip().lower()
+            if encoding not in BODY_ENCODINGS:
+                raise HTTPError(f"Content-Encoding {encoding!r} is not supported; send the body as "
+                                f"{', '.join(BODY_ENCODINGS)}", 415)
             body = await self._read_body(scope, receive)
             received_bytes = len(body)
+            if encoding != "identity":
+                body = self._inflate(body, encoding)
             received = time.perf_counter()  # from here on the request is in the server, not on the network
             inputs, requested, parameters = decode_infer_request(body, parse_header_length(header(scope, HEADER_LENGTH)))
             model.check_inputs(inputs)
@@ -301,6 +313,20 @@ class InferenceServer:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+    def _inflate(self, body: bytes, encoding: str) -> bytes:
+        """A gzip- or deflate-coded body (tritonclient's request_compression_algorithm), inflated up to
+        the body limit: a small body that inflates past it is refused like a large one."""
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+        try:
+            plain = inflater.decompress(body, self.max_body_bytes + 1)
+        except zlib.error as err:
+            raise ProtocolError(f"request body is not valid {encoding} data ({err})") from None
+        if len(plain) > self.max_body_bytes or inflater.unconsumed_tail:
+            raise self._too_large(f"more than {self.max_body_bytes} bytes inflated")
+        if not inflater.eof:
+            raise ProtocolError(f"request body is truncated {encoding} data")
+        return plain
 
     def _too_large(self, size: str) -> HTTPError:
         # Close the connection: the rest of the body is never read, so it cannot carry another request.

@@ -1,4 +1,4 @@
-"""bench speed|runtime|decisions|compile|suite|soak|load: benchmarks that print tables (or JSON), measured here,
+"""bench speed|runtime|decisions|compile|suite|soak|load|compression: benchmarks that print tables (or JSON), measured here,
 medians side by side in one run since the machine is shared and noisy (neurosurgeon.tools.bench)."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ ZOO_MODELS = ["alexnet", "vgg16", "deepface", "lenet", "asr", "pos", "ner", "chk
 
 
 def register(verbs) -> None:
-    p = verbs.add_parser("bench", help="benchmarks that print tables (speed, runtime, decisions, compile, suite, soak, load)")
+    p = verbs.add_parser("bench", help="benchmarks that print tables (speed, runtime, decisions, compile, suite, soak, load, "
+                                         "compression)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
 
     b = benches.add_parser("speed", help="our generated code vs onnxruntime on this CPU, medians and ratios")
@@ -96,6 +97,28 @@ def register(verbs) -> None:
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--json", action="store_true")
     b.set_defaults(run=load)
+
+    b = benches.add_parser("compression", help="coded uploads per zoo model: bytes and coding time per cut, lossy "
+                                               "codecs' error against onnxruntime, end to end over 3G and LTE")
+    b.add_argument("models", nargs="*", help="zoo models (default alexnet vgg16 resnet18 mobilenetv2 asr deepface)")
+    b.add_argument("--input-size", type=int, default=112, help="image models' input size (default 112; 0: their own)")
+    b.add_argument("--networks", nargs="*", default=["3g", "lte"], help="end-to-end links (default 3g lte; none: skip)")
+    b.add_argument("--device", default="dilate:16", metavar="SPEC", help="the device's speed, as evaluate's --device")
+    b.add_argument("--requests", type=int, default=10, help="requests per median (default 10)")
+    b.add_argument("--workdir", default=".cache/bench-compression")
+    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(run=compression)
+
+
+def compression(args) -> int:
+    from ..tools.bench.compression import CompressionOptions, bench_compression, compression_tables
+
+    options = CompressionOptions(input_size=args.input_size or None, networks=tuple(args.networks), device=args.device,
+                                 requests=args.requests, workdir=Path(args.workdir), progress=not args.quiet)
+    if args.models:
+        options.models = list(args.models)
+    return _show(bench_compression(options), compression_tables, args.json)
 
 
 def _show(result, table, as_json: bool) -> int:

@@ -29,7 +29,7 @@ def bundle_dir(tmp_path_factory):
 
 def test_manifest_describes_model_cuts_segments_and_files(bundle_dir):
     manifest = json.loads((bundle_dir / "out" / "manifest.json").read_text())
-    assert manifest["format"] == "neurosurgeon-bundle" and manifest["schema_version"] == [2, 1]
+    assert manifest["format"] == "neurosurgeon-bundle" and manifest["schema_version"] == [2, 2]
     assert "compatibility" in manifest
     assert manifest["externs"] == ["neurosurgeon.sgemm"] and manifest["identity"]["options"]["kernels"] == "blas"
     counts = manifest["build"]["kernels"]["x86-host"]  # untuned: TVM kernels with our default schedules, GEMMs to BLAS

@@ -62,7 +62,7 @@ def slow_mobile_costs(bundle: Bundle, path: Path, slowdown: float) -> Path:
 
 def test_every_kind_of_cut_over_the_network_matches_onnxruntime(alexnet, server):
     _, bundle, feeds, reference = alexnet
-    runtime = MobileRuntime(bundle, server.url)
+    runtime = MobileRuntime(bundle, server.url, compression="off")  # raw tensors (coded: test_compression.py)
     n = len(bundle.segments)
     for cut in (0, 1, n // 2, n - 1, n, "auto"):
         outputs, record = runtime.infer(feeds, cut)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from neurosurgeon.runtime.estimators import NetworkEstimator, ServerLoadEstimator, conditions
+from neurosurgeon.runtime.estimators import MobileTimeEstimator, NetworkEstimator, ServerLoadEstimator, conditions
 from neurosurgeon.runtime.planner import NETWORKS, Budgets, Conditions, PrefixPlanner, SegmentCosts
 from neurosurgeon.runtime.schedule import TensorGraph
 
@@ -76,6 +76,22 @@ def test_a_decision_for_50_cuts_is_fast():
         planner.choose(c)
     per_decision = (time.perf_counter() - started) / 2000
     assert per_decision < 1e-3  # a sanity bound only; bench runtime reports the real figure
+
+
+def test_one_slow_run_does_not_make_a_segment_look_slow_for_good():
+    times = MobileTimeEstimator(np.array([1e-3, 2e-3]))
+    times.observe(0, 50e-3)  # a page fault, a context switch: one run 50x its seed
+    assert times.times[0] < 30e-3  # (the planner would otherwise never run it here again, and never learn)
+    times.observe(0, 1.1e-3)
+    assert times.times[0] == pytest.approx(1.1e-3)  # median of seed, 50 ms, 1.1 ms
+    assert times.observed.tolist() == [True, False] and times.times[1] == 2e-3
+    seeded_elsewhere = MobileTimeEstimator(np.array([10e-3]))  # a seed from another machine is outvoted
+    for seconds in (2e-3, 2.1e-3):
+        seeded_elsewhere.observe(0, seconds)
+    assert seeded_elsewhere.times[0] == pytest.approx(2.1e-3)
+    for _ in range(MobileTimeEstimator.WINDOW):  # a device that became slower: its last runs only
+        seeded_elsewhere.observe(0, 5e-3)
+    assert seeded_elsewhere.times[0] == pytest.approx(5e-3)
 
 
 def test_bandwidth_estimate_follows_the_link():

@@ -63,7 +63,8 @@ def random_dag(rng, n) -> TensorGraph:
 
 
 def brute(graph, costs, c, masks):
-    return ScheduleTerms.of(graph, masks).costs(costs.mobile_s, costs.server_s, costs.mobile_power_w, c)
+    return ScheduleTerms.of(graph, masks).costs(costs.mobile_s, costs.server_s, costs.mobile_power_w, c,
+                                                graph.upload_nbytes(c.up_mbps))
 
 
 def best(values, objective, budgets: Budgets):
@@ -125,7 +126,7 @@ def test_exact_planners_equal_brute_force_on_small_graphs(seed):
                            for t in read if graph.producer[t] >= 0) for mask in every])
     assert {m.tobytes() for m in placements} == {m.tobytes() for m in every[closed]}
     np.testing.assert_allclose(np.stack(ScheduleTerms.placements(graph, placements).costs(
-        costs.mobile_s, costs.server_s, costs.mobile_power_w, c)), np.stack(brute(graph, costs, c, placements)))
+        costs.mobile_s, costs.server_s, costs.mobile_power_w, c, graph.nbytes)), np.stack(brute(graph, costs, c, placements)))
     cuts = np.arange(n)[None, :] >= np.arange(n + 1)[:, None]
     spaces = [(PrefixPlanner, brute(graph, costs, c, cuts)), (MinCutPlanner, brute(graph, costs, c, placements)),
               (lambda g, k: MinCutPlanner(g, k, method="flow"), brute(graph, costs, c, placements))]

@@ -3,8 +3,10 @@ with our own protocol code, with raw HTTP, and with Triton's unmodified client."
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
+import zlib
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -175,6 +177,10 @@ def test_triton_client(inception, inception_server):
     tensor.set_data_from_numpy(inception.feeds["input"])
     result = client.infer("inception", [tensor])
     assert_outputs_match({n: result.as_numpy(n) for n in ("output", "aux")}, inception.reference)
+    for algorithm in ("gzip", "deflate"):  # a whole body compressed, as Triton's HTTP endpoint takes it
+        result = client.infer("inception", [tensor], request_compression_algorithm=algorithm)
+        assert_outputs_match({n: result.as_numpy(n) for n in ("output", "aux")}, inception.reference)
+    assert client.get_server_metadata()["parameters"]["content_encoding"] == ["shuffle-zlib", "float16", "int8"]
 
     bad = triton.InferInput("input", [1, 3, 16, 16], "FP32")
     bad.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
@@ -239,6 +245,21 @@ def test_body_limit(lenet, guarded_server):
     answer = connection.getresponse()
     assert answer.status == 413 and f"limit of {BODY_LIMIT} bytes" in json.loads(answer.read())["error"]
     connection.close()
+
+    # a gzip body that fits but inflates past the limit is refused as a large one; garbage is a 400
+    url = f"{guarded_server.url}/v2/models/lenet-cut01/infer"
+    small = gzip.compress(b"\0" * BODY_LIMIT * 4)
+    assert len(small) < BODY_LIMIT
+    answer = call(url, small, {**headers, **auth, "Content-Encoding": "gzip"})
+    assert answer[0] == 413 and "bytes inflated" in error_of(answer)
+    answer = call(url, b"not gzip at all", {**headers, **auth, "Content-Encoding": "gzip"})
+    assert answer[0] == 400 and "not valid gzip data" in error_of(answer)
+    answer = call(url, body, {**headers, **auth, "Content-Encoding": "br"})
+    assert answer[0] == 415 and "Content-Encoding 'br' is not supported" in error_of(answer)
+    ok_body, ok_headers = encode_infer_request(lenet.feeds)
+    answer = call(f"{guarded_server.url}/v2/models/lenet/infer", zlib.compress(ok_body),
+                  {**ok_headers, **auth, "Content-Encoding": "deflate"})
+    assert answer[0] == 200, answer
 
 
 def test_token(lenet, guarded_server):

@@ -77,8 +77,9 @@ def test_every_cut_over_loopback_then_without_the_server(board, compiled):
     assert [r["cut"] for r in records] == list(range(n + 1)) and sorted(outputs) == list(range(n + 1))
     for record in records:
         assert not record["fell_back"], record
-        if record["cut"] < n:  # the server did the rest: it reported compute, and tensors plus a header went up
-            assert record["server_s"] > 0 and record["upload_bytes"] > record["crossing_bytes"], record
+        if record["cut"] < n:  # the server did the rest: it reported compute, and the tensors went up (raw plus
+            # a header, or coded where that pays at the link's rate: tests/runtime/test_compression.py)
+            assert record["server_s"] > 0 and record["upload_bytes"] > 0, record
         else:
             assert record["upload_bytes"] == 0
         assert_matches(outputs[record["cut"]], reference)

@@ -100,6 +100,16 @@ class DilatedExecutor:
     def load(self, segment: int):
         return self.inner.load(segment)
 
+    def charge(self, seconds: float) -> float:
+        """Work the device did outside its segments (coding an upload) took `seconds` at full speed:
+        sleep the rest of its dilated time; returns the seconds slept."""
+        owed = seconds * (self.factor - 1)
+        if owed > 0:
+            slept_from = time.perf_counter()
+            time.sleep(owed)
+            return time.perf_counter() - slept_from
+        return 0.0
+
     def run(self, env: dict, segments) -> dict:
         started = time.perf_counter()
         result = self.inner.run(env, segments)
@@ -283,10 +293,10 @@ class _Device:
         self.runtimes.clear()
         return seconds
 
-    def runtime(self, network: str, objective: str, fresh: bool):
+    def runtime(self, network: str, objective: str, fresh: bool, compression: str = "auto"):
         from ...runtime.mobile import MobileRuntime
 
-        key = (network, objective)
+        key = (network, objective, compression)
         if fresh or key not in self.runtimes:
             old = self.runtimes.pop(key, None)
             if old is not None:
@@ -295,14 +305,14 @@ class _Device:
             self.runtimes[key] = MobileRuntime(self.bundle, self.url, network=network,
                                                objective="latency" if objective == HEDGED else objective,
                                                shape_link=True, costs=self.costs_path, executor=self.executor,
-                                               hedge=objective == HEDGED)
+                                               hedge=objective == HEDGED, compression=compression)
         return self.runtimes[key]
 
     def run(self, network: str, objective: str, schedule, requests: int, warmup: int = 0,
-            fresh: bool = False) -> list[dict]:
+            fresh: bool = False, compression: str = "auto") -> list[dict]:
         """`warmup` requests (not kept: the estimators learn from them), then `requests` kept ones, each
         one's outputs checked against the reference."""
-        runtime = self.runtime(network, objective, fresh)
+        runtime = self.runtime(network, objective, fresh, compression)
         kept = []
         for index in range(warmup + requests):
             outputs, record = runtime.infer(self.feeds, schedule)
@@ -312,7 +322,7 @@ class _Device:
 
     def set_link(self, network: str, up_mbps: float) -> None:
         """The uplink of every runtime on `network` now runs at `up_mbps` (a bandwidth trace replayed)."""
-        for (name, _), runtime in self.runtimes.items():
+        for (name, *_), runtime in self.runtimes.items():
             if name == network:
                 runtime.client.link.up_mbps = up_mbps
 
@@ -322,8 +332,8 @@ class _Device:
 
     def _request(self, runtime, record, outputs) -> Request:
         power = runtime.costs.mobile_power_w
-        compute_j = sum(float(np.mean(power[s.segments])) * (s.measured_s if s.ran_on == "mobile" else s.hedged_s)
-                        for s in record.stages)
+        compute_j = sum(float(np.mean(power[s.segments])) * ((s.measured_s if s.ran_on == "mobile" else s.hedged_s)
+                                                             + s.encode_s) for s in record.stages)
         # The link is shaped to the network's nominal rates: transfers take bytes / rate; the rest of the
         # time spent on the network and in the server is waiting, with the radio active at beta.
         link = runtime.network.link
@@ -386,8 +396,8 @@ class DeviceProcess:
         return self._call("calibrate", repeats, str(workdir), power_w)
 
     def run(self, network: str, objective: str, schedule, requests: int, warmup: int = 0,
-            fresh: bool = False) -> list[dict]:
-        return self._call("run", network, objective, schedule, requests, warmup, fresh)
+            fresh: bool = False, compression: str = "auto") -> list[dict]:
+        return self._call("run", network, objective, schedule, requests, warmup, fresh, compression)
 
     def set_link(self, network: str, up_mbps: float) -> None:
         self._call("set_link", network, up_mbps)
