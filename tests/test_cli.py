@@ -55,6 +55,18 @@ def test_bench_speed_compares_with_onnxruntime_side_by_side(capsys):
     assert result["model"] == "lenet" and result["input_shapes"] == {"input": [1, 1, 28, 28]}
 
 
+def test_bench_speed_times_every_cut_against_the_monolithic_build(capsys):
+    segments = {}
+    for partitioner in ("fused-layers", "layer-boundaries"):
+        assert main(["bench", "speed", "lenet", "--cuts", "--partitioner", partitioner, "--repeats", "3", "--json",
+                     "--quiet"]) == 0
+        cuts = json.loads(capsys.readouterr().out)["cuts"]
+        assert cuts["partitioner"] == partitioner and len(cuts["cut_ms"]) == cuts["segments"] + 1
+        assert cuts["ratio_min"] <= cuts["ratio_median"] <= cuts["ratio_max"] and cuts["monolithic_ms"] > 0
+        segments[partitioner] = cuts["segments"]
+    assert segments == {"fused-layers": 6, "layer-boundaries": 7}  # ip1 and its ReLU: one segment
+
+
 def test_bench_speed_refuses_targets_that_do_not_run_here(capsys):
     assert main(["bench", "speed", "lenet", "--target", "aarch64-neon"]) == 2
     assert "aarch64-neon does not run on this machine" in capsys.readouterr().err

@@ -27,6 +27,8 @@ def register(verbs) -> None:
     b.add_argument("--steps", action="store_true", help="also time TVM's default pipeline and ours without BLAS")
     b.add_argument("--cuts", action="store_true", help="also build the bundle and time every cut end to end "
                                                        "against the monolithic build")
+    b.add_argument("--partitioner", metavar="NAME", help="--cuts: the bundle's candidate cuts (fused-layers, the "
+                                                         "default, or layer-boundaries)")
     b.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds (default 15)")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--json", action="store_true")
@@ -134,7 +136,8 @@ def speed(args) -> int:
 
     options = SpeedOptions(target=args.target, tuning=args.tuning, threads=args.threads, steps=args.steps,
                            cuts=args.cuts, repeats=args.repeats, input_shapes=input_shapes(args),
-                           input_size=args.input_size, kernels=args.kernels, progress=not args.quiet)
+                           input_size=args.input_size, kernels=args.kernels, partitioner=args.partitioner,
+                           progress=not args.quiet)
     return _show(bench_speed(args.model, options), speed_table, args.json)
 
 

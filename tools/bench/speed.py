@@ -54,6 +54,7 @@ class SpeedOptions:
     input_shapes: dict = field(default_factory=dict)
     input_size: int | None = None  # zoo models: input height = width
     kernels: str = "blas"
+    partitioner: str | None = None  # --cuts: the bundle's candidate cuts (None: the default, fused-layers)
     progress: bool = True
 
 
@@ -185,13 +186,16 @@ def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
 
 
 def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, monolithic: _Candidate) -> dict:
+    from ...compiler.partition import get_partitioner
     from ...compiler.pipeline import CompileOptions, compile_model
     from ...runtime.bundle import Bundle, SegmentExecutor
     from ..verify import run_cut
 
     compile_model(model, workdir / "bundle", CompileOptions(options.target, options.target, options.input_shapes,
                                                             tuning=options.tuning, kernels=options.kernels,
-                                                            progress=options.progress), name=name)
+                                                            progress=options.progress,
+                                                            partitioner=get_partitioner(options.partitioner)),
+                  name=name)
     bundle = Bundle(workdir / "bundle")
     mobile, server = SegmentExecutor(bundle, "mobile"), SegmentExecutor(bundle, "server")
     candidates = [_Candidate(f"cut {k}", lambda k=k: run_cut(bundle, mobile, server, k, feeds))
@@ -200,7 +204,8 @@ def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, monolit
     _interleaved_medians([mono, *candidates], max(3, options.repeats // 3), options.max_seconds, warmup_s=0.05)
     mono_s = statistics.median(mono.times)
     per_cut = [statistics.median(c.times) / mono_s for c in candidates]
-    return {"monolithic_ms": mono_s * 1e3, "cut_ms": [round(statistics.median(c.times) * 1e3, 3) for c in candidates],
+    return {"partitioner": bundle.manifest.identity.options.get("partitioner"), "segments": len(bundle.segments),
+            "monolithic_ms": mono_s * 1e3, "cut_ms": [round(statistics.median(c.times) * 1e3, 3) for c in candidates],
             "ratio_min": min(per_cut), "ratio_median": statistics.median(per_cut), "ratio_max": max(per_cut)}
 
 
@@ -222,7 +227,8 @@ def speed_table(result: dict) -> str:
         c = result["cuts"]
         lines.append(f"\nevery cut end to end (segments chained in one process) vs the monolithic build "
                      f"({c['monolithic_ms']:.2f} ms): min {c['ratio_min']:.2f}x, median {c['ratio_median']:.2f}x, "
-                     f"max {c['ratio_max']:.2f}x over {len(c['cut_ms'])} cuts")
+                     f"max {c['ratio_max']:.2f}x over {len(c['cut_ms'])} cuts ({c['segments']} segments, "
+                     f"partitioner {c['partitioner']})")
     lines.append("\nMedians of interleaved rounds in one process (each round runs every build once), batch 1; "
                  "ratio = median / onnxruntime's median.")
     return "\n".join(lines)
