@@ -64,7 +64,7 @@ def test_bench_speed_times_every_cut_against_the_monolithic_build(capsys):
         assert cuts["partitioner"] == partitioner and len(cuts["cut_ms"]) == cuts["segments"] + 1
         assert cuts["ratio_min"] <= cuts["ratio_median"] <= cuts["ratio_max"] and cuts["monolithic_ms"] > 0
         segments[partitioner] = cuts["segments"]
-    assert segments == {"fused-layers": 6, "layer-boundaries": 7}  # ip1 and its ReLU: one segment
+    assert segments == {"fused-layers": 7, "layer-boundaries": 8}  # ip1 and its ReLU: one segment
 
 
 def test_bench_speed_refuses_targets_that_do_not_run_here(capsys):

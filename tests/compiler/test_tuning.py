@@ -91,15 +91,17 @@ def test_tune_then_compile_applies_and_reuses(tmp_path):
     counts = result.manifest["build"]["kernels"]["x86-host"]
     assert counts["tuned"] == counts["kernels"] > 0 and counts["externs"] == 2
     assert len(identity["database_sha256"]) == 64
-    # Our default schedule is candidate zero of every task: where a searched schedule beat it, the
-    # tuned build's code differs from the untuned build's; where none did, the code is the same.
+    # Our default schedule is candidate zero of every task: where no searched schedule beat it, the
+    # tuned build's code is the untuned build's. (Where one did, the code usually differs, but need not:
+    # two traces can lower to the same kernel.)
     tasks = read_tuning_info(folder)["tasks"].values()
     assert all(t["default_us"] > 0 and t["best_us"] <= t["default_us"] for t in tasks)
     assert all(t["schedule"] in ("default", "searched") for t in tasks)
     assert all(t["best_us"] == t["default_us"] for t in tasks if t["schedule"] == "default")
     differ = [p.name for p in (untuned / "artifacts/x86-host").iterdir()
               if p.read_bytes() != (tuned / "artifacts/x86-host" / p.name).read_bytes()]
-    assert bool(differ) == any(t["schedule"] == "searched" for t in tasks), (differ, list(tasks))
+    if all(t["schedule"] == "default" for t in tasks):
+        assert not differ, differ
     checks = verify_bundle(tuned, model)
     assert len(checks) == len(result.plan.cuts) and all(c.ok for c in checks)
 
