@@ -41,9 +41,9 @@ def measure_codecs(frozen: FrozenModel, plan: PartitionPlan) -> dict:
     names = crossing_tensors(plan)
     model = onnx.ModelProto()
     model.CopyFrom(frozen.model)
-    outputs = {o.name for o in model.graph.output}
+    present = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
     for name in names:
-        if name not in outputs and name not in {i.name for i in model.graph.input}:
+        if name not in present:
             t = frozen.tensors[name]
             model.graph.output.append(onnx.helper.make_tensor_value_info(
                 name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), list(t.shape)))

@@ -237,8 +237,8 @@ class MobileRuntime:
         names = self.graph.names
         if self.code_everything:
             return {names[t]: self.codec.name for t in tensors if values[names[t]].dtype.kind == "f"}
-        up_mbps = self.network.up_mbps
-        return {names[t]: self.codec.name for t in tensors if self.graph.pays_to_code(t, up_mbps)}
+        sent = self.graph.upload_nbytes(self.network.up_mbps)  # where smaller than raw, coding pays
+        return {names[t]: self.codec.name for t in tensors if sent[t] < self.graph.nbytes[t]}
 
     def planner_for(self, name: str) -> Planner:
         if name not in self._planners:

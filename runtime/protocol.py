@@ -234,10 +234,13 @@ def _decode_tensors(entries: list, tail: memoryview, kind: str) -> dict[str, np.
             raise ProtocolError(f"{where} has both JSON 'data' and binary_data_size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ProtocolError(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
+        if encoding is None and size != prod(shape) * dtype.itemsize:
+            raise ProtocolError(f"{where}: binary_data_size is {size} bytes but shape {shape} of "
+                                f"{DATATYPES[dtype.name]} needs {prod(shape) * dtype.itemsize}")
+        if offset + size > len(tail):
+            raise ProtocolError(f"binary data is truncated: {where} needs bytes {offset}..{offset + size} after the "
+                                f"JSON header, the body has only {len(tail)}")
         if encoding is not None:
-            if offset + size > len(tail):
-                raise ProtocolError(f"binary data is truncated: {where} needs bytes {offset}..{offset + size} after "
-                                    f"the JSON header, the body has only {len(tail)}")
             try:
                 codec = get_codec(encoding, allow_lossy=True) if isinstance(encoding, str) else None
             except CodecError:
@@ -249,17 +252,9 @@ def _decode_tensors(entries: list, tail: memoryview, kind: str) -> dict[str, np.
                 tensors[name] = codec.decode(tail[offset:offset + size], dtype, shape, where)
             except CodecError as err:
                 raise ProtocolError(str(err)) from None
-            offset += size
-            continue
-        expected = prod(shape) * dtype.itemsize
-        if size != expected:
-            raise ProtocolError(f"{where}: binary_data_size is {size} bytes but shape {shape} of "
-                                f"{DATATYPES[dtype.name]} needs {expected}")
-        if offset + size > len(tail):
-            raise ProtocolError(f"binary data is truncated: {where} needs bytes {offset}..{offset + size} after the "
-                                f"JSON header, the body has only {len(tail)}")
-        raw = np.frombuffer(tail[offset:offset + size], dtype=dtype.newbyteorder("<"))
-        tensors[name] = raw.astype(dtype, copy=False).reshape(shape)
+        else:
+            raw = np.frombuffer(tail[offset:offset + size], dtype=dtype.newbyteorder("<"))
+            tensors[name] = raw.astype(dtype, copy=False).reshape(shape)
         offset += size
     if offset != len(tail):
         raise ProtocolError(f"{len(tail) - offset} unexpected bytes after the binary tensor data "

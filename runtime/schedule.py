@@ -71,8 +71,7 @@ class TensorGraph:
         return np.minimum(self.nbytes, self.coded_nbytes + self.code_s * up_mbps * 1e6 / 8)
 
     def pays_to_code(self, t: int, up_mbps: float) -> bool:
-        return self.coded_nbytes is not None and \
-            self.coded_nbytes[t] + self.code_s[t] * up_mbps * 1e6 / 8 < self.nbytes[t]
+        return bool(self.upload_nbytes(up_mbps)[t] < self.nbytes[t])
 
     @classmethod
     def from_segments(cls, inputs, segments, outputs) -> TensorGraph:
