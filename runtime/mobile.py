@@ -444,7 +444,9 @@ class MobileRuntime:
             t0 = time.perf_counter()
             self.executor.run(env, (index,))
             self.mobile_times.observe(index, time.perf_counter() - t0)
-        return time.perf_counter() - started
+        took = time.perf_counter() - started
+        self.mobile_times.observe_stage(segments, took)
+        return took
 
     def _deadline(self, predicted_s: float) -> float:
         return self.deadline_s if self.deadline_s is not None else max(2.0, 4.0 * predicted_s)

@@ -94,7 +94,8 @@ def test_chosen_cut_moves_towards_the_mobile_side_as_server_load_rises(alexnet, 
     idle = [runtime.infer(feeds)[1].cut for _ in range(3)]
     assert idle[-1] < len(bundle.segments), idle
     with LoadGenerator(server.url, cut_model_name(bundle.name, 0), feeds, [t.name for t in bundle.outputs], clients=4):
-        runtime.infer(feeds, 0)  # an answer from the busy server carries its load
+        for _ in range(2):  # answers from the busy server carry its load: two of the last three, no burst
+            runtime.infer(feeds, 0)
         outputs, record = runtime.infer(feeds)
     assert_matches(outputs, reference)
     assert record.server_wait_s > 0 and record.cut > idle[-1], (idle, record)

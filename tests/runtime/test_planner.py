@@ -94,6 +94,18 @@ def test_one_slow_run_does_not_make_a_segment_look_slow_for_good():
     assert seeded_elsewhere.times[0] == pytest.approx(5e-3)
 
 
+def test_stage_time_beyond_the_segments_medians_is_learned():
+    times = MobileTimeEstimator(np.array([1e-3, 2e-3, 3e-3]))
+    for _ in range(MobileTimeEstimator.WINDOW):
+        for segment, seconds in enumerate((1e-3, 2e-3, 3e-3)):
+            times.observe(segment, seconds)
+        times.observe_stage([0, 1, 2], 6.3e-3)  # 5% between and around the segments, every time
+    assert times.ratio == pytest.approx(1.05)
+    assert times.times.sum() == pytest.approx(6.3e-3)  # what a stage of all three really takes
+    times.observe_stage([0, 1], 60e-3)  # one stalled stage does not move the estimate
+    assert times.ratio == pytest.approx(1.05)
+
+
 def test_bandwidth_estimate_follows_the_link():
     estimator = NetworkEstimator(NETWORKS["wifi"])
     for _ in range(20):  # the link is really 3G-like: 1 Mbps up, 2 Mbps down, 100 ms RTT
@@ -109,5 +121,10 @@ def test_server_load_report_goes_stale():
     assert load.wait_s(now=100.0) == pytest.approx(0.2)
     assert load.wait_s(now=105.0) == pytest.approx(0.1)
     assert load.wait_s(now=120.0) == 0.0
+    for t, wait in ((200.0, 0.02), (201.0, 0.5), (202.0, 0.03)):  # one report of a momentary burst
+        load.update({"expected_wait_s": wait}, now=t)
+    assert load.wait_s(now=202.0) == pytest.approx(0.03)
+    load.update({"expected_wait_s": 0.5}, now=203.0)  # a lasting one: two of the last three
+    assert load.wait_s(now=203.0) == pytest.approx(0.5)
     c = conditions(NetworkEstimator(NETWORKS["lte"]), load, True)
     assert c.upload_power_w == pytest.approx((438.39 * 5.85 + 1288.04) / 1000)
