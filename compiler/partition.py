@@ -23,7 +23,8 @@ from ..runtime.tensors import TensorInfo
 from .layers import LAYER_TYPES, SHAPE_ONLY_OPS, LayerGraph
 
 __all__ = ["DEFAULT_PARTITIONER", "PARTITIONERS", "Cut", "FusedLayersPartitioner", "LayerBoundaryPartitioner",
-           "PartitionPlan", "Partitioner", "Segment", "epilogue_boundaries", "get_partitioner", "partition"]
+           "PartitionPlan", "Partitioner", "Segment", "Traffic", "UploadEnvelopePartitioner", "epilogue_boundaries",
+           "get_partitioner", "partition"]
 
 
 @dataclass
@@ -109,6 +110,39 @@ class FusedLayersPartitioner(Partitioner):
         return [b for b in range(len(graph.layers) + 1) if b not in inside]
 
 
+class UploadEnvelopePartitioner(Partitioner):
+    """The fused-layers boundaries that lie on the lower envelope of the cut costs when the server, under
+    whatever load, computes every layer at least as fast as the device: a boundary is kept only where it
+    uploads fewer bytes than every boundary before it, or downloads fewer (cloud-only and device-only
+    are always kept).
+
+    Why that is the envelope: for prefix cuts j < k, latency_j - latency_k = sum over the layers
+    between them of (loaded server time - device time) + (up_j - up_k) / uplink + (down_j - down_k) /
+    downlink; the round trip and the server's queue are the same for every cut that offloads. With
+    every layer no slower on the server and up_j <= up_k, down_j <= down_k, the difference is <= 0 at
+    every bandwidth, round trip and queue: cut k is never better than cut j. Mobile energy likewise,
+    where the device's compute power is at least the radio's active power (which it pays while the
+    server computes): (device power x device time - radio power x server time) >= 0 per layer. Outside
+    that range (a device faster than the loaded server, or coded uploads whose ratios differ a lot
+    between the two cuts) a pruned cut could win; `bench decisions` counts how often it would."""
+
+    name = "upload-envelope"
+
+    def boundaries(self, graph: LayerGraph) -> list[int]:
+        traffic = Traffic(graph)
+        n = len(graph.layers)
+        kept, best_up, best_down = [], None, None
+        for b in FusedLayersPartitioner().boundaries(graph):
+            up = sum(t.nbytes for t in traffic.crossing(b))
+            down = sum(t.nbytes for t in traffic.server_outputs(b))
+            if b in (0, n) or best_up is None or up < best_up or down < best_down:
+                kept.append(b)
+            if b < n:
+                best_up = up if best_up is None else min(best_up, up)
+                best_down = down if best_down is None else min(best_down, down)
+        return kept
+
+
 # Operators that map each element on its own (the others' operands constants): a compiler's epilogues.
 POINTWISE_OPS = LAYER_TYPES["activation"] | LAYER_TYPES["elementwise"] | {"BatchNormalization"}
 
@@ -136,7 +170,8 @@ def epilogue_boundaries(graph: LayerGraph) -> list[int]:
     return found
 
 
-PARTITIONERS: dict[str, type[Partitioner]] = {p.name: p for p in (FusedLayersPartitioner, LayerBoundaryPartitioner)}
+PARTITIONERS: dict[str, type[Partitioner]] = {
+    p.name: p for p in (FusedLayersPartitioner, LayerBoundaryPartitioner, UploadEnvelopePartitioner)}
 DEFAULT_PARTITIONER = FusedLayersPartitioner.name
 
 
@@ -148,6 +183,41 @@ def get_partitioner(name: str | None = None) -> Partitioner:
     return PARTITIONERS[name]()
 
 
+class Traffic:
+    """What crosses each layer boundary of `graph` when the layers before it run on the mobile side."""
+
+    def __init__(self, graph: LayerGraph):
+        frozen = graph.model
+        self.tensors = frozen.tensors
+        self.producer = graph.producer_layer()
+        self.readers: dict[str, list[int]] = {}
+        for layer in graph.layers:
+            for name in layer.inputs:
+                self.readers.setdefault(name, []).append(layer.index)
+        # tensor -> last layer that reads it; model outputs are read "after" every layer
+        self.last_use = {name: max(indices) for name, indices in self.readers.items()}
+        self.model_outputs = [t.name for t in frozen.outputs]
+        for name in self.model_outputs:
+            self.last_use[name] = len(graph.layers)
+        # Tensors in the order they come into being: model inputs first, then layer by layer.
+        self.birth_order = [t.name for t in frozen.inputs] + [t.name for layer in graph.layers for t in layer.outputs]
+
+    def _made_before(self, name: str, boundary: int) -> bool:
+        return self.producer.get(name, -1) < boundary
+
+    def crossing(self, b: int) -> list[TensorInfo]:
+        """Uploaded at boundary b: made before it (or a model input) and read after it."""
+        return [self.tensors[n] for n in self.birth_order
+                if self._made_before(n, b) and any(r >= b for r in self.readers.get(n, []))]
+
+    def mobile_outputs(self, b: int) -> list[TensorInfo]:
+        return [self.tensors[n] for n in self.model_outputs if self._made_before(n, b)]
+
+    def server_outputs(self, b: int) -> list[TensorInfo]:
+        """Downloaded at boundary b: the model outputs the server makes."""
+        return [self.tensors[n] for n in self.model_outputs if not self._made_before(n, b)]
+
+
 def partition(graph: LayerGraph, partitioner: Partitioner | None = None) -> PartitionPlan:
     partitioner = partitioner or get_partitioner()
     bounds = partitioner.boundaries(graph)
@@ -155,36 +225,14 @@ def partition(graph: LayerGraph, partitioner: Partitioner | None = None) -> Part
     if not bounds or bounds[0] != 0 or bounds[-1] != n_layers or bounds != sorted(set(bounds)):
         raise ValueError(f"partitioner {partitioner.name} returned invalid boundaries {bounds} for {n_layers} layers")
 
-    frozen = graph.model
-    tensors = frozen.tensors
-    producer = graph.producer_layer()
-    readers: dict[str, list[int]] = {}
-    for layer in graph.layers:
-        for name in layer.inputs:
-            readers.setdefault(name, []).append(layer.index)
-    # tensor -> last layer that reads it; model outputs are read "after" every layer
-    last_use = {name: max(indices) for name, indices in readers.items()}
-    model_outputs = [t.name for t in frozen.outputs]
-    for name in model_outputs:
-        last_use[name] = n_layers
-    # Tensors in the order they come into being: model inputs first, then layer by layer.
-    birth_order = [t.name for t in frozen.inputs] + [t.name for layer in graph.layers for t in layer.outputs]
-
-    def made_before(name: str, boundary: int) -> bool:
-        return producer.get(name, -1) < boundary
-
+    traffic = Traffic(graph)
     cuts = []
     for i, b in enumerate(bounds):
-        crossing = [tensors[n] for n in birth_order if made_before(n, b) and any(r >= b for r in readers.get(n, []))]
-        cuts.append(Cut(
-            index=i, layer_boundary=b,
-            after_layer=graph.layers[b - 1].name if b > 0 else None,
-            crossing=crossing,
-            mobile_outputs=[tensors[n] for n in model_outputs if made_before(n, b)],
-            server_outputs=[tensors[n] for n in model_outputs if not made_before(n, b)],
-        ))
+        cuts.append(Cut(index=i, layer_boundary=b, after_layer=graph.layers[b - 1].name if b > 0 else None,
+                        crossing=traffic.crossing(b), mobile_outputs=traffic.mobile_outputs(b),
+                        server_outputs=traffic.server_outputs(b)))
 
-    segments = [_slice(graph, i, start, end, birth_order, last_use)
+    segments = [_slice(graph, i, start, end, traffic.birth_order, traffic.last_use)
                 for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:]))]
     return PartitionPlan(partitioner=partitioner.name, cuts=cuts, segments=segments)
 

@@ -151,6 +151,10 @@ class SegmentExecutor:
         except BundleError as err:
             raise BundleError(f"{self.bundle.path}: {err}") from None
 
+    def held(self) -> tuple[int, int]:
+        """(segments whose artifacts are loaded, the bytes of those artifacts)."""
+        return len(self._functions), sum((self.bundle.path / self._entry(i).file).stat().st_size for i in self._functions)
+
     def load(self, segment: int):
         if segment not in self._functions:
             what = f"artifact for segment {segment}" + (f" at batch {self.batch}" if self.batch > 1 else "")

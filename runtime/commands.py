@@ -98,8 +98,8 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
                                 allow_plain_token=args.allow_plain_token, compression=args.compression)
         inputs = read_inputs(bundle, args.input)
         runtime.check_inputs(inputs)  # before any of the bundle's code loads
-        runtime.warm_up()
         cuts = range(runtime.n_segments + 1) if sweep else [args.schedule or args.cut]
+        runtime.warm_up("auto" if sweep else cuts[0])
         saved = {}
         for _ in range(args.requests):
             for cut in cuts:
@@ -110,6 +110,9 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
                              if sweep else outputs)
         if args.output:
             write_outputs(saved, args.output)
+        held, nbytes = runtime.executor.held()
+        print(f"run.py: held {held} of {runtime.n_segments} segments here ({nbytes / 2**20:.1f} MiB of artifacts); "
+              f"peak resident memory {_peak_resident_mib()}", file=sys.stderr)
     except (NeurosurgeonError, ValueError) as err:
         print(f"run.py: error: {err}", file=sys.stderr)
         return 2
@@ -168,6 +171,15 @@ def run_bundle_main(argv: list[str] | None = None) -> int:
 
 
 _COMMANDS = {"rpc-server": rpc_server_main, "run": run_bundle_main}
+
+
+def _peak_resident_mib() -> str:
+    """This process's peak resident memory (the kernel's high-water mark), where the system says it."""
+    try:
+        with open("/proc/self/status") as status:
+            return f"{int(next(line for line in status if line.startswith('VmHWM')).split()[1]) / 1024:.0f} MiB"
+    except (OSError, StopIteration, ValueError):
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

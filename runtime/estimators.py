@@ -9,8 +9,8 @@ import numpy as np
 
 from .planner import Conditions, Network
 
-__all__ = ["MIN_BANDWIDTH_SAMPLE_BYTES", "MobileTimeEstimator", "NetworkEstimator", "ServerLoadEstimator", "conditions",
-           "ewma"]
+__all__ = ["MIN_BANDWIDTH_SAMPLE_BYTES", "MobileTimeEstimator", "NetworkEstimator", "RequestTimeEstimator",
+           "ServerLoadEstimator", "conditions", "ewma"]
 
 # Transfers smaller than this say more about latency than about bandwidth.
 MIN_BANDWIDTH_SAMPLE_BYTES = 16 * 1024
@@ -150,12 +150,33 @@ class MobileTimeEstimator:
         self.ratio = float(np.median(window))
 
 
+class RequestTimeEstimator:
+    """This side's own seconds per server stage outside its segments (building the request: its header,
+    the tensors' bytes), the median of the last WINDOW stages sent raw (a coded upload's coding is priced
+    per tensor, from the manifest). Cloud-only SENNA on the evaluation's device spent 1-2 ms there,
+    as much as running the model here, which the planner did not see (issue 12)."""
+
+    WINDOW = 5
+
+    def __init__(self):
+        self.runs: list[float] = []
+
+    @property
+    def seconds(self) -> float:
+        return float(np.median(self.runs)) if self.runs else 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.runs.append(float(seconds))
+        del self.runs[:-self.WINDOW]
+
+
 def conditions(network: NetworkEstimator, load: ServerLoadEstimator, server_available: bool,
-               server_slowdown: float = 1.0) -> Conditions:
+               server_slowdown: float = 1.0, request_s: float = 0.0) -> Conditions:
     link = network.link
     return Conditions(
         up_mbps=network.up_mbps, down_mbps=network.down_mbps, rtt_s=network.rtt_s,
         server_wait_s=load.wait_s(), server_slowdown=server_slowdown, server_available=server_available,
         upload_power_w=link.upload_power_w(network.up_mbps),
         download_power_w=link.download_power_w(network.down_mbps), wait_power_w=link.beta_mw / 1000,
+        request_s=request_s,
     )

@@ -20,6 +20,7 @@ from .errors import BundleError, NeurosurgeonError
 from .estimators import (
     MobileTimeEstimator,
     NetworkEstimator,
+    RequestTimeEstimator,
     ServerLoadEstimator,
     conditions,
     ewma,
@@ -196,6 +197,7 @@ class MobileRuntime:
         self.network = NetworkEstimator(link)
         self.load = ServerLoadEstimator()
         self.mobile_times = MobileTimeEstimator(self.costs.mobile_s)
+        self.request_times = RequestTimeEstimator()
         self.learn = learn
         self.server_slowdown = 1.0  # observed / predicted server compute, learned from answers
         self.objective, self.budgets = objective, budgets or Budgets()
@@ -256,10 +258,17 @@ class MobileRuntime:
         if self.client is not None:
             self.client.close()
 
-    def warm_up(self) -> None:
-        """Verify and load every mobile segment now, so the first request is not the slow one."""
-        for segment in range(self.n_segments):
+    def warm_up(self, schedule: int | str | Schedule = "auto") -> None:
+        """Load now every segment `schedule` runs here, so the first request is not the slow one: all of
+        them for "auto" (the planner may run everything here); for a fixed schedule only its mobile
+        stages' (a server stage that falls back loads its segments then)."""
+        if schedule == "auto":
+            segments = range(self.n_segments)
+        else:
+            segments = [i for stage in self.fixed_schedule(schedule).stages if stage.side == MOBILE for i in stage.segments]
+        for segment in segments:
             self.executor.load(segment)
+
 
     def server_available(self) -> bool:
         if self.client is None:
@@ -285,18 +294,23 @@ class MobileRuntime:
         (or its text: "m0-4 s5-9 m10-11"); with the conditions it was made for and whether the
         server is thought up."""
         available = self.server_available()
-        c = conditions(self.network, self.load, available, self.server_slowdown)
+        c = conditions(self.network, self.load, available, self.server_slowdown, self.request_times.seconds)
         chooser = self.planner_for(planner or self.planner_name)
         if schedule == "auto":
             return chooser.choose(c, self.objective, self.budgets), c, available
-        if isinstance(schedule, str) and not schedule.isdigit():
-            schedule = Schedule.parse(self.graph, schedule)
-        elif not isinstance(schedule, Schedule):
-            k = int(schedule)
-            if not 0 <= k <= self.n_segments:
-                raise NeurosurgeonError(f"cut {k} does not exist; this bundle has cuts 0..{self.n_segments}")
-            schedule = Schedule.cut(self.graph, k)
+        schedule = self.fixed_schedule(schedule)
         return Decision(schedule, *chooser.evaluate(c, schedule), self.objective, "fixed"), c, available
+
+    def fixed_schedule(self, schedule: int | str | Schedule) -> Schedule:
+        """A cut k, a schedule or its text ("m0-4 s5-9 m10-11") as a Schedule of this bundle."""
+        if isinstance(schedule, Schedule):
+            return schedule
+        if isinstance(schedule, str) and not schedule.isdigit():
+            return Schedule.parse(self.graph, schedule)
+        k = int(schedule)
+        if not 0 <= k <= self.n_segments:
+            raise NeurosurgeonError(f"cut {k} does not exist; this bundle has cuts 0..{self.n_segments}")
+        return Schedule.cut(self.graph, k)
 
     def infer(self, inputs: dict[str, np.ndarray], schedule: int | str | Schedule = "auto",
               planner: str | None = None) -> tuple[dict[str, np.ndarray], RequestRecord]:
@@ -320,9 +334,9 @@ class MobileRuntime:
                         raise ServerUnavailable("server marked down after a recent failure")
                     ask = time.monotonic() - self._server_times_at > SERVER_TIMES_EVERY_S and self.learn
                     uploads = {names[t]: fetch(env[names[t]]) for t in stage.uploads}
+                    coded = self._codecs(stage.uploads, uploads)
                     args = (self._stage_model, uploads, [names[t] for t in stage.downloads],
-                            self._deadline(predicted_s), {SEGMENT_TIMES: True} if ask else None,
-                            self._codecs(stage.uploads, uploads))
+                            self._deadline(predicted_s), {SEGMENT_TIMES: True} if ask else None, coded)
                     self._settle_hedge()
                     if self.hedge:
                         answer, record.hedged_s = self._hedged(args, env, stage.segments)
@@ -337,6 +351,8 @@ class MobileRuntime:
                     env.update(answer.outputs)
                     record.encode_s = self._device_work(answer.encode_s)
                     mobile_s += record.encode_s
+                    if not coded and self.learn:  # sent raw: what building a request costs this side
+                        self.request_times.observe(record.encode_s)
                     record.upload_bytes, record.download_bytes = answer.upload_bytes, answer.download_bytes
                     compute_s = float(answer.parameters.get("compute_s", 0.0))
                     # Time inside the server (queueing included) is not network time.

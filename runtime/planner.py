@@ -96,6 +96,7 @@ class Conditions:
     upload_power_w: float = 0.0
     download_power_w: float = 0.0
     wait_power_w: float = 0.0  # radio power while the mobile side waits for the server (active, no data: beta)
+    request_s: float = 0.0  # this side's own work per server stage outside its segments: building the request
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ class Planner(ABC):
                 continue
             up = float(self.graph.upload_nbytes(c.up_mbps)[list(stage.uploads)].sum()) * 8 / (c.up_mbps * 1e6)
             down = float(self.graph.nbytes[list(stage.downloads)].sum()) * 8 / (c.down_mbps * 1e6)
-            times.append(c.rtt_s + c.server_wait_s + up + c.server_slowdown * float(self.server_s[segments].sum()) + down)
+            times.append(c.request_s + c.rtt_s + c.server_wait_s + up + c.server_slowdown * float(self.server_s[segments].sum())
+                         + down)
         return times
 
     def choose(self, c: Conditions, objective: str = "latency", budgets: Budgets = Budgets()) -> Decision:
@@ -328,10 +330,10 @@ class ShortestPathPlanner(Planner):
         down = self.cross_bytes * 8 / (c.down_mbps * 1e6)
         out = self.output_bytes * 8 / (c.down_mbps * 1e6)  # a server segment's model outputs come back
         trip = c.rtt_s + c.server_wait_s
-        latency = np.stack([x, down + x, trip + up + y + out, y + out], axis=1)
+        latency = np.stack([x, down + x, c.request_s + trip + up + y + out, y + out], axis=1)
         wait = c.wait_power_w
         energy = np.stack([x * self.power_w, down * c.download_power_w + x * self.power_w,
-                           up * c.upload_power_w + out * c.download_power_w + (trip + y) * wait,
+                           c.request_s * float(np.mean(self.power_w)) + up * c.upload_power_w + out * c.download_power_w + (trip + y) * wait,
                            out * c.download_power_w + y * wait], axis=1)
         server = np.stack([np.zeros(n), np.zeros(n), y, y], axis=1)
         exits = np.zeros((2, 3))  # the end is on the mobile side; what the server made is already back

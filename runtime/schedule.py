@@ -352,8 +352,9 @@ class ScheduleTerms:
         mobile = ~self.server_masks
         up_s, down_s = self.uploads @ upload_nbytes * 8 / (c.up_mbps * 1e6), self.down_bytes * 8 / (c.down_mbps * 1e6)
         server = self.server_masks @ y
-        latency = mobile @ x + server + up_s + down_s + self.round_trips * (c.rtt_s + c.server_wait_s)
+        latency = mobile @ x + server + up_s + down_s + self.round_trips * (c.request_s + c.rtt_s + c.server_wait_s)
         waiting = server + self.round_trips * (c.rtt_s + c.server_wait_s)
-        energy = (mobile @ (x * np.asarray(mobile_power_w)) + up_s * c.upload_power_w + down_s * c.download_power_w
-                  + waiting * c.wait_power_w)
+        power = np.asarray(mobile_power_w, dtype=np.float64)
+        energy = (mobile @ (x * power) + up_s * c.upload_power_w + down_s * c.download_power_w
+                  + waiting * c.wait_power_w + self.round_trips * c.request_s * float(power.mean()))
         return latency, energy, server

@@ -15,7 +15,7 @@ ZOO_MODELS = ["alexnet", "vgg16", "deepface", "lenet", "asr", "pos", "ner", "chk
 
 def register(verbs) -> None:
     p = verbs.add_parser("bench", help="benchmarks that print tables (speed, runtime, decisions, compile, suite, soak, load, "
-                                         "compression)")
+                                         "compression, memory)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
 
     b = benches.add_parser("speed", help="our generated code vs onnxruntime on this CPU, medians and ratios")
@@ -28,7 +28,7 @@ def register(verbs) -> None:
     b.add_argument("--cuts", action="store_true", help="also build the bundle and time every cut end to end "
                                                        "against the monolithic build")
     b.add_argument("--partitioner", metavar="NAME", help="--cuts: the bundle's candidate cuts (fused-layers, the "
-                                                         "default, or layer-boundaries)")
+                                                         "default; upload-envelope; layer-boundaries)")
     b.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds (default 15)")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--json", action="store_true")
@@ -111,6 +111,22 @@ def register(verbs) -> None:
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--json", action="store_true")
     b.set_defaults(run=compression)
+
+    b = benches.add_parser("memory", help="peak resident memory of the device runtime and the server against "
+                                          "onnxruntime, per model")
+    b.add_argument("models", nargs="*", default=[*ZOO_MODELS, "mobilenetv2"], help="zoo models (default: all)")
+    b.add_argument("--input-size", type=int, default=224, help="image models' input size (default 224; 0: their own)")
+    b.add_argument("--workdir", default=".cache/bench-memory")
+    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(run=memory)
+
+
+def memory(args) -> int:
+    from ..tools.bench.memory import bench_memory, memory_table
+
+    return _show(bench_memory(args.models, args.input_size or None, Path(args.workdir), not args.quiet),
+                 memory_table, args.json)
 
 
 def compression(args) -> int:

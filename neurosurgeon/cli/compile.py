@@ -113,6 +113,8 @@ def verify(args) -> int:
 def _add_partitioner(p) -> None:
     p.add_argument("--partitioner", metavar="NAME", help="which layer boundaries are candidate cuts: fused-layers (default) keeps a pointwise "
                         "layer (activation, batch norm, bias) with the layer before it, as a compiler fuses them; "
+                        "upload-envelope keeps of those only the cuts that upload less than every cut before "
+                        "them (no other can win while the server is no slower than the device); "
                         "layer-boundaries cuts after every layer")
 
 

@@ -1,5 +1,6 @@
 """Stages 2 and 3: layers in the paper's sense, and the candidate cuts between them."""
 
+import numpy as np
 import pytest
 
 from neurosurgeon.cli import main
@@ -119,3 +120,37 @@ def test_inspect_prints_tables_and_plots(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "conv1" in out and "candidate cuts" in out and "cloud-only" in out and "mobile-only" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name", ["alexnet", "resnet18", "mobilenetv2", "inception", "deepface", "asr"])
+def test_upload_envelope_drops_only_cuts_no_planner_would_choose(name):
+    """Every fused-layers cut that upload-envelope drops is never the best, in latency or mobile energy,
+    for the real planner over random per-segment costs within its stated range (every segment at least
+    as fast on the loaded server as on the device; device power above the radio's) and random links,
+    round trips and queues: the best over the kept cuts equals the best over all of them."""
+    from neurosurgeon.runtime.planner import Conditions, PrefixPlanner, SegmentCosts
+    from neurosurgeon.runtime.schedule import TensorGraph
+
+    size = zoo.min_input_size(name)
+    model = zoo.build(name, input_size=size and max(size, 64), width=0.25)
+    frozen, graph, fused = analyse(model)
+    kept = get_partitioner("upload-envelope").boundaries(graph)
+    bounds = [c.layer_boundary for c in fused.cuts]
+    assert set(kept) <= set(bounds) and kept[0] == 0 and kept[-1] == len(graph.layers)
+    assert len(kept) < len(bounds)
+    kept_cuts = [bounds.index(b) for b in kept]
+    tensors = TensorGraph.from_segments(frozen.inputs, [(s.inputs, s.outputs) for s in fused.segments], frozen.outputs)
+    rng = np.random.default_rng(0)
+    flops = np.array([max(s.flops, 1) for s in fused.segments], dtype=np.float64)
+    for _ in range(200):
+        mobile = flops / np.exp(rng.uniform(np.log(1e5), np.log(1e10))) * rng.uniform(0.3, 3.0, len(flops))  # per-segment efficiency
+        slowdown = rng.uniform(1.0, 8.0)
+        server = mobile * rng.uniform(0.0, 1.0, len(flops)) / slowdown  # no segment slower there, loaded
+        power = rng.uniform(1.0, 5.0)
+        planner = PrefixPlanner(tensors, SegmentCosts(mobile, server, np.full(len(flops), power)))
+        up = float(np.exp(rng.uniform(np.log(0.05), np.log(1000))))
+        c = Conditions(up, up * rng.uniform(1, 10), rng.uniform(0.001, 0.1), server_wait_s=rng.uniform(0, 0.2),
+                       server_slowdown=slowdown, upload_power_w=rng.uniform(0.5, 3), download_power_w=rng.uniform(0.5, 3),
+                       wait_power_w=rng.uniform(0.0, 1.0) * power)
+        for costs in planner.predict(c)[:2]:  # latency, energy
+            assert costs[kept_cuts].min() <= costs.min() * (1 + 1e-9), name

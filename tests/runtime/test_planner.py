@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from neurosurgeon.runtime.estimators import MobileTimeEstimator, NetworkEstimator, ServerLoadEstimator, conditions
+from neurosurgeon.runtime.estimators import (MobileTimeEstimator, NetworkEstimator, RequestTimeEstimator,
+                                           ServerLoadEstimator, conditions)
 from neurosurgeon.runtime.planner import NETWORKS, Budgets, Conditions, PrefixPlanner, SegmentCosts
 from neurosurgeon.runtime.schedule import TensorGraph
 
@@ -128,3 +129,22 @@ def test_server_load_report_goes_stale():
     assert load.wait_s(now=203.0) == pytest.approx(0.5)
     c = conditions(NetworkEstimator(NETWORKS["lte"]), load, True)
     assert c.upload_power_w == pytest.approx((438.39 * 5.85 + 1288.04) / 1000)
+
+
+def test_building_a_request_is_priced_per_server_stage():
+    """The device's own time to build a server stage's request (learned from raw requests: the median of
+    the last few) is paid once per server stage, in latency and in compute energy; device-only pays none."""
+    times = RequestTimeEstimator()
+    assert times.seconds == 0.0
+    for seconds in (2e-3, 2e-3, 40e-3, 2.2e-3):  # one slow build does not count
+        times.observe(seconds)
+    assert times.seconds == pytest.approx(2.1e-3)
+    graph = TensorGraph.chain([1e4, 1e4, 1e4], 1e3)
+    planner = PrefixPlanner(graph, SegmentCosts(np.full(3, 1e-3), np.full(3, 1e-4), np.full(3, 3.0)))
+    link = NETWORKS["wifi"]
+    free = conditions(NetworkEstimator(link), ServerLoadEstimator(), True)
+    paid = conditions(NetworkEstimator(link), ServerLoadEstimator(), True, request_s=times.seconds)
+    (lat0, en0, _), (lat1, en1, _) = planner.predict(free), planner.predict(paid)
+    assert lat1[:3] - lat0[:3] == pytest.approx(np.full(3, 2.1e-3))
+    assert en1[:3] - en0[:3] == pytest.approx(np.full(3, 2.1e-3 * 3.0))
+    assert lat1[3] == lat0[3] and en1[3] == en0[3]

@@ -24,7 +24,8 @@ def conditions(rng) -> Conditions:
     up = rng.uniform(0.5, 50)
     return Conditions(up, up * rng.uniform(1.5, 3), log_uniform(rng, 0.001, 0.1), server_wait_s=rng.uniform(0, 0.01),
                       server_slowdown=rng.uniform(1, 2), upload_power_w=rng.uniform(0.1, 3),
-                      download_power_w=rng.uniform(0.1, 2), wait_power_w=rng.uniform(0, 1.5))
+                      download_power_w=rng.uniform(0.1, 2), wait_power_w=rng.uniform(0, 1.5),
+                      request_s=rng.uniform(0, 0.002))
 
 
 def segment_costs(rng, n) -> SegmentCosts:
@@ -160,10 +161,11 @@ def chain_milp(graph, costs, c, objective, budgets):
     x, y, p = costs.mobile_s, costs.server_s * c.server_slowdown, costs.mobile_power_w
     trip = c.rtt_s + c.server_wait_s
     # variables: [x_0..x_{n-1}, u_0..u_{n-1}, d_1..d_n]
-    lat = np.concatenate([y - x, trip + up, down])
+    lat = np.concatenate([y - x, trip + c.request_s + up, down])
     lat0 = x.sum()
     w = c.wait_power_w  # the radio while the mobile side waits: each round trip, and the server's compute
-    energy = np.concatenate([-x * p + y * w, up * c.upload_power_w + trip * w, down * c.download_power_w])
+    energy = np.concatenate([-x * p + y * w, up * c.upload_power_w + trip * w + c.request_s * np.mean(p),
+                             down * c.download_power_w])
     energy0 = (x * p).sum()
     server = np.concatenate([y, np.zeros(2 * n)])
     rows, lower = [], []
@@ -232,7 +234,7 @@ def dads_networkx(graph, costs, c):
                     g.add_edge(r, maker)
     value, (source_side, _) = nx.minimum_cut(g, "e", "c")
     server = np.array([v not in source_side for v in range(n)])
-    return value + (c.rtt_s + c.server_wait_s) * server.any(), server
+    return value + (c.rtt_s + c.server_wait_s + c.request_s) * server.any(), server
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -305,10 +307,10 @@ def placement_milp(graph, costs, c, objective, budgets):
             out[graph.producer[t]] += graph.nbytes[t] * 8 / (c.down_mbps * 1e6)
     x, y, p = costs.mobile_s, costs.server_s * c.server_slowdown, costs.mobile_power_w
     size = n + tensors + 1
-    lat = np.concatenate([y - x + out, up, [c.rtt_s + c.server_wait_s]])
+    lat = np.concatenate([y - x + out, up, [c.rtt_s + c.server_wait_s + c.request_s]])
     w = c.wait_power_w
     energy = np.concatenate([-x * p + out * c.download_power_w + y * w, up * c.upload_power_w,
-                             [(c.rtt_s + c.server_wait_s) * w]])
+                             [(c.rtt_s + c.server_wait_s) * w + c.request_s * np.mean(p)]])
     server = np.concatenate([y, np.zeros(tensors + 1)])
     rows = []
     for t in range(tensors):

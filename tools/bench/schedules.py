@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ...compiler.analysis import analyse
+from ...compiler.partition import UploadEnvelopePartitioner, get_partitioner
 from ...runtime.planner import NETWORKS, PLANNERS, Budgets, Conditions, MinCutPlanner, SegmentCosts, make_planner
 from ...runtime.progress import Progress
 from ...runtime.schedule import TensorGraph
@@ -69,9 +70,10 @@ SERVERS = {
 }
 
 
-def _case(name: str):
-    """(graph, per-segment FLOPs, per-segment bytes moved) of a zoo model at the papers' size."""
-    frozen, graph, plan = analyse(zoo.build(name), name=name)
+def _case(name: str, partitioner: str | None = None):
+    """(graph, per-segment FLOPs, per-segment bytes moved) of a zoo model at the papers' size, its segments
+    cut by `partitioner` (None: the default)."""
+    frozen, graph, plan = analyse(zoo.build(name), name=name, partitioner=get_partitioner(partitioner))
     tensors = TensorGraph.from_segments(frozen.inputs, [(s.inputs, s.outputs) for s in plan.segments], frozen.outputs)
     layers = graph.layers
     flops = [[layers[i].flops for i in range(*s.layers)] for s in plan.segments]
@@ -114,8 +116,50 @@ def bench_schedules(models: list[str] = MODELS, networks: list[str] = list(NETWO
                     rows.append(row)
             report.update(note=name)
     return {"devices": {k: asdict(v) for k, v in DEVICES.items()}, "servers": {k: asdict(v) for k, v in SERVERS.items()},
-            "rows": rows,
-            "summary": _summary(rows), "decision_times": decision_times()}
+            "rows": rows, "summary": _summary(rows), "pruning": pruning_check(models, progress),
+            "decision_times": decision_times()}
+
+
+PRUNING_GRID = {"uplinks_mbps": list(np.geomspace(0.1, 100, 13)), "server_waits_s": [0.0, 0.05, 0.2],
+                "server_slowdowns": [1.0, 4.0]}
+
+
+def pruning_check(models: list[str], progress: bool = True) -> dict:
+    """What upload-envelope's pruning changes: for every model, device, server and PRUNING_GRID point,
+    per planner and objective, the best schedule over the pruned segments against the best over all
+    fused-layers segments; counted inside its stated range (no segment slower on the loaded server than
+    on the device) and outside it."""
+    counts: dict[str, dict] = {}
+    segments = {}
+    with Progress(len(models), "pruning check", unit="model", enabled=progress) as report:
+        for name in models:
+            full, pruned = _case(name), _case(name, UploadEnvelopePartitioner.name)
+            segments[name] = [full[0].n, pruned[0].n]
+            for host, device in ((host, device) for host in SERVERS.values() for device in DEVICES.values()):
+                planners = []
+                for graph, flops, moved in (full, pruned):
+                    costs = SegmentCosts(_times(device, flops, moved), _times(host, flops, moved),
+                                         np.full(graph.n, device.power_w))
+                    planners.append({p: make_planner(p, graph, costs) for p in PLANNERS})
+                mobile, server = planners[0]["prefix"].mobile_s, planners[0]["prefix"].server_s
+                for slowdown in PRUNING_GRID["server_slowdowns"]:
+                    where = "in range" if np.all(server * slowdown <= mobile) else "out of range"
+                    for up, wait in ((u, w) for u in PRUNING_GRID["uplinks_mbps"] for w in PRUNING_GRID["server_waits_s"]):
+                        link = NETWORKS["lte"]
+                        c = Conditions(up, 2.5 * up, link.rtt_s, server_wait_s=wait, server_slowdown=slowdown,
+                                       upload_power_w=link.upload_power_w(up), download_power_w=link.download_power_w(2.5 * up),
+                                       wait_power_w=link.beta_mw / 1000)
+                        for planner, objective in ((p, o) for p in PLANNERS for o in ("latency", "energy")):
+                            index = 0 if objective == "latency" else 1
+                            best = planners[0][planner].choose(c, objective)
+                            kept = planners[1][planner].choose(c, objective)
+                            ratio = ((kept.latency_s, kept.energy_j)[index] / (best.latency_s, best.energy_j)[index])
+                            entry = counts.setdefault(f"{planner}/{objective}/{where}", {"cases": 0, "changed": 0, "worst": 1.0})
+                            entry["cases"] += 1
+                            entry["changed"] += int(ratio > 1 + 1e-9)
+                            entry["worst"] = max(entry["worst"], ratio)
+            report.update(note=name)
+    return {"grid": PRUNING_GRID, "segments": segments, "results": counts}
 
 
 def _value(row, planner, objective):
@@ -202,7 +246,17 @@ def schedules_table(result: dict) -> str:
                      f"mean, {s['gain_max']:.3f}x max{dags}; vs cloud-only {s['vs_cloud_geomean']:.2f}x geometric mean, "
                      f"{s['vs_cloud_mean']:.2f}x mean, {s['vs_cloud_max']:.2f}x max")
     lines += ["  (Eshratifar & Pedram report 1.42x mean / 3.07x max speedup and 2.11x / 4.26x less energy against "
-              "their baselines)", "", "decision time per request, microseconds (median, 90th percentile, max):"]
+              "their baselines)", ""]
+    pruning, grid = result["pruning"], result["pruning"]["grid"]
+    lines += ["upload-envelope pruning (compile --partitioner upload-envelope): segments, fused-layers -> pruned: "
+              + ", ".join(f"{m} {a} -> {b}" for m, (a, b) in pruning["segments"].items()),
+              f"the best schedule over the pruned segments against over all, uplink {grid['uplinks_mbps'][0]:g}-"
+              f"{grid['uplinks_mbps'][-1]:g} Mbps ({len(grid['uplinks_mbps'])} steps), server queue {grid['server_waits_s']} s, "
+              f"server slowdown {grid['server_slowdowns']}x, every device and server above "
+              "(in range: no segment slower on the loaded server than on the device):"]
+    for key, s in sorted(pruning["results"].items()):
+        lines.append(f"  {key:40} worse in {s['changed']:>4}/{s['cases']} cases, worst {s['worst']:.4f}x")
+    lines += ["", "decision time per request, microseconds (median, 90th percentile, max):"]
     for d in result["decision_times"]:
         lines.append(f"  {d['graph']:28} {d['planner']:18} {d['budget']:32} {d['median_us']:8.1f} "
                      f"{d['p90_us']:8.1f} {d['max_us']:8.1f}")

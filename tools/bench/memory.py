@@ -1,0 +1,130 @@
+"""`neurosurgeon bench memory MODELS`: peak resident memory of our two halves against onnxruntime on
+the same model, each in a process of its own (the kernel's high-water mark, VmHWM / ru_maxrss):
+
+- onnxruntime: a session on the whole model, 5 runs (what the device or a Triton/KServe model
+  instance holds today);
+- device, every segment: the bundle's run.py with no server (every segment loaded and run here);
+- device, cut K: run.py with a fixed cut against a server, so it loads only segments 0..K-1;
+- server: `neurosurgeon serve` on the bundle after 5 cloud-only requests;
+- and each process's floor: the interpreter with its libraries imported (numpy + onnxruntime, numpy +
+  TVM's runtime, the server's imports), so what the model itself adds can be read off.
+
+Bundles are the x86-host ones `evaluate` builds (cached in the work folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from ...runtime.progress import Progress
+
+__all__ = ["bench_memory", "memory_table"]
+
+_ORT = """
+import json, sys, numpy as np, onnxruntime as ort
+def hwm():
+    return int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024
+floor = hwm()
+if len(sys.argv) > 1:
+    so = ort.SessionOptions(); so.intra_op_num_threads = 1
+    s = ort.InferenceSession(sys.argv[1], so, providers=['CPUExecutionProvider'])
+    feeds = {i.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+             for i in s.get_inputs()}
+    for _ in range(5):
+        s.run(None, feeds)
+print(json.dumps({"floor_mib": floor, "peak_mib": hwm()}))
+"""
+
+_TVM_FLOOR = """
+import os; os.environ.setdefault('TVM_USE_RUNTIME_LIB', '1')
+import numpy, tvm, tvm.runtime.vm
+print(int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024)
+"""
+
+
+def _peak(args: list[str]) -> tuple[float, str]:
+    """Run `args` to its end: (its own peak resident MiB, from wait4's rusage of that one child; its stdout)."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err)
+        out = process.stdout.read()
+        process.stdout.close()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or ["(no message)"]
+            raise RuntimeError(f"{' '.join(args[:3])}: exit {process.returncode}: {tail[0]}")
+    return usage.ru_maxrss / 1024, out.decode()
+
+
+def _hwm(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024
+
+
+def bench_memory(models: list[str], input_size: int | None, workdir: Path, progress: bool = True) -> dict:
+    from ...runtime.bundle import Bundle
+    from ...runtime.client import InferenceClient
+    from ...runtime.protocol import cut_model_name
+    from ...runtime.tensors import random_inputs
+    from ...serving import start_server
+    from ..evaluate import prepare_bundle
+
+    python = sys.executable
+    ort_floor = json.loads(_peak([python, "-c", _ORT])[1])["floor_mib"]
+    tvm_floor = float(_peak([python, "-c", _TVM_FLOOR])[1])
+    rows = []
+    with Progress(len(models), "memory", unit="model", enabled=progress) as report:
+        for name in models:
+            model_path, bundle_path = prepare_bundle(workdir, name, input_size, log=lambda _: None)
+            bundle = Bundle(bundle_path)
+            n = len(bundle.segments)
+            ort_peak = json.loads(_peak([python, "-c", _ORT, str(model_path)])[1])["peak_mib"]
+            run_py = [python, str(bundle_path / "run.py"), "--requests", "5"]
+            device_all = _peak(run_py + ["--cut", str(n)])[0]
+            feeds = random_inputs(bundle.inputs, seed=1)
+            half = n // 2
+            with start_server(bundle_path, extra_env={"OPENBLAS_THREAD_TIMEOUT": "4"}) as server:
+                server_ready = _hwm(server.process.pid)
+                device_half = _peak(run_py + ["--cut", str(half), "--server", server.url])[0]
+                client = InferenceClient(server.url)
+                try:
+                    for _ in range(5):
+                        client.infer(cut_model_name(bundle.name, 0), feeds, [t.name for t in bundle.outputs], 60.0)
+                finally:
+                    client.close()
+                server_peak = _hwm(server.process.pid)
+            weights = sum((bundle_path / s.file).stat().st_size for s in _mobile_artifacts(bundle))
+            rows.append({"model": name, "segments": n, "artifacts_mib": weights / 2**20,
+                         "onnx_mib": model_path.stat().st_size / 2**20, "onnxruntime_mib": ort_peak,
+                         "device_all_mib": device_all, "device_cut": half, "device_cut_mib": device_half,
+                         "server_ready_mib": server_ready, "server_mib": server_peak})
+            report.update(note=name)
+    return {"floors_mib": {"onnxruntime": ort_floor, "tvm_runtime": tvm_floor}, "rows": rows}
+
+
+def _mobile_artifacts(bundle) -> list:
+    return [bundle.manifest.artifact("mobile", i, 1) for i in range(len(bundle.segments))]
+
+
+def memory_table(result: dict) -> str:
+    floors = result["floors_mib"]
+    lines = [f"{'model':12} {'segs':>4} {'onnx MiB':>8} {'onnxruntime':>11} {'device all':>10} {'device cut k':>14} "
+             f"{'server':>8} {'server idle':>11} {'device/ort':>10}"]
+    for r in result["rows"]:
+        lines.append(f"{r['model']:12} {r['segments']:>4} {r['onnx_mib']:8.1f} {r['onnxruntime_mib']:11.0f} "
+                     f"{r['device_all_mib']:10.0f} {r['device_cut_mib']:9.0f} (k={r['device_cut']:<2}) "
+                     f"{r['server_mib']:8.0f} {r['server_ready_mib']:11.0f} {r['device_all_mib'] / r['onnxruntime_mib']:9.2f}x")
+    lines += ["", textwrap.fill(
+        "Peak resident memory (MiB), each in a process of its own, 5 requests: onnxruntime = a session on the whole "
+        "model; device all = the bundle's run.py running every segment here; device cut k = run.py with --cut k "
+        "against a server (only segments 0..k-1 loaded); server = neurosurgeon serve after 5 cloud-only requests "
+        f"(server idle: once ready). Floors (the interpreter and its libraries, no model): numpy + onnxruntime "
+        f"{floors['onnxruntime']:.0f} MiB, numpy + TVM's runtime {floors['tvm_runtime']:.0f} MiB.", 110)]
+    return "\n".join(lines)
