@@ -57,6 +57,8 @@ def register(verbs) -> None:
     b.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "vgg16"])
     b.add_argument("--targets", nargs="+", default=["x86-host", "aarch64-neon", "cuda-sm80"])
     b.add_argument("--input-size", type=int, help="override the models' input size")
+    b.add_argument("--partitioners", nargs="+", metavar="NAME", help="the segments' partitioners, one row each "
+                                                                    "(default: the default partitioner)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(run=compile_cost)
 
@@ -179,7 +181,8 @@ def decisions(args) -> int:
 def compile_cost(args) -> int:
     from ..tools.bench.compile import bench_compile, compile_table
 
-    return _show(bench_compile(args.models, args.targets, args.input_size), compile_table, args.json)
+    return _show(bench_compile(args.models, args.targets, args.input_size, args.partitioners or [None]),
+                 compile_table, args.json)
 
 
 def suite(args) -> int:

@@ -235,6 +235,8 @@ def test_bundle_runs_alone_with_only_numpy_and_tvm_runtime(alexnet, server, tmp_
     record = json.loads(out.stdout.splitlines()[0])
     assert record["cut"] == 5 and not record["fell_back"]
     assert "MAPS True False" in out.stdout
+    # a fixed cut 5 loads segments 0..4 only, and says so
+    assert f"run.py: held 5 of {len(bundle.segments)} segments here (" in out.stderr and "peak resident memory" in out.stderr
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference[bundle.outputs[0].name], rtol=1e-4, atol=1e-5)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ...compiler.analysis import analyse
 from ...compiler.build import build_graph
+from ...compiler.partition import get_partitioner
 from ...compiler.report import human_bytes
 from ...runtime.progress import Progress
 from ...targets import get_preset
@@ -22,8 +23,9 @@ from .. import zoo
 __all__ = ["bench_compile", "compile_table", "measure"]
 
 
-def measure(name: str, target: str, input_size: int | None, workdir: Path) -> dict:
-    frozen, graph, plan = analyse(zoo.build(name, input_size=input_size), name=name)
+def measure(name: str, target: str, input_size: int | None, workdir: Path, partitioner: str | None = None) -> dict:
+    frozen, graph, plan = analyse(zoo.build(name, input_size=input_size), name=name,
+                                  partitioner=get_partitioner(partitioner))
     preset = get_preset(target)
     weights = sum(frozen.tensors[i.name].nbytes for i in frozen.graph.initializer)
 
@@ -40,7 +42,8 @@ def measure(name: str, target: str, input_size: int | None, workdir: Path) -> di
             segment_bytes += built.path.stat().st_size
             progress.update()
     segments_s = time.perf_counter() - started
-    return {"model": name, "target": target, "layers": len(graph.layers), "segments": len(plan.segments),
+    return {"model": name, "target": target, "partitioner": plan.partitioner, "layers": len(graph.layers),
+            "segments": len(plan.segments),
             "cuts": len(plan.cuts), "monolithic_s": monolithic_s, "segments_s": segments_s,
             "time_ratio": segments_s / monolithic_s, "weights_bytes": weights,
             "monolithic_bytes": whole.path.stat().st_size, "segments_bytes": segment_bytes,
@@ -48,25 +51,27 @@ def measure(name: str, target: str, input_size: int | None, workdir: Path) -> di
             "size_ratio_vs_monolithic": segment_bytes / whole.path.stat().st_size}
 
 
-def bench_compile(models: list[str], targets: list[str], input_size: int | None = None) -> list[dict]:
+def bench_compile(models: list[str], targets: list[str], input_size: int | None = None,
+                  partitioners: list[str | None] = (None,)) -> list[dict]:
     """`measure` for every model and target, each in a scratch folder removed afterwards."""
     rows = []
     for name in models:
         for target in targets:
-            workdir = Path(tempfile.mkdtemp(prefix="ns-bench-"))
-            try:
-                rows.append(measure(name, target, input_size, workdir))
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
+            for partitioner in partitioners:
+                workdir = Path(tempfile.mkdtemp(prefix="ns-bench-"))
+                try:
+                    rows.append(measure(name, target, input_size, workdir, partitioner))
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
     return rows
 
 
 def compile_table(rows: list[dict]) -> str:
-    header = (f"{'model':9} {'target':13} {'segs':>4} {'mono s':>7} {'segs s':>7} {'ratio':>6}   "
+    header = (f"{'model':9} {'target':13} {'partitioner':16} {'segs':>4} {'mono s':>7} {'segs s':>7} {'ratio':>6}   "
               f"{'weights':>10} {'mono .so':>10} {'all segs':>10} {'vs weights':>10}")
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['model']:9} {r['target']:13} {r['segments']:>4} {r['monolithic_s']:7.1f} "
+        lines.append(f"{r['model']:9} {r['target']:13} {r['partitioner']:16} {r['segments']:>4} {r['monolithic_s']:7.1f} "
                      f"{r['segments_s']:7.1f} {r['time_ratio']:5.2f}x   {human_bytes(r['weights_bytes']):>10} "
                      f"{human_bytes(r['monolithic_bytes']):>10} {human_bytes(r['segments_bytes']):>10} "
                      f"{r['size_ratio_vs_weights']:9.3f}x")
