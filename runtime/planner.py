@@ -333,7 +333,7 @@ class ShortestPathPlanner(Planner):
         latency = np.stack([x, down + x, c.request_s + trip + up + y + out, y + out], axis=1)
         wait = c.wait_power_w
         energy = np.stack([x * self.power_w, down * c.download_power_w + x * self.power_w,
-                           c.request_s * float(np.mean(self.power_w)) + up * c.upload_power_w + out * c.download_power_w + (trip + y) * wait,
+                           c.request_s * float(self.power_w.sum()) / self.graph.n + up * c.upload_power_w + out * c.download_power_w + (trip + y) * wait,
                            out * c.download_power_w + y * wait], axis=1)
         server = np.stack([np.zeros(n), np.zeros(n), y, y], axis=1)
         exits = np.zeros((2, 3))  # the end is on the mobile side; what the server made is already back

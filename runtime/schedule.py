@@ -355,6 +355,7 @@ class ScheduleTerms:
         latency = mobile @ x + server + up_s + down_s + self.round_trips * (c.request_s + c.rtt_s + c.server_wait_s)
         waiting = server + self.round_trips * (c.rtt_s + c.server_wait_s)
         power = np.asarray(mobile_power_w, dtype=np.float64)
-        energy = (mobile @ (x * power) + up_s * c.upload_power_w + down_s * c.download_power_w
-                  + waiting * c.wait_power_w + self.round_trips * c.request_s * float(power.mean()))
+        energy = mobile @ (x * power) + up_s * c.upload_power_w + down_s * c.download_power_w + waiting * c.wait_power_w
+        if c.request_s:  # building each server stage's request: device work at its mean power
+            energy += self.round_trips * (c.request_s * float(power.sum()) / power.size)
         return latency, energy, server

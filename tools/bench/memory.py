@@ -1,5 +1,5 @@
 """`neurosurgeon bench memory MODELS`: peak resident memory of our two halves against onnxruntime on
-the same model, each in a process of its own (the kernel's high-water mark, VmHWM / ru_maxrss):
+the same model, each in a process of its own (the kernel's high-water mark, VmHWM, as each reports it):
 
 - onnxruntime: a session on the whole model, 5 runs (what the device or a Triton/KServe model
   instance holds today);
@@ -14,7 +14,7 @@ Bundles are the x86-host ones `evaluate` builds (cached in the work folder)."""
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -46,21 +46,22 @@ print(int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].spl
 """
 
 
-def _peak(args: list[str]) -> tuple[float, str]:
-    """Run `args` to its end: (its own peak resident MiB, from wait4's rusage of that one child; its stdout)."""
-    import tempfile
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    """Run `args` to its end (each process reports its own high-water mark, VmHWM: a fork's rusage would
+    count the parent's pages that the child started with)."""
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["(no message)"]
+        raise RuntimeError(f"{' '.join(args[:3])}: exit {done.returncode}: {tail[0]}")
+    return done
 
-    with tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err)
-        out = process.stdout.read()
-        process.stdout.close()
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
-            err.seek(0)
-            tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or ["(no message)"]
-            raise RuntimeError(f"{' '.join(args[:3])}: exit {process.returncode}: {tail[0]}")
-    return usage.ru_maxrss / 1024, out.decode()
+
+def _run_py_peak(args: list[str]) -> float:
+    """The peak resident MiB that run.py reports for itself on its last line."""
+    found = re.search(r"peak resident memory (\d+) MiB", _run(args).stderr)
+    if not found:
+        raise RuntimeError(f"{' '.join(args[:2])}: no peak resident memory reported")
+    return float(found.group(1))
 
 
 def _hwm(pid: int) -> float:
@@ -77,22 +78,22 @@ def bench_memory(models: list[str], input_size: int | None, workdir: Path, progr
     from ..evaluate import prepare_bundle
 
     python = sys.executable
-    ort_floor = json.loads(_peak([python, "-c", _ORT])[1])["floor_mib"]
-    tvm_floor = float(_peak([python, "-c", _TVM_FLOOR])[1])
+    ort_floor = json.loads(_run([python, "-c", _ORT]).stdout)["floor_mib"]
+    tvm_floor = float(_run([python, "-c", _TVM_FLOOR]).stdout)
     rows = []
     with Progress(len(models), "memory", unit="model", enabled=progress) as report:
         for name in models:
             model_path, bundle_path = prepare_bundle(workdir, name, input_size, log=lambda _: None)
             bundle = Bundle(bundle_path)
             n = len(bundle.segments)
-            ort_peak = json.loads(_peak([python, "-c", _ORT, str(model_path)])[1])["peak_mib"]
+            ort_peak = json.loads(_run([python, "-c", _ORT, str(model_path)]).stdout)["peak_mib"]
             run_py = [python, str(bundle_path / "run.py"), "--requests", "5"]
-            device_all = _peak(run_py + ["--cut", str(n)])[0]
+            device_all = _run_py_peak(run_py + ["--cut", str(n)])
             feeds = random_inputs(bundle.inputs, seed=1)
             half = n // 2
             with start_server(bundle_path, extra_env={"OPENBLAS_THREAD_TIMEOUT": "4"}) as server:
                 server_ready = _hwm(server.process.pid)
-                device_half = _peak(run_py + ["--cut", str(half), "--server", server.url])[0]
+                device_half = _run_py_peak(run_py + ["--cut", str(half), "--server", server.url])
                 client = InferenceClient(server.url)
                 try:
                     for _ in range(5):
