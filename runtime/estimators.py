@@ -62,9 +62,9 @@ class ServerLoadEstimator:
     older than `stale_after_s` decays towards an idle server, since nobody is telling us otherwise.
 
     The wait is the median of the last WINDOW reports' (reports older than `stale_after_s` are dropped):
-    a busy server's queue at the instant it answers swings with the other clients' arrivals, and one
-    report of a momentary burst turned the demo's loaded Wi-Fi row to device-only for a request that the
-    server would have served 1.5x faster (issue 12)."""
+    a busy server's queue at the instant it answers swings with the other clients' arrivals, and with
+    the last report alone one momentary burst could send the next request to the device (the demo's
+    loaded Wi-Fi rows flipped between cut 3 and device-only from request to request; issue 12)."""
 
     WINDOW = 3
 

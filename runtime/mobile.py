@@ -269,7 +269,6 @@ class MobileRuntime:
         for segment in segments:
             self.executor.load(segment)
 
-
     def server_available(self) -> bool:
         if self.client is None:
             return False
