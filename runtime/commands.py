@@ -26,6 +26,7 @@ from .bundle import Bundle
 from .errors import BundleError, NeurosurgeonError
 from .planner import NETWORKS, OBJECTIVES, PLANNERS, Budgets
 from .signing import read_public_key
+from .workers import peak_resident_mib
 
 __all__ = ["main", "profile_main", "rpc_server_main", "run_bundle_main", "run_main"]
 
@@ -111,8 +112,9 @@ def run_main(bundle_dir: str | Path, expected_bundle_id: str | None = None, argv
         if args.output:
             write_outputs(saved, args.output)
         held, nbytes = runtime.executor.held()
+        peak = peak_resident_mib()
         print(f"run.py: held {held} of {runtime.n_segments} segments here ({nbytes / 2**20:.1f} MiB of artifacts); "
-              f"peak resident memory {_peak_resident_mib()}", file=sys.stderr)
+              f"peak resident memory {'unknown' if peak is None else f'{peak:.0f} MiB'}", file=sys.stderr)
     except (NeurosurgeonError, ValueError) as err:
         print(f"run.py: error: {err}", file=sys.stderr)
         return 2
@@ -171,15 +173,6 @@ def run_bundle_main(argv: list[str] | None = None) -> int:
 
 
 _COMMANDS = {"rpc-server": rpc_server_main, "run": run_bundle_main}
-
-
-def _peak_resident_mib() -> str:
-    """This process's peak resident memory (the kernel's high-water mark), where the system says it."""
-    try:
-        with open("/proc/self/status") as status:
-            return f"{int(next(line for line in status if line.startswith('VmHWM')).split()[1]) / 1024:.0f} MiB"
-    except (OSError, StopIteration, ValueError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,8 @@ import numpy as np
 
 from .planner import Conditions, Network
 
-__all__ = ["MIN_BANDWIDTH_SAMPLE_BYTES", "MobileTimeEstimator", "NetworkEstimator", "RequestTimeEstimator",
-           "ServerLoadEstimator", "conditions", "ewma"]
+__all__ = ["MIN_BANDWIDTH_SAMPLE_BYTES", "MedianWindow", "MobileTimeEstimator", "NetworkEstimator",
+           "RequestTimeEstimator", "ServerLoadEstimator", "conditions", "ewma"]
 
 # Transfers smaller than this say more about latency than about bandwidth.
 MIN_BANDWIDTH_SAMPLE_BYTES = 16 * 1024
@@ -18,6 +18,29 @@ MIN_BANDWIDTH_SAMPLE_BYTES = 16 * 1024
 
 def ewma(old: float, new: float, alpha: float) -> float:
     return (1 - alpha) * old + alpha * new
+
+
+class MedianWindow:
+    """The median of the last `size` values, and of `prior` with them until there are `size` (where a prior
+    is given); `empty` before any value. One outlier cannot move it; a lasting change does within the
+    window."""
+
+    def __init__(self, size: int, prior: float | None = None, empty: float = 0.0):
+        self.size, self.prior, self.empty = size, prior, empty
+        self.values: list[float] = []
+
+    def push(self, value: float) -> float:
+        self.values.append(float(value))
+        del self.values[:-self.size]
+        return self.value
+
+    @property
+    def value(self) -> float:
+        window = self.values if self.prior is None or len(self.values) == self.size else [self.prior, *self.values]
+        return float(np.median(window)) if window else self.empty
+
+    def clear(self) -> None:
+        self.values.clear()
 
 
 class NetworkEstimator:
@@ -74,7 +97,7 @@ class ServerLoadEstimator:
         self.busy_fraction = 0.0
         self.mean_service_s = 0.0
         self.expected_wait_s: float | None = None  # the server's own prediction, where it makes one
-        self.waits: list[float] = []  # the last WINDOW reports' waits
+        self.waits = MedianWindow(self.WINDOW)  # the last reports' waits
         self.updated = 0.0
 
     def update(self, load: dict, now: float | None = None) -> None:
@@ -86,19 +109,16 @@ class ServerLoadEstimator:
         self.expected_wait_s = float(wait) if wait is not None else None
         if now - self.updated > self.stale_after_s:
             self.waits.clear()
-        self.waits.append(self.expected_wait_s if self.expected_wait_s is not None
-                          else self.queue_length * self.mean_service_s)
-        del self.waits[:-self.WINDOW]
+        self.waits.push(self.expected_wait_s if self.expected_wait_s is not None
+                        else self.queue_length * self.mean_service_s)
         self.updated = now
 
     def wait_s(self, now: float | None = None) -> float:
         """Expected queueing before a new request starts (the server's prediction where it makes one, else
         each request ahead takes a mean service), fading as the reports age."""
-        if not self.waits:
-            return 0.0
         age = (time.monotonic() if now is None else now) - self.updated
         freshness = max(0.0, 1.0 - age / self.stale_after_s)
-        return freshness * float(np.median(self.waits))
+        return freshness * self.waits.value
 
 
 class MobileTimeEstimator:
@@ -120,9 +140,12 @@ class MobileTimeEstimator:
     def __init__(self, seed_s: np.ndarray):
         self.seed = np.array(seed_s, dtype=np.float64)
         self.medians = self.seed.copy()
-        self.runs: list[list[float]] = [[] for _ in self.seed]
-        self.stage_ratios: list[float] = []
-        self.ratio = 1.0
+        self.runs = [MedianWindow(self.WINDOW, prior=float(seed)) for seed in self.seed]
+        self.stage_ratios = MedianWindow(self.WINDOW, prior=1.0, empty=1.0)
+
+    @property
+    def ratio(self) -> float:
+        return self.stage_ratios.value
 
     @property
     def times(self) -> np.ndarray:
@@ -130,24 +153,16 @@ class MobileTimeEstimator:
 
     @property
     def observed(self) -> np.ndarray:
-        return np.array([bool(r) for r in self.runs], dtype=bool)
+        return np.array([bool(r.values) for r in self.runs], dtype=bool)
 
     def observe(self, segment: int, seconds: float) -> None:
-        runs = self.runs[segment]
-        runs.append(float(seconds))
-        del runs[:-self.WINDOW]
-        window = runs if len(runs) == self.WINDOW else [float(self.seed[segment]), *runs]
-        self.medians[segment] = float(np.median(window))
+        self.medians[segment] = self.runs[segment].push(seconds)
 
     def observe_stage(self, segments, seconds: float) -> None:
         """A stage of `segments` run back to back here took `seconds` in all (after each was `observe`d)."""
         expected = float(self.medians[list(segments)].sum())
-        if expected <= 0 or seconds <= 0:
-            return
-        self.stage_ratios.append(seconds / expected)
-        del self.stage_ratios[:-self.WINDOW]
-        window = self.stage_ratios if len(self.stage_ratios) == self.WINDOW else [1.0, *self.stage_ratios]
-        self.ratio = float(np.median(window))
+        if expected > 0 and seconds > 0:
+            self.stage_ratios.push(seconds / expected)
 
 
 class RequestTimeEstimator:
@@ -159,15 +174,14 @@ class RequestTimeEstimator:
     WINDOW = 5
 
     def __init__(self):
-        self.runs: list[float] = []
+        self.runs = MedianWindow(self.WINDOW)
 
     @property
     def seconds(self) -> float:
-        return float(np.median(self.runs)) if self.runs else 0.0
+        return self.runs.value
 
     def observe(self, seconds: float) -> None:
-        self.runs.append(float(seconds))
-        del self.runs[:-self.WINDOW]
+        self.runs.push(seconds)
 
 
 def conditions(network: NetworkEstimator, load: ServerLoadEstimator, server_available: bool,

@@ -21,11 +21,22 @@ import numpy as np
 from . import kernels
 from .bundle import Bundle, SegmentExecutor, fetch
 
-__all__ = ["Batching", "Job", "LoadMeter", "SegmentTimes", "WorkerPool", "cores_here", "set_blas_threads_here"]
+__all__ = ["Batching", "Job", "LoadMeter", "SegmentTimes", "WorkerPool", "cores_here", "peak_resident_mib",
+           "set_blas_threads_here"]
 
 
 def cores_here() -> int:
     return len(os.sched_getaffinity(0))
+
+
+def peak_resident_mib(pid: int | str = "self") -> float | None:
+    """A process's peak resident memory in MiB (the kernel's high-water mark, VmHWM), None where the
+    system does not say."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024
+    except (OSError, StopIteration, ValueError):
+        return None
 
 
 _BLAS_SETTERS = ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads64_", "openblas_set_num_threads")

@@ -64,16 +64,12 @@ def _run_py_peak(args: list[str]) -> float:
     return float(found.group(1))
 
 
-def _hwm(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024
-
-
 def bench_memory(models: list[str], input_size: int | None, workdir: Path, progress: bool = True) -> dict:
     from ...runtime.bundle import Bundle
     from ...runtime.client import InferenceClient
     from ...runtime.protocol import cut_model_name
     from ...runtime.tensors import random_inputs
+    from ...runtime.workers import peak_resident_mib
     from ...serving import start_server
     from ..evaluate import prepare_bundle
 
@@ -91,8 +87,8 @@ def bench_memory(models: list[str], input_size: int | None, workdir: Path, progr
             device_all = _run_py_peak(run_py + ["--cut", str(n)])
             feeds = random_inputs(bundle.inputs, seed=1)
             half = n // 2
-            with start_server(bundle_path, extra_env={"OPENBLAS_THREAD_TIMEOUT": "4"}) as server:
-                server_ready = _hwm(server.process.pid)
+            with start_server(bundle_path) as server:
+                server_ready = peak_resident_mib(server.process.pid)
                 device_half = _run_py_peak(run_py + ["--cut", str(half), "--server", server.url])
                 client = InferenceClient(server.url)
                 try:
@@ -100,7 +96,7 @@ def bench_memory(models: list[str], input_size: int | None, workdir: Path, progr
                         client.infer(cut_model_name(bundle.name, 0), feeds, [t.name for t in bundle.outputs], 60.0)
                 finally:
                     client.close()
-                server_peak = _hwm(server.process.pid)
+                server_peak = peak_resident_mib(server.process.pid)
             weights = sum((bundle_path / s.file).stat().st_size for s in _mobile_artifacts(bundle))
             rows.append({"model": name, "segments": n, "artifacts_mib": weights / 2**20,
                          "onnx_mib": model_path.stat().st_size / 2**20, "onnxruntime_mib": ort_peak,

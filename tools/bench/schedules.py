@@ -17,6 +17,7 @@ the server"); the server is idle (no queue).
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -70,9 +71,11 @@ SERVERS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def _case(name: str, partitioner: str | None = None):
     """(graph, per-segment FLOPs, per-segment bytes moved) of a zoo model at the papers' size, its segments
-    cut by `partitioner` (None: the default)."""
+    cut by `partitioner` (None: the default); analysed once per run (the table, the pruning check and the
+    decision times all read it)."""
     frozen, graph, plan = analyse(zoo.build(name), name=name, partitioner=get_partitioner(partitioner))
     tensors = TensorGraph.from_segments(frozen.inputs, [(s.inputs, s.outputs) for s in plan.segments], frozen.outputs)
     layers = graph.layers
@@ -131,6 +134,7 @@ def pruning_check(models: list[str], progress: bool = True) -> dict:
     on the device) and outside it."""
     counts: dict[str, dict] = {}
     segments = {}
+    link = NETWORKS["lte"]  # its round trip and radio power model; the uplink is the grid's
     with Progress(len(models), "pruning check", unit="model", enabled=progress) as report:
         for name in models:
             full, pruned = _case(name), _case(name, UploadEnvelopePartitioner.name)
@@ -145,15 +149,14 @@ def pruning_check(models: list[str], progress: bool = True) -> dict:
                 for slowdown in PRUNING_GRID["server_slowdowns"]:
                     where = "in range" if np.all(server * slowdown <= mobile) else "out of range"
                     for up, wait in ((u, w) for u in PRUNING_GRID["uplinks_mbps"] for w in PRUNING_GRID["server_waits_s"]):
-                        link = NETWORKS["lte"]
                         c = Conditions(up, 2.5 * up, link.rtt_s, server_wait_s=wait, server_slowdown=slowdown,
                                        upload_power_w=link.upload_power_w(up), download_power_w=link.download_power_w(2.5 * up),
                                        wait_power_w=link.beta_mw / 1000)
                         for planner, objective in ((p, o) for p in PLANNERS for o in ("latency", "energy")):
-                            index = 0 if objective == "latency" else 1
+                            key = "latency_s" if objective == "latency" else "energy_j"
                             best = planners[0][planner].choose(c, objective)
                             kept = planners[1][planner].choose(c, objective)
-                            ratio = ((kept.latency_s, kept.energy_j)[index] / (best.latency_s, best.energy_j)[index])
+                            ratio = getattr(kept, key) / getattr(best, key)
                             entry = counts.setdefault(f"{planner}/{objective}/{where}", {"cases": 0, "changed": 0, "worst": 1.0})
                             entry["cases"] += 1
                             entry["changed"] += int(ratio > 1 + 1e-9)
