@@ -20,6 +20,7 @@ import numpy as np
 
 from . import kernels
 from .bundle import Bundle, SegmentExecutor, fetch
+from .estimators import MedianWindow
 
 __all__ = ["Batching", "Job", "LoadMeter", "SegmentTimes", "WorkerPool", "cores_here", "peak_resident_mib",
            "set_blas_threads_here"]
@@ -142,23 +143,28 @@ class Batching:
 
 
 class SegmentTimes:
-    """The server's own time per segment (one sample, batch 1), an exponentially weighted mean over the
-    jobs that ran it: what a device needs to plan with, from the one who knows (compile-time figures
-    were measured elsewhere, alone, and not under this server's load). None until a segment first runs."""
+    """The server's own time per segment (one sample, batch 1), the median of the last WINDOW jobs that
+    ran it: what a device needs to plan with, from the one who knows (compile-time figures were measured
+    elsewhere, alone, and not under this server's load). None until a segment first runs.
 
-    def __init__(self, segments: int, weight: float = 0.2):
-        self.weight = weight
-        self._seconds: list[float | None] = [None] * segments
+    A median, not a mean: under load a segment's times are skewed (DeepFace's whole model on the
+    evaluation's server with 2 other clients: 34-344 ms, median 73, mean 113), and a device that plans
+    with the mean sees the server slower than it is in most requests; it then chose device-only in half
+    of them and lost 1.26x at the median to always offloading (issue 12)."""
+
+    WINDOW = 9
+
+    def __init__(self, segments: int):
+        self._runs = [MedianWindow(self.WINDOW) for _ in range(segments)]
         self._lock = threading.Lock()
 
     def observe(self, segment: int, seconds: float) -> None:
         with self._lock:
-            old = self._seconds[segment]
-            self._seconds[segment] = seconds if old is None else self.weight * seconds + (1 - self.weight) * old
+            self._runs[segment].push(seconds)
 
     def snapshot(self) -> list[float | None]:
         with self._lock:
-            return [None if s is None else round(s, 7) for s in self._seconds]
+            return [round(r.value, 7) if r.values else None for r in self._runs]
 
 
 class WorkerPool:

@@ -7,6 +7,7 @@ from neurosurgeon.runtime.estimators import (MobileTimeEstimator, NetworkEstimat
                                            ServerLoadEstimator, conditions)
 from neurosurgeon.runtime.planner import NETWORKS, Budgets, Conditions, PrefixPlanner, SegmentCosts
 from neurosurgeon.runtime.schedule import TensorGraph
+from neurosurgeon.runtime.workers import SegmentTimes
 
 OUTPUT_BYTES = 4e3
 
@@ -105,6 +106,19 @@ def test_stage_time_beyond_the_segments_medians_is_learned():
     assert times.times.sum() == pytest.approx(6.3e-3)  # what a stage of all three really takes
     times.observe_stage([0, 1], 60e-3)  # one stalled stage does not move the estimate
     assert times.ratio == pytest.approx(1.05)
+
+
+def test_the_server_reports_its_segments_median_times():
+    """Under load a segment's times are skewed; the server tells the median of its last runs, which
+    one stall cannot move and a lasting slowdown does (issue 12: the mean sent devices to device-only)."""
+    times = SegmentTimes(2)
+    assert times.snapshot() == [None, None]
+    for seconds in (0.073, 0.034, 0.344, 0.061, 0.198):  # DeepFace under 2 other clients: mean 0.142
+        times.observe(0, seconds)
+    assert times.snapshot() == [0.073, None]
+    for _ in range(SegmentTimes.WINDOW):
+        times.observe(0, 0.2)
+    assert times.snapshot()[0] == 0.2
 
 
 def test_bandwidth_estimate_follows_the_link():
