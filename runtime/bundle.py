@@ -6,7 +6,6 @@ The manifest is read through runtime/manifest.py (format and compatibility rule 
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from .jsonfile import JsonFormat
 from .manifest import MANIFEST, MANIFEST_FORMAT, Manifest, Side
 from .signing import verify_manifest
 from .tensors import TensorInfo
+from .threads import requested_threads, use_threads_here
 
 LOAD_MODEL_FILE = "server-load.json"  # the server's fitted load model, beside the manifest
 LOAD_MODEL_FORMAT = JsonFormat("neurosurgeon-server-load", 1, "neurosurgeon server load model", BundleError,
@@ -114,12 +114,11 @@ class SegmentExecutor:
     """Runs one side's segments in-process. Artifacts are checked against the manifest's sha256
     before they are loaded (loading a shared object runs its code) and loaded once, on first use."""
 
-    def __init__(self, bundle: Bundle, side: str, batch: int = 1):
+    def __init__(self, bundle: Bundle, side: str, batch: int = 1, threads: int | None = None):
         """`batch` above 1: the server side's artifacts built for that batch size (compile --server-batch),
-        whose tensors have that first dimension."""
-        # TVM's x86 thread pool assumes half the cores are hyper-threads and would use one core of
-        # two: give tuned (parallel) kernels every core this process may run on, unless told otherwise.
-        os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+        whose tensors have that first dimension. `threads` (default NEUROSURGEON_THREADS, else every core
+        this process may use) are shared between TVM's pool and the BLAS (runtime/threads.py) for the
+        segments this thread runs: the thread that constructs the executor is the one that runs them."""
         import tvm
         import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode (TVM_USE_RUNTIME_LIB=1)
 
@@ -140,6 +139,8 @@ class SegmentExecutor:
             raise BundleError(f"{bundle.path}: the artifacts call {', '.join(lacking)}, which this runtime does not "
                               "provide; run the bundle with the runtime it ships (run.py) or update neurosurgeon")
         self.batch = batch
+        if preset.device != "cuda":
+            self.threads = use_threads_here(threads or requested_threads(), kernels.SGEMM in bundle.manifest.externs)
         # Every artifact of this side is checked now, before any is loaded (loading runs its code).
         entries = [self._entry(i) for i in range(len(bundle.segments))]
         bundle.check_files(entries, f"{side} artifact")

@@ -25,7 +25,8 @@ from .manifest import MANIFEST
 from .protocol import DATATYPES, ProtocolError, cut_model_name, stage_model_name
 from .schedule import StageError, TensorGraph
 from .tensors import TensorInfo
-from .workers import Batching, Job, WorkerPool, cores_here
+from .threads import cores_here
+from .workers import Batching, Job, WorkerPool
 
 __all__ = ["MODEL_VERSION", "PLATFORM", "Repository", "ServeOptions", "ServedBundle", "ServedModel",
            "bundle_folders", "read_load_model", "served_models"]

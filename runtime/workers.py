@@ -8,8 +8,6 @@ and awaits its future; it never blocks on a computation.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import threading
 import time
 from collections import deque
@@ -21,13 +19,9 @@ import numpy as np
 from . import kernels
 from .bundle import Bundle, SegmentExecutor, fetch
 from .estimators import MedianWindow
+from .threads import cores_here
 
-__all__ = ["Batching", "Job", "LoadMeter", "SegmentTimes", "WorkerPool", "cores_here", "peak_resident_mib",
-           "set_blas_threads_here"]
-
-
-def cores_here() -> int:
-    return len(os.sched_getaffinity(0))
+__all__ = ["Batching", "Job", "LoadMeter", "SegmentTimes", "WorkerPool", "peak_resident_mib"]
 
 
 def peak_resident_mib(pid: int | str = "self") -> float | None:
@@ -38,31 +32,6 @@ def peak_resident_mib(pid: int | str = "self") -> float | None:
             return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024
     except (OSError, StopIteration, ValueError):
         return None
-
-
-_BLAS_SETTERS = ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads64_", "openblas_set_num_threads")
-
-
-def set_blas_threads_here(n: int) -> bool:
-    """Limit the BLAS numpy ships (OpenBLAS) to `n` threads for calls from this thread (for every
-    thread where OpenBLAS is too old for a per-thread setting). False where there is no OpenBLAS."""
-    with open("/proc/self/maps") as maps:
-        paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
-    for path in paths:
-        library = ctypes.CDLL(path)
-        for name in _BLAS_SETTERS:
-            setter = getattr(library, name, None)
-            if setter is not None:
-                setter(ctypes.c_int(n))
-                return True
-    return False
-
-
-def _set_tvm_threads_here(n: int) -> None:
-    """This thread's TVM thread pool gets `n` workers (TVM keeps one pool per calling thread)."""
-    import tvm
-
-    tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1: no core pinning
 
 
 class LoadMeter:
@@ -227,10 +196,8 @@ class WorkerPool:
 
     def _run(self, index: int, started: Future) -> None:
         try:
-            _set_tvm_threads_here(self.threads_per_worker)
-            set_blas_threads_here(self.threads_per_worker)
             kernels.pad_rows_here(self.batching is not None)  # a request's answer, alone or batched, the same
-            executors = {b: SegmentExecutor(self.bundle, "server", b)
+            executors = {b: SegmentExecutor(self.bundle, "server", b, threads=self.threads_per_worker)
                          for b in (self.batching.sizes if self.batching else (1,))}
             for executor in executors.values():
                 for segment in range(len(self.bundle.segments)):

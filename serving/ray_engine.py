@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..runtime.errors import NeurosurgeonError
 from ..runtime.repository import bundle_folders
-from ..runtime.workers import cores_here
+from ..runtime.threads import cores_here
 from .config import ServerConfig
 
 __all__ = ["run_ray"]

@@ -45,11 +45,17 @@ def test_bench_speed_compares_with_onnxruntime_side_by_side(capsys):
     assert main(["bench", "speed", "lenet", "--steps", "--repeats", "3", "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
     rows = {r["label"]: r for r in result["rows"]}
-    assert list(rows) == ["onnxruntime", "TVM default pipeline", "ours, no BLAS", "ours, untuned"]
+    ours = ["TVM default pipeline", "ours, no BLAS", "ours, untuned"]
+    threads = result["threads"]
+    if threads > 1:  # the build before the runtime shared the threads: both pools at every thread
+        ours.append(f"ours, untuned, pools {threads}+{threads}")
+    assert list(rows) == ["onnxruntime", *ours]
     assert rows["onnxruntime"]["ratio_to_onnxruntime"] == 1.0
-    for label in ("TVM default pipeline", "ours, no BLAS", "ours, untuned"):
+    assert f"threads TVM 1, BLAS {threads}" in rows["ours, untuned"]["note"]  # the GEMMs get the threads
+    assert f"threads TVM {threads}, BLAS 1" in rows["ours, no BLAS"]["note"]  # no GEMMs on the BLAS: TVM does
+    for label in ours:
         r = rows[label]
-        assert r["samples"] >= 3 and r["median_ms"] > 0
+        assert r["samples"] >= 3 and r["median_ms"] > 0 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
         assert abs(r["ratio_to_onnxruntime"] - r["median_ms"] / rows["onnxruntime"]["median_ms"]) < 1e-6
         assert float(r["note"].rsplit(" ", 1)[1]) < 1e-4  # max |error| against onnxruntime
     assert result["model"] == "lenet" and result["input_shapes"] == {"input": [1, 1, 28, 28]}

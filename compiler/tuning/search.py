@@ -28,6 +28,7 @@ from pathlib import Path
 import onnx
 
 from ...runtime.progress import Progress
+from ...runtime.threads import requested_threads, thread_share
 from ...targets import Preset, get_preset
 from ..analysis import analyse
 from .folder import TuningError, open_info, paths, write_info
@@ -193,9 +194,10 @@ class _Search:
 
     def run(self) -> None:
         if self.where.measured_on == "here":
-            # TVM's thread pool assumes x86 cores are hyper-threads and uses half of them unless told:
-            # time candidates on all the cores their parallel loops were sized for (the runtime sets the same).
-            os.environ.setdefault("TVM_NUM_THREADS", str(cores_here()))
+            # Time candidates on the threads TVM's pool gets at run time (runtime/threads.py: one where the
+            # GEMMs go to the BLAS, which then has the cores; else every core).
+            share = thread_share(requested_threads(), self.options.kernels == "blas")
+            os.environ.setdefault("TVM_NUM_THREADS", str(share.tvm))
         self.builder, self.runner, self.measuring = make_builder_and_runner(self.measured, self.preset.device,
                                                                             self.where.remote)
         if self.measured and self.preset.device != "cuda" and self.options.kernels != "naive":

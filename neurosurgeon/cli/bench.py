@@ -147,9 +147,6 @@ def _show(result, table, as_json: bool) -> int:
 
 
 def speed(args) -> int:
-    from ..tools.bench.speed import apply_threads
-
-    apply_threads(args.threads)  # before anything imports numpy (OpenBLAS reads its thread count once)
     from ..tools.bench.speed import SpeedOptions, bench_speed, speed_table
 
     options = SpeedOptions(target=args.target, tuning=args.tuning, threads=args.threads, steps=args.steps,

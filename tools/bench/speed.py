@@ -12,14 +12,22 @@ candidate sees the same noise):
   - with --cuts, the bundle (every segment built, same database) run end to end at every cut,
     against the monolithic build.
 
-N (--threads) is applied to TVM's thread pool, numpy's OpenBLAS and onnxruntime alike; it must be
-set before numpy loads, which the CLI verb does.
+Each engine runs in a process of its own, one at a time, in blocks of back-to-back runs (the first of
+each block untimed): interleaved run by run in one process, onnxruntime's spinning threads took the
+cores from ours and ours from it (MobileNetV2, 2 threads, AMD EPYC: ours 24.3 ms, onnxruntime 8.3 ms
+interleaved; 11.9 and 4.6 ms each alone).
+
+N (--threads) goes to onnxruntime's intra-op threads, and to our builds as the runtime shares them
+(runtime/threads.py: a build whose GEMMs go to the BLAS gives it the N threads and TVM's pool one);
+with --steps, also our build with both pools at N threads, the way the runtime shared them before.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -31,11 +39,14 @@ import numpy as np
 
 from ...runtime.bundle import load_artifact
 from ...runtime.errors import NeurosurgeonError
+from ...runtime.profile import hardware_info
 from ...runtime.tensors import random_inputs
+from ...runtime.threads import (ThreadShare, cores_here, set_blas_threads_here, set_tvm_threads_here, thread_share,
+                                use_threads_here)
 from ...targets import get_preset
 from .. import zoo
 
-__all__ = ["SpeedError", "SpeedOptions", "apply_threads", "bench_speed", "speed_table"]
+__all__ = ["SpeedError", "SpeedOptions", "bench_speed", "speed_table"]
 
 
 class SpeedError(NeurosurgeonError):
@@ -58,66 +69,159 @@ class SpeedOptions:
     progress: bool = True
 
 
-def apply_threads(threads: int | None) -> int:
-    """Set the thread count for TVM, OpenBLAS (before numpy loads) and return it."""
-    n = threads or len(os.sched_getaffinity(0))
+def _thread_count(threads: int | None) -> int:
+    """The thread count to time with (every usable core where None)."""
+    n = threads or cores_here()
     if n < 1:
         raise SpeedError(f"--threads must be at least 1, got {n}")
-    if "numpy" in sys.modules and os.environ.get("OPENBLAS_NUM_THREADS") not in (None, str(n)):
-        raise SpeedError("the thread count must be set before numpy is imported (use the CLI verb)")
-    if "numpy" not in sys.modules:
-        os.environ["OPENBLAS_NUM_THREADS"] = str(n)
-    os.environ["TVM_NUM_THREADS"] = str(n)
     return n
 
 
+@dataclass(frozen=True)
+class _Engine:
+    """What a timing process runs: onnxruntime on an ONNX file, or one of our builds (a VM artifact)
+    with its threads shared as `share` says."""
+    kind: str  # "onnxruntime" or "tvm"
+    path: str
+    threads: int
+    share: ThreadShare | None = None  # tvm: TVM's pool and the BLAS
+
+
+def _engine_main(conn, engine: _Engine, feeds: dict, input_names: list[str]) -> None:
+    """A timing process: load the engine, answer ("outputs",) with one run's outputs and ("time", k, s)
+    with k back-to-back runs' seconds after s untimed ones; ("stop",) ends it."""
+    try:
+        if engine.kind == "onnxruntime":
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = engine.threads, 1
+            session = ort.InferenceSession(engine.path, so, providers=["CPUExecutionProvider"])
+            def run():
+                return session.run(None, feeds)
+        else:
+            import tvm
+
+            set_tvm_threads_here(engine.share.tvm)
+            set_blas_threads_here(engine.share.blas)
+            main = load_artifact(Path(engine.path), tvm.cpu(0))
+            args = [tvm.runtime.tensor(feeds[name]) for name in input_names]
+            def run():
+                out = main(*args)
+                return [o.numpy() for o in ([out] if hasattr(out, "numpy") else list(out))]
+        conn.send(("ok", None))
+    except BaseException as err:  # noqa: BLE001 (the parent raises it, naming the engine)
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    while True:
+        message = conn.recv()
+        if message[0] == "stop":
+            return
+        if message[0] == "outputs":
+            conn.send(("ok", run()))
+            continue
+        runs, settle = message[1:]
+        for _ in range(settle):
+            run()
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+        conn.send(("ok", times))
+
+
 class _Candidate:
-    def __init__(self, label: str, run, note: str = ""):
-        self.label, self.run, self.note = label, run, note
+    """An engine in its own process (see the module docstring)."""
+
+    def __init__(self, label: str, engine: _Engine, feeds: dict, input_names: list[str], note: str = ""):
+        self.label, self.engine, self.note = label, engine, note
         self.times: list[float] = []
         self.spent = 0.0
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_engine_main, args=(child, engine, feeds, input_names), daemon=True)
+        self._process.start()
+        self._ask()
+
+    def _ask(self, *message):
+        """Send `message` to the process and wait for its answer; between answers the process is stopped
+        (SIGSTOP): onnxruntime's threads spin waiting for work long after a run, and a stopped process
+        cannot take the cores from the engine being timed."""
+        if message:
+            os.kill(self._process.pid, signal.SIGCONT)
+            self._conn.send(message)
+        status, value = self._conn.recv()
+        os.kill(self._process.pid, signal.SIGSTOP)
+        if status == "error":
+            raise SpeedError(f"{self.label}: {value}")
+        return value
+
+    def outputs(self) -> list[np.ndarray]:
+        return self._ask("outputs")
+
+    def time(self, runs: int, settle: int) -> None:
+        times = self._ask("time", runs, settle)
+        self.times += times
+        self.spent += sum(times)
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            os.kill(self._process.pid, signal.SIGCONT)
+            self._conn.send(("stop",))
+            self._process.join(timeout=10)
 
 
-def _interleaved_medians(candidates: list[_Candidate], repeats: int, max_seconds: float, warmup_s: float = 1.0) -> None:
-    """Warm every candidate (a fresh module's first runs fault its weights in), then, round after
-    round, run each candidate once untimed and once timed. The untimed run absorbs the switch: the
-    previous candidate's thread pool (onnxruntime's, OpenBLAS's, TVM's) may still be spinning on the
-    cores. A candidate that has used `max_seconds` and has 3 samples stops (the naive builds)."""
+class _Timed:
+    """A callable timed in this process (`_interleaved_medians`)."""
+
+    def __init__(self, label: str, run):
+        self.label, self.run = label, run
+        self.times: list[float] = []
+
+
+def _interleaved_medians(candidates: list[_Timed], repeats: int) -> None:
+    """Run each once untimed (a fresh module's first runs fault its weights in), then, round after
+    round, each once untimed and once timed."""
     for c in candidates:
-        started, runs = time.perf_counter(), 0
-        while runs < 2 or (time.perf_counter() - started < warmup_s and runs < 50):
+        c.run()
+    for _ in range(repeats):
+        for c in candidates:
             c.run()
-            runs += 1
+            started = time.perf_counter()
+            c.run()
+            c.times.append(time.perf_counter() - started)
+
+
+def _alternating_blocks(candidates: list[_Candidate], repeats: int, max_seconds: float, block: int = 5,
+                        settle: int = 3) -> None:
+    """Warm every candidate, then round after round let each run `settle` untimed runs and a block of
+    `block` timed ones while the others are stopped, until each has `repeats` blocks. The untimed runs
+    absorb the switch (caches the other engine filled; MobileNetV2's first three runs after
+    onnxruntime's turn took 12.7-13.6 ms against 11.6 back to back). A slow candidate (0.25 s a run)
+    settles and times one run per round; one that has used `max_seconds` with 3 samples stops (the
+    naive builds)."""
+    for c in candidates:
+        c.time(2, settle=1)
+        c.times, c.spent = [], 0.0
     for _ in range(repeats):
         for c in candidates:
             if len(c.times) >= 3 and c.spent > max_seconds:
                 continue
-            if not c.times or statistics.median(c.times) < 0.25:  # slow builds do not need it and cannot afford it
-                c.run()
-            started = time.perf_counter()
-            c.run()
-            elapsed = time.perf_counter() - started
-            c.times.append(elapsed)
-            c.spent += elapsed
-
-
-def _vm_main(path: Path):
-    import tvm
-
-    return load_artifact(path, tvm.cpu(0))
+            fast = not c.times or statistics.median(c.times) < 0.25
+            c.time(block if fast else 1, settle=settle if fast else 1)
 
 
 def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
     """Build and time `model` (an ONNX file or model, or a zoo model's name; see the module docstring);
     returns a JSON-able dict (`speed_table` prints it)."""
     import onnxruntime as ort
-    import tvm
 
     from ...compiler.analysis import analyse
     from ...compiler.build import build_graph
     from ...compiler.tuning.folder import read_tuning_info
 
-    threads = apply_threads(options.threads)
+    threads = _thread_count(options.threads)
     preset = get_preset(options.target)
     if not preset.runs_here():
         raise SpeedError(f"{preset.name} does not run on this machine ({preset.machine} {preset.device}); "
@@ -134,14 +238,18 @@ def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if options.progress else (lambda msg: None)
 
     workdir = Path(tempfile.mkdtemp(prefix="ns-speed-"))
+    candidates: list[_Candidate] = []
     try:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        session = ort.InferenceSession(frozen.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        reference = session.run(None, feeds)
-        candidates = [_Candidate("onnxruntime", lambda: session.run(None, feeds),
-                                 f"onnxruntime {ort.__version__}, CPU EP, {threads} threads")]
+        onnx_path = workdir / "model.onnx"
+        onnx_path.write_bytes(frozen.model.SerializeToString())
+        names = [t.name for t in frozen.inputs]
+
+        def start(label: str, engine: _Engine, note: str) -> _Candidate:
+            candidates.append(_Candidate(label, engine, feeds, names, note))
+            return candidates[-1]
+
+        reference = start("onnxruntime", _Engine("onnxruntime", str(onnx_path), threads),
+                          f"onnxruntime {ort.__version__}, CPU EP, {threads} threads").outputs()
         builds = []
         if options.steps:
             builds += [("TVM default pipeline", "naive", None), ("ours, no BLAS", "tvm", None)]
@@ -149,6 +257,7 @@ def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
         if options.tuning:
             builds.append(("ours, tuned", tuning_info.get("kernels") or options.kernels, Path(options.tuning)))
         compile_s: dict[str, float] = {}
+        monolithic: tuple[Path, int, bool] | None = None
         for label, kernels, tuning in builds:
             say(f"building {frozen.name} for {preset.name}: {label}")
             path = workdir / f"{kernels}-{'tuned' if tuning else 'untuned'}.so"
@@ -156,21 +265,26 @@ def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
             build_graph(frozen.model, frozen.inputs, preset, path, f"{frozen.name} ({label})", tuning=tuning,
                         kernels=kernels)
             compile_s[label] = time.perf_counter() - started
-            main = _vm_main(path)
-            args = [tvm.runtime.tensor(feeds[t.name]) for t in frozen.inputs]
-            out = main(*args)
-            outs = [out] if hasattr(out, "numpy") else list(out)
-            error = max(float(np.max(np.abs(o.numpy() - r))) for o, r in zip(outs, reference))
-            candidates.append(_Candidate(label, lambda main=main, args=args: main(*args),
-                                         f"kernels={kernels}, max |error| vs onnxruntime {error:.1e}"))
-        say(f"timing {len(candidates)} candidates, {options.repeats} interleaved rounds")
-        _interleaved_medians(candidates, options.repeats, options.max_seconds)
+            shares = [(label, thread_share(threads, kernels == "blas"))]
+            if options.steps and kernels == "blas" and tuning is None and threads > 1:
+                shares.append((f"{label}, pools {threads}+{threads}", ThreadShare(threads, threads)))
+            for row, share in shares:
+                candidate = start(row, _Engine("tvm", str(path), threads, share), "")
+                error = max(float(np.max(np.abs(o - r))) for o, r in zip(candidate.outputs(), reference))
+                candidate.note = f"kernels={kernels}, threads {share}, max |error| vs onnxruntime {error:.1e}"
+            compile_s.setdefault(shares[-1][0], compile_s[label])
+            monolithic = (path, threads, kernels == "blas")
+        say(f"timing {len(candidates)} candidates, {options.repeats} rounds, each in its own process")
+        _alternating_blocks(candidates, options.repeats, options.max_seconds)
         ort_s = statistics.median(candidates[0].times)
         rows = [{"label": c.label, "median_ms": statistics.median(c.times) * 1e3, "samples": len(c.times),
+                 "p10_ms": float(np.percentile(c.times, 10)) * 1e3, "p90_ms": float(np.percentile(c.times, 90)) * 1e3,
                  "ratio_to_onnxruntime": statistics.median(c.times) / ort_s, "note": c.note,
                  "compile_s": round(compile_s[c.label], 1) if c.label in compile_s else None} for c in candidates]
+        for c in candidates:
+            c.close()
         result = {"model": frozen.name, "target": preset.name, "threads": threads, "rows": rows,
-                  "input_shapes": {t.name: list(t.shape) for t in frozen.inputs}}
+                  "cpu": hardware_info()["cpu"], "input_shapes": {t.name: list(t.shape) for t in frozen.inputs}}
         if tuning_info:
             mine = [t for t in tuning_info["tasks"].values() if frozen.name in t.get("models", [])]
             result["tuning"] = {"dir": str(options.tuning), "measured": tuning_info["measured"],
@@ -179,13 +293,20 @@ def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
                                 "budgets_s": [r["budget_s"] for r in tuning_info["runs"] if r["model"] == frozen.name]}
         if options.cuts:
             say(f"building the bundle ({len(plan.segments)} segments) to time every cut")
-            result["cuts"] = _time_cuts(model, feeds, options, workdir, name, candidates[-1])
+            result["cuts"] = _time_cuts(model, feeds, options, workdir, name, *monolithic)
         return result
     finally:
+        for c in candidates:
+            c.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, monolithic: _Candidate) -> dict:
+def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, mono_path: Path, threads: int,
+               calls_blas: bool) -> dict:
+    """Every cut of the bundle, its segments chained in this process, against the monolithic build in the
+    same rounds (our code only: no other engine's threads to keep apart)."""
+    import tvm
+
     from ...compiler.partition import get_partitioner
     from ...compiler.pipeline import CompileOptions, compile_model
     from ...runtime.bundle import Bundle, SegmentExecutor
@@ -197,11 +318,13 @@ def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, monolit
                                                             partitioner=get_partitioner(options.partitioner)),
                   name=name)
     bundle = Bundle(workdir / "bundle")
-    mobile, server = SegmentExecutor(bundle, "mobile"), SegmentExecutor(bundle, "server")
-    candidates = [_Candidate(f"cut {k}", lambda k=k: run_cut(bundle, mobile, server, k, feeds))
-                  for k in range(len(bundle.cuts))]
-    mono = _Candidate("monolithic", monolithic.run)
-    _interleaved_medians([mono, *candidates], max(3, options.repeats // 3), options.max_seconds, warmup_s=0.05)
+    mobile, server = (SegmentExecutor(bundle, side, threads=threads) for side in ("mobile", "server"))
+    use_threads_here(threads, calls_blas)
+    main = load_artifact(mono_path, tvm.cpu(0))
+    args = [tvm.runtime.tensor(feeds[t.name]) for t in bundle.inputs]
+    mono = _Timed("monolithic", lambda: main(*args))
+    candidates = [_Timed(f"cut {k}", lambda k=k: run_cut(bundle, mobile, server, k, feeds)) for k in range(len(bundle.cuts))]
+    _interleaved_medians([mono, *candidates], max(3, options.repeats // 3))
     mono_s = statistics.median(mono.times)
     per_cut = [statistics.median(c.times) / mono_s for c in candidates]
     return {"partitioner": bundle.manifest.identity.options.get("partitioner"), "segments": len(bundle.segments),
@@ -210,13 +333,14 @@ def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, monolit
 
 
 def speed_table(result: dict) -> str:
-    lines = [f"{result['model']} on {result['target']}, {result['threads']} threads, input "
-             + ", ".join(f"{k} {v}" for k, v in result["input_shapes"].items()), ""]
-    header = f"{'build':24} {'median':>10} {'vs onnxruntime':>15} {'samples':>8} {'compile':>8}  note"
+    lines = [f"{result['model']} on {result['target']} ({result.get('cpu', 'CPU not recorded')}), "
+             f"{result['threads']} threads, input " + ", ".join(f"{k} {v}" for k, v in result["input_shapes"].items()), ""]
+    header = f"{'build':30} {'median':>10} {'p10-p90':>16} {'vs onnxruntime':>15} {'samples':>8} {'compile':>8}  note"
     lines += [header, "-" * len(header)]
     for r in result["rows"]:
         compile_s = f"{r['compile_s']:.1f}s" if r["compile_s"] is not None else ""
-        lines.append(f"{r['label']:24} {r['median_ms']:8.2f}ms {r['ratio_to_onnxruntime']:14.2f}x "
+        spread = f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f}ms" if "p10_ms" in r else ""
+        lines.append(f"{r['label']:30} {r['median_ms']:8.2f}ms {spread:>16} {r['ratio_to_onnxruntime']:14.2f}x "
                      f"{r['samples']:>8} {compile_s:>8}  {r['note']}")
     if "tuning" in result:
         t = result["tuning"]
@@ -229,6 +353,6 @@ def speed_table(result: dict) -> str:
                      f"({c['monolithic_ms']:.2f} ms): min {c['ratio_min']:.2f}x, median {c['ratio_median']:.2f}x, "
                      f"max {c['ratio_max']:.2f}x over {len(c['cut_ms'])} cuts ({c['segments']} segments, "
                      f"partitioner {c['partitioner']})")
-    lines.append("\nMedians of interleaved rounds in one process (each round runs every build once), batch 1; "
-                 "ratio = median / onnxruntime's median.")
+    lines.append("\nMedians [10th-90th percentile]; each engine in a process of its own, the engines taking turns in "
+                 "blocks of back-to-back runs, batch 1; ratio = median / onnxruntime's median.")
     return "\n".join(lines)

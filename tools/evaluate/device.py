@@ -237,14 +237,12 @@ class Request:
 
 
 def _device_main(conn, bundle_path: str, url: str, spec: str, reference: dict, feeds: dict) -> None:
-    os.environ["TVM_NUM_THREADS"] = "1"  # one core of the device; set before TVM is loaded
+    os.environ["NEUROSURGEON_THREADS"] = "1"  # one core of the device
     from ...runtime.bundle import Bundle, SegmentExecutor
-    from ...runtime.workers import set_blas_threads_here
 
     try:
         speed = parse_speed(spec)
         why_not = speed.apply()
-        set_blas_threads_here(1)
         bundle = Bundle(bundle_path)
         executor = speed.executor(SegmentExecutor(bundle, "mobile"))
         device = _Device(bundle, url, executor, reference, feeds)

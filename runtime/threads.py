@@ -1,0 +1,93 @@
+"""How a process's threads are shared between the two thread pools a CPU artifact uses: TVM's (the
+kernels TVM generated) and the BLAS's (the GEMMs the artifact hands to runtime/kernels.py, numpy's
+OpenBLAS).
+
+Given both pools N threads, they fight: after a parallel kernel TVM's workers spin waiting for the
+next one, and OpenBLAS's workers, woken for the GEMM that follows, wait for a core while OpenBLAS's
+caller waits for them. Measured on an AMD EPYC (Zen 5), 2 cores, 224x224, 200 runs back to back
+(median / mean; `neurosurgeon bench threads` remeasures it):
+
+    model        both pools 2 threads                   GEMMs 2, TVM 1     1 thread
+    ResNet-18    37.7 / 84.3 ms (89 runs over 50 ms)    34.9 / 36.5 ms     48.8 / 48.6 ms
+    AlexNet      82.4 / 70.4 ms                         27.2 / 28.8 ms     40.7 / 40.0 ms
+    MobileNetV2  12.6 / 30.7 ms (worst 375 ms)          9.2 / 9.7 ms       12.8 / 12.7 ms
+
+So one pool at a time has the threads: where the artifacts call the BLAS, its GEMMs get them and TVM's
+kernels run on the calling thread (its pool never starts, never spins); elsewhere TVM gets them.
+TVM's kernels then run serially, which bounds the gain from more cores by their share of the time
+(MobileNetV2's depthwise convolutions: about a third on one thread here).
+
+`NEUROSURGEON_THREADS` sets the count (default: every core this process may run on).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+__all__ = ["ThreadShare", "cores_here", "requested_threads", "set_blas_threads_here", "thread_share",
+           "use_threads_here"]
+
+THREADS_ENV = "NEUROSURGEON_THREADS"
+_BLAS_SETTERS = ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads64_", "openblas_set_num_threads")
+
+
+def cores_here() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def requested_threads() -> int:
+    """NEUROSURGEON_THREADS where set (a positive integer), else every core this process may use."""
+    value = os.environ.get(THREADS_ENV)
+    if value is None:
+        return cores_here()
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{THREADS_ENV}={value!r}: expected a positive integer")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ThreadShare:
+    tvm: int  # TVM's pool (its generated kernels)
+    blas: int  # the BLAS's (the GEMMs)
+
+    def __str__(self) -> str:
+        return f"TVM {self.tvm}, BLAS {self.blas}"
+
+
+def thread_share(threads: int, calls_blas: bool) -> ThreadShare:
+    """`threads` to the pool that does the heavy lifting, one to the other (see the module docstring)."""
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    return ThreadShare(tvm=1, blas=threads) if calls_blas else ThreadShare(tvm=threads, blas=1)
+
+
+def set_blas_threads_here(n: int) -> bool:
+    """Limit the BLAS numpy ships (OpenBLAS) to `n` threads for calls from this thread (for every
+    thread where OpenBLAS is too old for a per-thread setting). False where there is no OpenBLAS."""
+    with open("/proc/self/maps") as maps:
+        paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
+    for path in paths:
+        library = ctypes.CDLL(path)
+        for name in _BLAS_SETTERS:
+            setter = getattr(library, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(n))
+                return True
+    return False
+
+
+def set_tvm_threads_here(n: int) -> None:
+    """This thread's TVM thread pool gets `n` workers (TVM keeps one pool per calling thread)."""
+    import tvm
+
+    tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1: no core pinning
+
+
+def use_threads_here(threads: int, calls_blas: bool) -> ThreadShare:
+    """Share `threads` between this thread's TVM pool and its BLAS calls (`thread_share`); returns the share."""
+    share = thread_share(threads, calls_blas)
+    set_tvm_threads_here(share.tvm)
+    set_blas_threads_here(share.blas)
+    return share
