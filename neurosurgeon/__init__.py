@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 
-from . import runtime as _runtime  # noqa: E402,F401  (sets OpenBLAS's thread spin before numpy loads)
+from . import runtime as _runtime  # noqa: E402,F401  (sets how TVM binds threads before TVM loads)

@@ -5,15 +5,13 @@ scikit-learn, networkx or jinja2 (a phone or board has none of them).
 """
 
 import os as _os
-import sys as _sys
 
-if "numpy" not in _sys.modules:
-    # CPU artifacts hand their GEMMs to numpy's OpenBLAS (runtime/kernels.py), and the other kernels
-    # to TVM's thread pool. After each call OpenBLAS keeps its threads spinning for about 2^28
-    # cycles; on a small machine they starve TVM's workers, and every small kernel that follows a
-    # GEMM waits milliseconds for a core (ResNet-18 ran 2x slower). 2^4 cycles ends the spin at
-    # once. OpenBLAS reads this when numpy is first imported, hence here, before any numpy import.
-    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# OpenBLAS's threads spin for about 2^28 cycles after a GEMM before they sleep. That once starved TVM's
+# workers (ResNet-18 ran 2x slower), and the runtime told OpenBLAS to sleep at once; since one pool at a
+# time has the threads (runtime/threads.py) nothing here competes with the spin, and sleeping cost more:
+# on this VM a sleeping thread wakes slowly, and MobileNetV2's 2-thread run, 35 GEMMs that each woke
+# OpenBLAS's worker, took 36 ms [18-130] against 12.9 [10.4-15.7] spinning (AMD EPYC, 2 cores).
+# A process that shares its cores with others can still set OPENBLAS_THREAD_TIMEOUT=4 (tools/evaluate).
 
 # TVM pins a thread pool's threads to cores when it configures one, the calling thread included:
 # runtime.config_threadpool(1, 1) (runtime/threads.py) left its caller on core 0 alone, where the

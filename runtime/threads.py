@@ -5,7 +5,7 @@ OpenBLAS).
 Given both pools N threads, they fight: after a parallel kernel TVM's workers spin waiting for the
 next one, and OpenBLAS's workers, woken for the GEMM that follows, wait for a core while OpenBLAS's
 caller waits for them. Measured on an AMD EPYC (Zen 5), 2 cores, 224x224, 200 runs back to back
-(median / mean; `neurosurgeon bench threads` remeasures it):
+(median / mean; `neurosurgeon bench speed MODEL --threads 2 --steps` times both ways):
 
     model        both pools 2 threads                   GEMMs 2, TVM 1     1 thread
     ResNet-18    37.7 / 84.3 ms (89 runs over 50 ms)    34.9 / 36.5 ms     48.8 / 48.6 ms

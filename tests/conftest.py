@@ -1,7 +1,7 @@
 import os
 import sys
 
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the runtime sets it (runtime/__init__.py)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # tests share the cores among servers and devices: no spinning
 from pathlib import Path
 
 import pytest
