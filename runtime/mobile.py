@@ -483,6 +483,12 @@ class MobileRuntime:
                 p.update_server_times(self.server_times)
             self.server_slowdown = 1.0
             return
+        if self._server_times_at > -float("inf"):
+            # A server that tells its own segment times (every SERVER_TIMES_EVERY_S, measured under its
+            # load) is not second-guessed from single answers: a short stage's compute is mostly a job's
+            # fixed cost (its tensors in and out), and learned as a slowdown of every segment it made the
+            # whole model look 4-40x slower on the evaluation's loaded server (issue 12).
+            return
         predicted = float(planner.server_s[list(segments)].sum())
         if predicted > 0 and compute_s > 0:
             self.server_slowdown = ewma(self.server_slowdown, compute_s / predicted, 0.3)

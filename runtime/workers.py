@@ -13,6 +13,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from .bundle import Bundle, SegmentExecutor, fetch
 from .estimators import MedianWindow
 from .threads import cores_here
 
-__all__ = ["Batching", "Job", "LoadMeter", "SegmentTimes", "WorkerPool", "peak_resident_mib"]
+__all__ = ["Batching", "Done", "Job", "LoadMeter", "SegmentTimes", "WorkerPool", "peak_resident_mib"]
 
 
 def peak_resident_mib(pid: int | str = "self") -> float | None:
@@ -109,6 +110,14 @@ class Batching:
 
     def size_for(self, n: int) -> int:
         return next(b for b in self.sizes if b >= n)
+
+
+class Done(NamedTuple):
+    """A job's answer: its outputs, its compute seconds per sample (its inputs made tensors, its segments
+    run, its outputs fetched) and the size of the batch it ran in."""
+    outputs: dict[str, np.ndarray]
+    compute_s: float
+    batch: int
 
 
 class SegmentTimes:
@@ -280,7 +289,7 @@ class WorkerPool:
         for i, job in enumerate(group):
             outputs = made if size == 1 else {name: value[i:i + 1].copy() for name, value in made.items()}
             self._done()  # before the answer: the load it reports no longer counts this job
-            job.future.set_result((outputs, seconds / n, n))
+            job.future.set_result(Done(outputs, seconds / n, n))
 
     def _done(self) -> None:
         with self._cond:

@@ -57,11 +57,11 @@ def test_a_batch_answers_each_request_as_it_is_answered_alone(lenet, segments_fr
             assert upload.segments == tuple(range(segments_from))
         wanted = [t.name for t in cut.outputs]
         expected = [alone.pool.submit(alone.job(cut, f, wanted)).result() for f in feeds]
-        assert all(batch == 1 for _, _, batch in expected)
+        assert all(done.batch == 1 for done in expected)
         futures = [batched.pool.submit(batched.job(cut, f, wanted)) for f in feeds]
         answers = [future.result() for future in futures]
-        assert [batch for _, _, batch in answers] == [3, 3, 3]  # zero-padded to the size-4 artifacts
-        for (got, _, _), (want, _, _) in zip(answers, expected):
+        assert [done.batch for done in answers] == [3, 3, 3]  # zero-padded to the size-4 artifacts
+        for got, want in zip((a.outputs for a in answers), (e.outputs for e in expected)):
             for name in wanted:
                 np.testing.assert_array_equal(got[name], want[name])
         if segments_from == 0:

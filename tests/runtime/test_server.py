@@ -322,6 +322,13 @@ def test_the_server_reports_its_own_segment_times_when_asked(lenet, lenet_server
         after = runtime.planner.server_s
         assert (after != before).any() and np.all(after > 0)
         assert after[3:] == pytest.approx(runtime.server_times[3:])
+        # A short stage's compute is mostly the job's fixed cost (tensors in and out): answers in between
+        # the server's reports of its times do not scale every segment by it.
+        whole = runtime.planner.evaluate(runtime.decide(0)[1], runtime.fixed_schedule(0))[0]
+        for _ in range(5):
+            runtime.infer(random_inputs(lenet.bundle.inputs, 0), n - 1)
+        assert runtime.server_slowdown == 1.0
+        assert runtime.planner.evaluate(runtime.decide(0)[1], runtime.fixed_schedule(0))[0] < 2 * whole
     finally:
         runtime.close()
 

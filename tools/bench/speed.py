@@ -12,10 +12,10 @@ candidate sees the same noise):
   - with --cuts, the bundle (every segment built, same database) run end to end at every cut,
     against the monolithic build.
 
-Each engine runs in a process of its own, one at a time, in blocks of back-to-back runs (the first of
-each block untimed): interleaved run by run in one process, onnxruntime's spinning threads took the
-cores from ours and ours from it (MobileNetV2, 2 threads, AMD EPYC: ours 24.3 ms, onnxruntime 8.3 ms
-interleaved; 11.9 and 4.6 ms each alone).
+Each engine runs in a process of its own, the engines taking turns in blocks of back-to-back runs (a
+few untimed first), the others stopped meanwhile: interleaved run by run in one process, onnxruntime's
+spinning threads took the cores from ours and ours from it (MobileNetV2, 2 threads, AMD EPYC: ours
+24.3 ms, onnxruntime 8.3 ms interleaved; 11.9 and 4.6 ms each alone).
 
 N (--threads) goes to onnxruntime's intra-op threads, and to our builds as the runtime shares them
 (runtime/threads.py: a build whose GEMMs go to the BLAS gives it the N threads and TVM's pool one);
@@ -168,8 +168,13 @@ class _Candidate:
     def close(self) -> None:
         if self._process.is_alive():
             os.kill(self._process.pid, signal.SIGCONT)
-            self._conn.send(("stop",))
+            try:
+                self._conn.send(("stop",))
+            except OSError:  # it has ended already (it failed to load)
+                pass
             self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.kill()
 
 
 class _Timed:
