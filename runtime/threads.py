@@ -26,8 +26,8 @@ import ctypes
 import os
 from dataclasses import dataclass
 
-__all__ = ["ThreadShare", "cores_here", "requested_threads", "set_blas_threads_here", "thread_share",
-           "use_threads_here"]
+__all__ = ["ThreadShare", "cores_here", "requested_threads", "set_blas_threads_here", "set_tvm_threads_here",
+           "thread_share", "use_threads_here"]
 
 THREADS_ENV = "NEUROSURGEON_THREADS"
 _BLAS_SETTERS = ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads64_", "openblas_set_num_threads")

@@ -40,7 +40,7 @@ from ...runtime.planner import SegmentCosts
 from ...runtime.profile import hardware_info
 from ...runtime.progress import Progress
 from ...runtime.tensors import random_inputs
-from ...runtime.workers import cores_here
+from ...runtime.threads import cores_here
 from ...serving import start_server
 from .. import zoo
 from ..verify import reference_outputs
