@@ -26,8 +26,8 @@ import ctypes
 import os
 from dataclasses import dataclass
 
-__all__ = ["ThreadShare", "cores_here", "requested_threads", "set_blas_threads_here", "set_tvm_threads_here",
-           "thread_share", "use_threads_here"]
+__all__ = ["ThreadShare", "apply_share_here", "cores_here", "requested_threads", "set_blas_threads_here",
+           "set_tvm_threads_here", "thread_share", "use_threads_here"]
 
 THREADS_ENV = "NEUROSURGEON_THREADS"
 _BLAS_SETTERS = ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads64_", "openblas_set_num_threads")
@@ -85,9 +85,13 @@ def set_tvm_threads_here(n: int) -> None:
     tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1: no core pinning
 
 
-def use_threads_here(threads: int, calls_blas: bool) -> ThreadShare:
-    """Share `threads` between this thread's TVM pool and its BLAS calls (`thread_share`); returns the share."""
-    share = thread_share(threads, calls_blas)
+def apply_share_here(share: ThreadShare) -> ThreadShare:
+    """Give this thread's TVM pool and its BLAS calls the threads `share` says; returns it."""
     set_tvm_threads_here(share.tvm)
     set_blas_threads_here(share.blas)
     return share
+
+
+def use_threads_here(threads: int, calls_blas: bool) -> ThreadShare:
+    """Share `threads` between this thread's TVM pool and its BLAS calls (`thread_share`); returns the share."""
+    return apply_share_here(thread_share(threads, calls_blas))

@@ -22,10 +22,11 @@ import time
 import types
 from pathlib import Path
 
+from ...runtime.threads import cores_here
 from ...targets import Preset
 from .folder import TuningError
 
-__all__ = ["RemoteBoard", "count_cpus_without_psutil", "cores_here", "load_tensor_intrinsics",
+__all__ = ["RemoteBoard", "count_cpus_without_psutil", "load_tensor_intrinsics",
            "make_builder_and_runner", "parse_rpc_address", "tuning_target"]
 
 
@@ -68,10 +69,6 @@ def tuning_target(preset: Preset, measured: bool, cores: int | None = None):
     else:
         target = {**target, "num-cores": cores or int(target.get("num-cores", 4))}
     return tvm.target.Target(target, host=tvm.target.Target(host) if host else None)
-
-
-def cores_here() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 def count_cpus_without_psutil() -> None:

@@ -28,11 +28,11 @@ from pathlib import Path
 import onnx
 
 from ...runtime.progress import Progress
-from ...runtime.threads import requested_threads, thread_share
+from ...runtime.threads import cores_here, requested_threads, thread_share
 from ...targets import Preset, get_preset
 from ..analysis import analyse
 from .folder import TuningError, open_info, paths, write_info
-from .measure import (RemoteBoard, cores_here, count_cpus_without_psutil, load_tensor_intrinsics,
+from .measure import (RemoteBoard, count_cpus_without_psutil, load_tensor_intrinsics,
                       make_builder_and_runner, parse_rpc_address, tuning_target)
 from .workloads import Workload, extract_workloads
 

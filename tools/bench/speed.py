@@ -41,8 +41,7 @@ from ...runtime.bundle import load_artifact
 from ...runtime.errors import NeurosurgeonError
 from ...runtime.profile import hardware_info
 from ...runtime.tensors import random_inputs
-from ...runtime.threads import (ThreadShare, cores_here, set_blas_threads_here, set_tvm_threads_here, thread_share,
-                                use_threads_here)
+from ...runtime.threads import ThreadShare, apply_share_here, cores_here, thread_share, use_threads_here
 from ...targets import get_preset
 from .. import zoo
 
@@ -102,8 +101,7 @@ def _engine_main(conn, engine: _Engine, feeds: dict, input_names: list[str]) -> 
         else:
             import tvm
 
-            set_tvm_threads_here(engine.share.tvm)
-            set_blas_threads_here(engine.share.blas)
+            apply_share_here(engine.share)
             main = load_artifact(Path(engine.path), tvm.cpu(0))
             args = [tvm.runtime.tensor(feeds[name]) for name in input_names]
             def run():
