@@ -3,6 +3,7 @@ own segment times. Only the planner reads them, through `conditions()` and the m
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
@@ -37,7 +38,7 @@ class MedianWindow:
     @property
     def value(self) -> float:
         window = self.values if self.prior is None or len(self.values) == self.size else [self.prior, *self.values]
-        return float(np.median(window)) if window else self.empty
+        return float(statistics.median(window)) if window else self.empty  # np.median: 15 us, 70x slower
 
     def clear(self) -> None:
         self.values.clear()
@@ -129,11 +130,13 @@ class MobileTimeEstimator:
     replaced the seed, since a planner that stops choosing a segment never measures it again; a seed from
     another machine is outvoted after two runs, a device whose speed changed after a few.
 
-    A stage takes more than the sum of its segments' medians: the medians of skewed run times sit below
-    their means, and the time between segments (the loop, the timer's own calls) is in no segment. The
-    ratio of each stage's measured time to its segments' medians, median of 1 and the last WINDOW stages
-    the same way, scales every segment's time (`times`): 2-6% on the evaluation's dilated device, where
-    an unscaled device-only prediction lost to a cloud-only one it really beat (issue 12)."""
+    A stage takes more than the sum of its segments: the time between them (the loop, the timer's own
+    calls, the estimators' updates) is in no segment. That gap, per segment, is learned from each stage
+    run here (its time less its segments' own times in that run, the median of the last WINDOW stages)
+    and added to every segment's time (`times`). It was a ratio of the stage's time to its segments'
+    medians once, which also took up the segments' run-to-run noise and multiplied it: on the
+    evaluation's dilated device SENNA's 1 ms device-only stage swung to a 2-3x ratio, and the energy
+    planner chose cloud-only at 3x device-only's energy (issue 12)."""
 
     WINDOW = 5
 
@@ -141,28 +144,31 @@ class MobileTimeEstimator:
         self.seed = np.array(seed_s, dtype=np.float64)
         self.medians = self.seed.copy()
         self.runs = [MedianWindow(self.WINDOW, prior=float(seed)) for seed in self.seed]
-        self.stage_ratios = MedianWindow(self.WINDOW, prior=1.0, empty=1.0)
+        self.last = np.zeros_like(self.seed)  # each segment's latest run
+        self.gaps = MedianWindow(self.WINDOW, prior=0.0)
 
     @property
-    def ratio(self) -> float:
-        return self.stage_ratios.value
+    def gap_s(self) -> float:
+        """Seconds a stage spends per segment outside its segments."""
+        return self.gaps.value
 
     @property
     def times(self) -> np.ndarray:
-        return self.medians * self.ratio
+        return self.medians + self.gap_s
 
     @property
     def observed(self) -> np.ndarray:
         return np.array([bool(r.values) for r in self.runs], dtype=bool)
 
     def observe(self, segment: int, seconds: float) -> None:
+        self.last[segment] = seconds
         self.medians[segment] = self.runs[segment].push(seconds)
 
     def observe_stage(self, segments, seconds: float) -> None:
         """A stage of `segments` run back to back here took `seconds` in all (after each was `observe`d)."""
-        expected = float(self.medians[list(segments)].sum())
-        if expected > 0 and seconds > 0:
-            self.stage_ratios.push(seconds / expected)
+        segments = list(segments)
+        if segments and seconds > 0:
+            self.gaps.push(max(0.0, seconds - float(self.last[segments].sum())) / len(segments))
 
 
 class RequestTimeEstimator:

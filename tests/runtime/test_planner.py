@@ -96,16 +96,30 @@ def test_one_slow_run_does_not_make_a_segment_look_slow_for_good():
     assert seeded_elsewhere.times[0] == pytest.approx(5e-3)
 
 
-def test_stage_time_beyond_the_segments_medians_is_learned():
+def test_stage_time_beyond_the_segments_is_learned_as_a_gap_per_segment():
     times = MobileTimeEstimator(np.array([1e-3, 2e-3, 3e-3]))
     for _ in range(MobileTimeEstimator.WINDOW):
         for segment, seconds in enumerate((1e-3, 2e-3, 3e-3)):
             times.observe(segment, seconds)
-        times.observe_stage([0, 1, 2], 6.3e-3)  # 5% between and around the segments, every time
-    assert times.ratio == pytest.approx(1.05)
+        times.observe_stage([0, 1, 2], 6.3e-3)  # 0.1 ms between and around each segment, every time
+    assert times.gap_s == pytest.approx(0.1e-3)
     assert times.times.sum() == pytest.approx(6.3e-3)  # what a stage of all three really takes
     times.observe_stage([0, 1], 60e-3)  # one stalled stage does not move the estimate
-    assert times.ratio == pytest.approx(1.05)
+    assert times.gap_s == pytest.approx(0.1e-3)
+
+
+def test_segment_noise_is_not_taken_for_time_between_segments():
+    """A segment's runs swing (a sleep that overshot, a cold CPU) while the stage is just their sum: the
+    estimate stays at the segments' medians (a ratio of stage to medians made 1 ms look like 2-3 ms)."""
+    times = MobileTimeEstimator(np.array([0.6e-3, 0.02e-3]))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        runs = rng.uniform(0.2e-3, 1.5e-3, 2)
+        for segment, seconds in enumerate(runs):
+            times.observe(segment, seconds)
+        times.observe_stage([0, 1], float(runs.sum()))
+        assert times.gap_s == 0.0
+        assert times.times.sum() <= 3e-3  # never more than the two slowest runs
 
 
 def test_the_server_reports_its_segments_median_times():
