@@ -21,6 +21,7 @@ from .errors import BundleError, NeurosurgeonError
 from .jsonfile import JsonFormat
 from .progress import Progress, human_seconds
 from .tensors import random_inputs
+from .threads import blas_config, requested_threads
 
 __all__ = ["KIT_FILE", "KIT_FORMAT", "PROFILE_FORMAT", "ProfileError", "hardware_info", "profile_kit", "read_kit",
            "segment_samples", "time_calls", "time_segments"]
@@ -84,7 +85,8 @@ def hardware_info(device: str = "cpu") -> dict:
         "cpu_quota": _cpu_quota(),
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "tvm_num_threads": os.environ.get("TVM_NUM_THREADS"),
+        "threads": requested_threads(),  # NEUROSURGEON_THREADS or every usable core (runtime/threads.py)
+        "blas": blas_config(),
         "device": device,
     }
     try:

@@ -26,10 +26,11 @@ import ctypes
 import os
 from dataclasses import dataclass
 
-__all__ = ["ThreadShare", "apply_share_here", "cores_here", "requested_threads", "set_blas_threads_here",
+__all__ = ["ThreadShare", "apply_share_here", "blas_config", "cores_here", "requested_threads", "set_blas_threads_here",
            "set_tvm_threads_here", "thread_share", "use_threads_here"]
 
 THREADS_ENV = "NEUROSURGEON_THREADS"
+_BLAS_CONFIG = ("scipy_openblas_get_config64_", "openblas_get_config64_", "openblas_get_config")
 _BLAS_SETTERS = ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads64_", "openblas_set_num_threads")
 
 
@@ -63,19 +64,35 @@ def thread_share(threads: int, calls_blas: bool) -> ThreadShare:
     return ThreadShare(tvm=1, blas=threads) if calls_blas else ThreadShare(tvm=threads, blas=1)
 
 
+def _openblas_libraries() -> list:
+    """The OpenBLAS libraries loaded in this process (numpy's), as ctypes handles."""
+    with open("/proc/self/maps") as maps:
+        paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
+    return [ctypes.CDLL(path) for path in paths]
+
+
 def set_blas_threads_here(n: int) -> bool:
     """Limit the BLAS numpy ships (OpenBLAS) to `n` threads for calls from this thread (for every
     thread where OpenBLAS is too old for a per-thread setting). False where there is no OpenBLAS."""
-    with open("/proc/self/maps") as maps:
-        paths = sorted({line.split()[-1] for line in maps if "openblas" in line.rsplit("/", 1)[-1].lower()})
-    for path in paths:
-        library = ctypes.CDLL(path)
+    for library in _openblas_libraries():
         for name in _BLAS_SETTERS:
             setter = getattr(library, name, None)
             if setter is not None:
                 setter(ctypes.c_int(n))
                 return True
     return False
+
+
+def blas_config() -> str | None:
+    """OpenBLAS's build and the kernels it chose for this CPU (e.g. "OpenBLAS 0.3.31 ... Haswell": on an
+    AVX-512 Zen 5 it runs its AVX2 kernels), or None where numpy has none loaded."""
+    for library in _openblas_libraries():
+        for name in _BLAS_CONFIG:
+            getter = getattr(library, name, None)
+            if getter is not None:
+                getter.restype = ctypes.c_char_p
+                return getter().decode(errors="replace")
+    return None
 
 
 def set_tvm_threads_here(n: int) -> None:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from neurosurgeon.runtime.threads import ThreadShare, requested_threads, thread_share, use_threads_here
+from neurosurgeon.runtime.threads import ThreadShare, blas_config, requested_threads, thread_share, use_threads_here
 
 
 def test_one_pool_at_a_time_has_the_threads():
@@ -34,3 +34,12 @@ def test_sharing_the_threads_leaves_the_caller_on_every_core():
     assert os.sched_getaffinity(0) == before
     use_threads_here(len(before), calls_blas=False)
     assert os.sched_getaffinity(0) == before
+
+
+def test_the_blas_says_which_kernels_it_chose_for_this_cpu():
+    """numpy's wheels ship OpenBLAS; its config names the kernels (the speed tables name them next to the CPU)."""
+    from neurosurgeon.runtime.profile import hardware_info
+
+    config = blas_config()
+    assert config is not None and config.startswith("OpenBLAS") and "DYNAMIC_ARCH" in config
+    assert hardware_info()["blas"] == config and hardware_info()["threads"] == requested_threads()

@@ -287,7 +287,7 @@ def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
         for c in candidates:
             c.close()
         result = {"model": frozen.name, "target": preset.name, "threads": threads, "rows": rows,
-                  "cpu": hardware_info()["cpu"], "input_shapes": {t.name: list(t.shape) for t in frozen.inputs}}
+                  "cpu": hardware_info()["cpu"], "blas": hardware_info()["blas"], "input_shapes": {t.name: list(t.shape) for t in frozen.inputs}}
         if tuning_info:
             mine = [t for t in tuning_info["tasks"].values() if frozen.name in t.get("models", [])]
             result["tuning"] = {"dir": str(options.tuning), "measured": tuning_info["measured"],
@@ -337,7 +337,8 @@ def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, mono_pa
 
 def speed_table(result: dict) -> str:
     lines = [f"{result['model']} on {result['target']} ({result.get('cpu', 'CPU not recorded')}), "
-             f"{result['threads']} threads, input " + ", ".join(f"{k} {v}" for k, v in result["input_shapes"].items()), ""]
+             f"{result['threads']} threads, input " + ", ".join(f"{k} {v}" for k, v in result["input_shapes"].items()),
+             f"GEMMs: {result.get('blas') or 'BLAS not recorded'}", ""]
     header = f"{'build':30} {'median':>10} {'p10-p90':>16} {'vs onnxruntime':>15} {'samples':>8} {'compile':>8}  note"
     lines += [header, "-" * len(header)]
     for r in result["rows"]:
