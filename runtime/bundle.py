@@ -5,7 +5,9 @@ The manifest is read through runtime/manifest.py (format and compatibility rule 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import os
 import platform
 from pathlib import Path
 
@@ -24,7 +26,7 @@ LOAD_MODEL_FORMAT = JsonFormat("neurosurgeon-server-load", 1, "neurosurgeon serv
                                hint="fit it again with `neurosurgeon profile --bundle DIR --server-load`")
 
 __all__ = ["LOAD_MODEL_FILE", "LOAD_MODEL_FORMAT", "Bundle", "SegmentExecutor", "elf_machine", "fetch", "load_artifact",
-           "sha256_file"]
+           "release_file_pages", "sha256_file"]
 
 
 class Bundle:
@@ -97,9 +99,33 @@ def load_artifact(path: Path, device, sha256: str | None = None, what: str = "ar
         vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(path)), device)
     except tvm.error.TVMError as err:
         raise BundleError(f"{path}: {what} does not load: {first_line(err)}") from None
+    release_file_pages(path)
     if arity is not None and vm._get_function_arity("main") != arity:
         raise BundleError(f"{path}: {what} takes {vm._get_function_arity('main')} tensors, {listed_in} says {arity}")
     return vm["main"]
+
+
+MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now; clean file pages are dropped, content is kept
+
+
+def release_file_pages(path: Path) -> int:
+    """Give back the resident pages of `path`'s mappings in this process; returns the mappings advised.
+
+    An artifact's weights are constants inside its shared object: loading it maps the file and copies
+    them out into tensors, and the mapped copy stays resident (AlexNet at 112: 110 MiB of 458 MiB on
+    the device). MADV_PAGEOUT drops clean file pages (they come back from the file if ever touched: the
+    code does, a page at a time) and leaves any other page's content as it is, so it is safe on every
+    mapping of the file. Elsewhere than Linux 5.4+ it does nothing."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/maps") as maps:
+            ranges = [[int(x, 16) for x in parts[0].split("-")] for parts in map(str.split, maps)
+                      if len(parts) >= 6 and parts[5] == real]
+        madvise = ctypes.CDLL(None).madvise
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return sum(madvise(lo, hi - lo, MADV_PAGEOUT) == 0 for lo, hi in ranges)
 
 
 def sha256_file(path: Path) -> str:
@@ -163,6 +189,14 @@ class SegmentExecutor:
                                                      what, "the manifest",
                                                      arity=len(self.bundle.segments[segment].inputs))
         return self._functions[segment]
+
+    def load_all(self, segments=None) -> None:
+        """Load `segments` (default: all), the largest artifact first: loading one holds its weights two or
+        three times over for a moment (the mapped file, the copies), so the peak is what is already held
+        plus one load; largest first, little is held then."""
+        segments = range(len(self.bundle.segments)) if segments is None else segments
+        for segment in sorted(segments, key=lambda i: -(self.bundle.path / self._entry(i).file).stat().st_size):
+            self.load(segment)
 
     def run(self, env: dict, segments) -> dict:
         """Run `segments` in order, reading inputs from and writing outputs to `env` (name -> tensor).

@@ -44,8 +44,7 @@ def check_side(bundle: Bundle, side: str, reference: dict[str, np.ndarray], rtol
     """Every cut of `side` against `reference` (REFERENCE_INPUT/OUTPUT keys), then its timings."""
     executor = SegmentExecutor(bundle, side)
     n = len(bundle.segments)
-    for index in range(n):
-        executor.load(index)
+    executor.load_all()
     inputs = {t.name: reference[REFERENCE_INPUT + t.name] for t in bundle.inputs}
     expected = {t.name: reference[REFERENCE_OUTPUT + t.name] for t in bundle.outputs}
     cuts = []

@@ -266,8 +266,7 @@ class MobileRuntime:
             segments = range(self.n_segments)
         else:
             segments = [i for stage in self.fixed_schedule(schedule).stages if stage.side == MOBILE for i in stage.segments]
-        for segment in segments:
-            self.executor.load(segment)
+        self.executor.load_all(segments)
 
     def server_available(self) -> bool:
         if self.client is None:

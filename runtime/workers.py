@@ -209,8 +209,7 @@ class WorkerPool:
             executors = {b: SegmentExecutor(self.bundle, "server", b, threads=self.threads_per_worker)
                          for b in (self.batching.sizes if self.batching else (1,))}
             for executor in executors.values():
-                for segment in range(len(self.bundle.segments)):
-                    executor.load(segment)
+                executor.load_all()
         except BaseException as err:  # noqa: BLE001 (whatever failed, the constructor raises it)
             started.set_exception(err)
             return

@@ -258,7 +258,7 @@ def test_hedging_the_first_side_to_finish_wins_and_the_outputs_are_right(alexnet
     """Over 3G the upload alone takes far longer than computing the model here: the device's own run of
     the server stage wins; over an unshaped link to a server much faster than a device slowed 200x, the
     server's answer wins. Either way the outputs are onnxruntime's and the next request runs normally."""
-    from neurosurgeon.runtime.bundle import SegmentExecutor
+    from neurosurgeon.runtime.bundle import SegmentExecutor, fetch
     from neurosurgeon.tools.evaluate.device import Dilation
 
     _, bundle, feeds, reference = alexnet
@@ -311,3 +311,26 @@ def test_a_device_running_everything_itself_still_learns_the_servers_load(alexne
         assert runtime.load.updated > first
     finally:
         runtime.close()
+
+
+def test_loaded_artifacts_do_not_stay_resident_as_files(alexnet):
+    """Loading an artifact copies its weights out of the mapped shared object; the mapped copy is given
+    back (release_file_pages), and the segments still compute the model."""
+    from neurosurgeon.runtime.bundle import SegmentExecutor, fetch
+
+    _, bundle, feeds, reference = alexnet
+    executor = SegmentExecutor(bundle, "mobile")
+    executor.load_all()
+    files = {os.path.realpath(bundle.path / bundle.manifest.artifact("mobile", i, 1).file) for i in range(len(bundle.segments))}
+    resident_kib, mapping = 0, None
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
+            mapping = fields[5] if len(fields) > 5 else ""
+        elif fields[0] == "Rss:" and mapping in files:
+            resident_kib += int(fields[1])
+    on_disk_kib = sum(os.path.getsize(f) for f in files) // 1024
+    assert on_disk_kib > 1000 and resident_kib < on_disk_kib / 4, (resident_kib, on_disk_kib)
+    env = dict(feeds)
+    executor.run(env, range(len(bundle.segments)))
+    assert_matches({t.name: fetch(env[t.name]) for t in bundle.outputs}, reference)

@@ -100,6 +100,9 @@ class DilatedExecutor:
     def load(self, segment: int):
         return self.inner.load(segment)
 
+    def load_all(self, segments=None) -> None:
+        self.inner.load_all(segments)
+
     def charge(self, seconds: float) -> float:
         """Work the device did outside its segments (coding an upload) took `seconds` at full speed:
         sleep the rest of its dilated time; returns the seconds slept."""
@@ -266,8 +269,7 @@ class _Device:
         self.reference, self.feeds = reference, feeds
         self.costs_path: str | None = None
         self.runtimes: dict[tuple, object] = {}
-        for segment in range(len(bundle.segments)):
-            executor.load(segment)
+        executor.load_all()
 
     def calibrate(self, repeats: int, workdir: str, power_w: float | None = None) -> list[float]:
         """The device's own segment times (medians of `repeats`), written as the costs it decides with, with
