@@ -258,7 +258,7 @@ def test_hedging_the_first_side_to_finish_wins_and_the_outputs_are_right(alexnet
     """Over 3G the upload alone takes far longer than computing the model here: the device's own run of
     the server stage wins; over an unshaped link to a server much faster than a device slowed 200x, the
     server's answer wins. Either way the outputs are onnxruntime's and the next request runs normally."""
-    from neurosurgeon.runtime.bundle import SegmentExecutor, fetch
+    from neurosurgeon.runtime.bundle import SegmentExecutor
     from neurosurgeon.tools.evaluate.device import Dilation
 
     _, bundle, feeds, reference = alexnet
