@@ -25,7 +25,7 @@ from .manifest import MANIFEST
 from .protocol import DATATYPES, ProtocolError, cut_model_name, stage_model_name
 from .schedule import StageError, TensorGraph
 from .tensors import TensorInfo
-from .threads import cores_here
+from .threads import requested_threads
 from .workers import Batching, Job, WorkerPool
 
 __all__ = ["MODEL_VERSION", "PLATFORM", "Repository", "ServeOptions", "ServedBundle", "ServedModel",
@@ -128,7 +128,8 @@ class ServeOptions:
     """How a server runs every bundle it serves."""
 
     workers: int = 1  # worker threads per bundle
-    threads_per_worker: int | None = None  # None: the cores shared out among every bundle's workers
+    threads_per_worker: int | None = None  # None: `threads` shared out among every bundle's workers
+    threads: int | None = None  # in all (None: NEUROSURGEON_THREADS, else every core this process may use)
     batching: bool = True  # run waiting requests together where a bundle is built for batches
     batch_sizes: tuple[int, ...] | None = None  # of the sizes a bundle is built for, those to use (None: all)
     max_queue_delay_s: float = 0.0  # how long a free worker waits for a batch to fill
@@ -191,8 +192,9 @@ class Repository:
         if not self.path.is_dir():
             raise NeurosurgeonError(f"{self.path}: no such folder (a bundle, or a folder of bundles)")
         folders = bundle_folders(self.path)
-        if options.threads_per_worker is None:  # every bundle's workers share the cores
-            options = replace(options, threads_per_worker=max(1, cores_here() // (options.workers * len(folders))))
+        if options.threads_per_worker is None:  # every bundle's workers share the threads
+            threads = options.threads or requested_threads()
+            options = replace(options, threads_per_worker=max(1, threads // (options.workers * len(folders))))
         self.bundles: dict[str, ServedBundle] = {}
         self.failed: dict[str, str] = {}  # folder name -> why it is not served
         self.models: dict[str, tuple[ServedBundle, ServedModel]] = {}

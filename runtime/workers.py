@@ -20,7 +20,7 @@ import numpy as np
 from . import kernels
 from .bundle import Bundle, SegmentExecutor, fetch
 from .estimators import MedianWindow
-from .threads import cores_here
+from .threads import requested_threads
 
 __all__ = ["Batching", "Done", "Job", "LoadMeter", "SegmentTimes", "WorkerPool", "peak_resident_mib"]
 
@@ -156,7 +156,7 @@ class WorkerPool:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.bundle = bundle
         self.workers = workers
-        self.threads_per_worker = threads_per_worker or max(1, cores_here() // workers)
+        self.threads_per_worker = threads_per_worker or max(1, requested_threads() // workers)
         self.batching = batching if batching is not None and len(batching.sizes) > 1 else None
         self.meter = LoadMeter(workers)
         self.segment_times = SegmentTimes(len(bundle.segments))

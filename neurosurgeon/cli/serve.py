@@ -16,6 +16,8 @@ def register(verbs) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="worker threads per bundle, each with its own loaded segments; the cores are shared out "
                         "among them (default 1)")
+    p.add_argument("--threads", type=int, help="threads in all, shared out among the bundles' workers (default: "
+                                               "NEUROSURGEON_THREADS, else every core)")
     p.add_argument("--max-queue-delay-ms", type=float, default=0.0,
                    help="dynamic batching, for bundles built with compile --server-batch: how long a free worker "
                         "waits for requests to the same segments to join the oldest one (default 0: requests "
@@ -51,13 +53,15 @@ def serve(args: argparse.Namespace) -> int:
     limit = args.max_body_bytes if args.max_body_bytes is not None else int(args.max_body_mb * (1 << 20))
     if args.workers < 1:
         raise NeurosurgeonError(f"--workers must be at least 1, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise NeurosurgeonError(f"--threads must be at least 1, got {args.threads}")
     if args.max_queue_delay_ms < 0:
         raise NeurosurgeonError(f"--max-queue-delay-ms must not be negative, got {args.max_queue_delay_ms}")
     try:
         sizes = tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else None
     except ValueError:
         raise NeurosurgeonError(f"--batch-sizes: expected sizes like 2,4,8, got {args.batch_sizes!r}") from None
-    options = ServeOptions(workers=args.workers, batching=not args.no_batching, batch_sizes=sizes,
+    options = ServeOptions(workers=args.workers, threads=args.threads, batching=not args.no_batching, batch_sizes=sizes,
                            max_queue_delay_s=args.max_queue_delay_ms / 1e3)
     if args.replicas != "auto" and not args.replicas.isdigit():
         raise NeurosurgeonError(f"--replicas must be a number or auto, got {args.replicas!r}")

@@ -216,3 +216,20 @@ def test_every_worker_computes_and_the_expected_wait_counts_them(heavy, workers)
         assert served.load()["queue_length"] == 0
     finally:
         served.close()
+
+
+@pytest.mark.parametrize("options, env, expected", [(ServeOptions(workers=1, threads=1), None, 1),
+                                                    (ServeOptions(workers=2, threads=4), None, 2),
+                                                    (ServeOptions(workers=1), "1", 1),
+                                                    (ServeOptions(workers=1, threads=3), "1", 3)])
+def test_the_threads_are_shared_out_among_the_workers(heavy, monkeypatch, options, env, expected):
+    """`serve --threads N` (else NEUROSURGEON_THREADS, else every core) is shared out among the workers."""
+    from neurosurgeon.runtime.repository import Repository
+
+    if env is not None:
+        monkeypatch.setenv("NEUROSURGEON_THREADS", env)
+    repository = Repository(heavy, options)
+    try:
+        assert repository.bundles["heavy"].pool.threads_per_worker == expected
+    finally:
+        repository.close()

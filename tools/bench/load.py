@@ -56,6 +56,7 @@ BATCH_SIZES = (2, 4, 8)
 # Server configurations compared (name -> extra `neurosurgeon serve` arguments).
 CONFIGS = {
     "1 worker": ["--workers", "1", "--no-batching"],
+    "1 worker, 1 thread": ["--workers", "1", "--threads", "1", "--no-batching"],  # the server before it used a 2nd core
     "2 workers": ["--workers", "2", "--no-batching"],
     "2 workers, batching": ["--workers", "2", "--max-queue-delay-ms", "5"],
     "Ray Serve, 2 replicas": ["--engine", "ray", "--replicas", "2", "--no-batching"],
@@ -316,15 +317,18 @@ def load_table(result: LoadResult | dict) -> str:
                      + "".join(f"{c['per_model'].get(m, 0):>10.1f}" for m in models)
                      + f"{c['p50_ms']:>9.1f}{c['p99_ms']:>9.1f}{c['errors']:>7}{ratio:>12}")
     if r["focus"]:
-        lines += ["", "one model per server, whole-model requests, devices back to back: what workers and batching buy",
+        lines += ["", ("one model per server, whole-model requests, devices back to back: what workers and batching buy "
+                       "(server cores: its CPU seconds per second; the devices' clients share the machine)"),
                   (f"{'model: server':36}{'devices':>8}{'requests/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}"
-                   f"{'vs 1 worker':>12}")]
+                   f"{'vs 1 worker':>12}{'server cores':>13}{'req/s per core':>15}")]
         base = {c["config"].split(":")[0]: c["requests_s"] for c in r["focus"] if c["config"].endswith(": 1 worker")}
         for c in r["focus"]:
             model = c["config"].split(":")[0]
             ratio = f"{c['requests_s'] / base[model]:.2f}x" if base.get(model) else "-"
+            cores = c["server_cpu_s"] / c["seconds"] if c["seconds"] else 0.0
+            per_core = f"{c['requests'] / c['server_cpu_s']:.1f}" if c["server_cpu_s"] else "-"
             lines.append(f"{c['config']:36}{c['devices']:>8}{c['requests_s']:>11.1f}{c['p50_ms']:>9.1f}"
-                         f"{c['p99_ms']:>9.1f}{c['errors']:>7}{ratio:>12}")
+                         f"{c['p99_ms']:>9.1f}{c['errors']:>7}{ratio:>12}{cores:>13.2f}{per_core:>15}")
     if r["datacenter"]:
         lines += ["", ("datacenter throughput: devices on shaped links choosing their cuts (Neurosurgeon) vs all "
                        "uploading at cut 0 (cloud-only); sustained = requests x cores / server CPU seconds"),
