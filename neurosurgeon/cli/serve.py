@@ -14,7 +14,7 @@ def register(verbs) -> None:
     p.add_argument("bundle", metavar="PATH", help="a bundle folder, or a folder of bundles (a model repository); "
                                                    "their server sides built for this machine")
     p.add_argument("--workers", type=int, default=1,
-                   help="worker threads per bundle, each with its own loaded segments; the cores are shared out "
+                   help="worker threads per bundle, each with its own loaded segments; --threads are shared out "
                         "among them (default 1)")
     p.add_argument("--threads", type=int, help="threads in all, shared out among the bundles' workers (default: "
                                                "NEUROSURGEON_THREADS, else every core)")
