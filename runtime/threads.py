@@ -84,14 +84,18 @@ def set_blas_threads_here(n: int) -> bool:
 
 
 def blas_config() -> str | None:
-    """OpenBLAS's build and the kernels it chose for this CPU (e.g. "OpenBLAS 0.3.31 ... Haswell": on an
-    AVX-512 Zen 5 it runs its AVX2 kernels), or None where numpy has none loaded."""
+    """OpenBLAS's build and the kernels it runs (e.g. "OpenBLAS 0.3.31 ... SkylakeX"), and the
+    environment variable that chose them where one did, or None where numpy has none loaded.
+    OPENBLAS_CORETYPE=Haswell, set in some machines' environments, halves the convolutions' GEMM
+    speed on an AVX-512 CPU against the SkylakeX kernels OpenBLAS picks there itself (README)."""
+    forced = os.environ.get("OPENBLAS_CORETYPE")
     for library in _openblas_libraries():
         for name in _BLAS_CONFIG:
             getter = getattr(library, name, None)
             if getter is not None:
                 getter.restype = ctypes.c_char_p
-                return getter().decode(errors="replace")
+                config = " ".join(getter().decode(errors="replace").split())
+                return config + (f" (OPENBLAS_CORETYPE={forced} chose it)" if forced else "")
     return None
 
 

@@ -42,4 +42,5 @@ def test_the_blas_says_which_kernels_it_chose_for_this_cpu():
 
     config = blas_config()
     assert config is not None and config.startswith("OpenBLAS") and "DYNAMIC_ARCH" in config
+    assert ("OPENBLAS_CORETYPE=" in config) == bool(os.environ.get("OPENBLAS_CORETYPE"))
     assert hardware_info()["blas"] == config and hardware_info()["threads"] == requested_threads()
