@@ -180,7 +180,7 @@ class SegmentExecutor:
 
     def held(self) -> tuple[int, int]:
         """(segments whose artifacts are loaded, the bytes of those artifacts)."""
-        return len(self._functions), sum((self.bundle.path / self._entry(i).file).stat().st_size for i in self._functions)
+        return len(self._functions), sum(self._entry(i).bytes for i in self._functions)
 
     def load(self, segment: int):
         if segment not in self._functions:
@@ -195,7 +195,7 @@ class SegmentExecutor:
         three times over for a moment (the mapped file, the copies), so the peak is what is already held
         plus one load; largest first, little is held then."""
         segments = range(len(self.bundle.segments)) if segments is None else segments
-        for segment in sorted(segments, key=lambda i: -(self.bundle.path / self._entry(i).file).stat().st_size):
+        for segment in sorted(segments, key=lambda i: -self._entry(i).bytes):
             self.load(segment)
 
     def run(self, env: dict, segments) -> dict:

@@ -286,8 +286,9 @@ def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
                  "compile_s": round(compile_s[c.label], 1) if c.label in compile_s else None} for c in candidates]
         for c in candidates:
             c.close()
+        hardware = hardware_info()
         result = {"model": frozen.name, "target": preset.name, "threads": threads, "rows": rows,
-                  "cpu": hardware_info()["cpu"], "blas": hardware_info()["blas"], "input_shapes": {t.name: list(t.shape) for t in frozen.inputs}}
+                  "cpu": hardware["cpu"], "blas": hardware["blas"], "input_shapes": {t.name: list(t.shape) for t in frozen.inputs}}
         if tuning_info:
             mine = [t for t in tuning_info["tasks"].values() if frozen.name in t.get("models", [])]
             result["tuning"] = {"dir": str(options.tuning), "measured": tuning_info["measured"],
