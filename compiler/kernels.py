@@ -222,16 +222,21 @@ def parallel_loops_rule(threads_hint: int = 8):
             if not isinstance(func, tirx.PrimFunc):
                 return None
             sch = s_tir.Schedule(func)
-            _inline_producers(sch)
+            pads = _padding_blocks(sch)
+            _inline_producers(sch, keep=pads)
             lanes = _lanes(target)
             infos = normalize_prim_func(sch)  # loops one-to-one with block iterators, or None
             if infos is None:
                 return None
             for info in infos:
+                if str(sch.get(info.block_rv).name_hint) in pads:
+                    continue
                 try:
                     _schedule_block(sch, info.block_rv, [it.kind == "S" for it in info.iters], lanes, threads_hint)
                 except Exception:  # noqa: BLE001,S112 - a block this rule cannot improve keeps its loops
                     continue
+            for name in pads:
+                _pad_where_used(sch, sch.get_sblock(name), lanes)
             return sch
 
         def is_target_available(self, target) -> bool:
@@ -240,8 +245,46 @@ def parallel_loops_rule(threads_hint: int = 8):
     return ParallelLoops()
 
 
-def _inline_producers(sch) -> None:
-    """Inline every injective block into its consumers (or into its producer) where TVM allows it."""
+def _is_reduction(sch, block) -> bool:
+    return any(int(v.iter_type) != 0 for v in sch.get(block).iter_vars)
+
+
+def _padding_blocks(sch) -> set[str]:
+    """Injective blocks that copy an input with a border (a value chosen by if_then_else) for a
+    reduction to read: a windowed reduction (depthwise convolution, pooling) that reads its input
+    through the condition cannot vectorise, so the padded copy is kept and made per outer loop
+    iteration instead (`_pad_where_used`)."""
+    import tvm
+
+    if_then_else = tvm.ir.Op.get("prim.if_then_else")
+    pads = set()
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        stmt = sch.get(block)
+        value = getattr(stmt.body, "value", None)
+        if (_is_reduction(sch, block) or not isinstance(value, tvm.ir.expr.Call) or not value.op.same_as(if_then_else)):
+            continue
+        consumers = sch.get_consumers(block)
+        if len(consumers) == 1 and _is_reduction(sch, consumers[0]):
+            pads.add(str(stmt.name_hint))
+    return pads
+
+
+def _pad_where_used(sch, pad, lanes: int) -> None:
+    """Compute a padding block under its consumer's outermost (parallel) loop: each iteration pads
+    the plane it reads, which stays in cache."""
+    consumer = sch.get_consumers(pad)[0]
+    try:
+        sch.compute_at(pad, sch.get_loops(consumer)[0])
+    except Exception:  # noqa: BLE001 - the consumer's loops do not allow it: the pad keeps its loops
+        return
+    loops = sch.get_loops(pad)
+    if len(loops) > 1:
+        _vectorize(sch, loops[-1], lanes)
+
+
+def _inline_producers(sch, keep: set[str] = frozenset()) -> None:
+    """Inline every injective block (but those named in `keep`) into its consumers (or into its
+    producer) where TVM allows it."""
     changed = True
     while changed:
         changed = False
@@ -251,7 +294,7 @@ def _inline_producers(sch) -> None:
         outputs = {str(sch.get(b).name_hint) for b in sch.get_output_blocks(sch.get_sblock("root"))}
         for block in blocks:
             stmt = sch.get(block)
-            if any(int(v.iter_type) != 0 for v in stmt.iter_vars) or stmt.name_hint in outputs:
+            if any(int(v.iter_type) != 0 for v in stmt.iter_vars) or stmt.name_hint in outputs | keep:
                 continue
             try:
                 sch.compute_inline(block)
@@ -295,28 +338,21 @@ def _schedule_block(sch, block, spatial: list[bool], lanes: int, threads_hint: i
     if any(e is None for e in extents):
         return
     reduction = n_spatial < len(loops)
-    # Windowed reductions (pool, depthwise conv): spatial..., reduce..., bring the last spatial loop
-    # inside the reductions so it can be vectorised: out[.., w] += in[.., w*s + k].
-    vector_loop = None
-    if reduction and n_spatial >= 2 and all(not s for s in spatial[n_spatial:]) and extents[n_spatial - 1] >= lanes:
-        inner = loops[n_spatial - 1]
-        sch.reorder(*loops[n_spatial:], inner)
-        loops = sch.get_loops(block)
-        sch.decompose_reduction(block, loops[n_spatial - 1])
-        loops = sch.get_loops(block)
-        vector_loop = loops[-1]
-        n_parallel_candidates = n_spatial - 1
-    elif not reduction:
-        vector_loop = loops[-1] if extents[-1] >= 2 else None
-        n_parallel_candidates = n_spatial - 1 if vector_loop is not None else n_spatial
+    # Windowed reductions (pool, depthwise conv: spatial..., reduce...) bring the last spatial loop
+    # inside the reductions, to vectorise out[.., w] += in[.., w*s + k] over w.
+    windowed = (reduction and n_spatial >= 2 and all(not s for s in spatial[n_spatial:])
+                and extents[n_spatial - 1] >= 4 and _unit_stride(sch, block, n_spatial - 1))
+    if windowed or (not reduction and extents[-1] >= 2):
+        n_parallel_candidates = n_spatial - 1  # the last spatial loop is the vector loop
     else:
         n_parallel_candidates = n_spatial
-    # Parallel: fuse leading spatial loops until there is enough work for the pool.
+    # Parallel: fuse leading spatial loops until there is enough work for the pool. (Before the
+    # reduction's init is split off: `parallel` needs a complete reduction block under its loop.)
     take, work = 0, 1
     while take < n_parallel_candidates and work < 4 * threads_hint:
         work *= extents[take]
         take += 1
-    if take == 0 and vector_loop is not None and n_spatial == 1 and not reduction:
+    if take == 0 and n_parallel_candidates == 0 and n_spatial == 1 and not reduction:
         # a single long loop: split it for both
         outer, inner = sch.split(loops[0], factors=[None, lanes * 8])
         sch.parallel(outer)
@@ -326,8 +362,29 @@ def _schedule_block(sch, block, spatial: list[bool], lanes: int, threads_hint: i
         fused = sch.fuse(*loops[:take]) if take > 1 else loops[0]
         if work >= 2:
             sch.parallel(fused)
-    if vector_loop is not None:
-        _vectorize(sch, vector_loop, lanes)
+    loops = sch.get_loops(block)
+    if windowed:  # [parallel, spatial..., w, reductions...] -> [parallel, spatial..., reductions..., w]
+        vector = len(loops) - (len(spatial) - n_spatial) - 1
+        sch.reorder(*loops[vector + 1:], loops[vector])
+        _vectorize(sch, sch.get_loops(block)[-1], lanes)  # (init kept in the block: split off, vectorize refuses it)
+    elif not reduction and n_parallel_candidates < n_spatial:
+        _vectorize(sch, loops[-1], lanes)
+
+
+def _unit_stride(sch, block, axis: int) -> bool:
+    """Whether every buffer the block reads moves by one element (or none) along the last axis as its
+    iterator `axis` steps by one. A strided window (a stride-2 convolution) vectorised over the
+    output's width becomes gathers, slower than the scalar loop."""
+    from tvm.sym.pattern import detect_linear_equation
+
+    stmt = sch.get(block)
+    var = stmt.iter_vars[axis].var
+    for region in stmt.reads:
+        if region.region:
+            coefficients = detect_linear_equation(region.region[-1].min, [var])
+            if len(coefficients) != 2 or int(coefficients[0]) not in (0, 1):
+                return False
+    return True
 
 
 def _vectorize(sch, loop, lanes: int) -> None:

@@ -18,3 +18,9 @@ import os as _os
 # BLAS threads it then starts inherit that one core (MobileNetV2 with the GEMMs on 2 threads: 18 ms
 # instead of 9), and every server worker lands on the same core. The OS places threads better.
 _os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+# TVM sizes every thread pool once, to TVM_NUM_THREADS, else on x86 to half the cores ("ignore
+# hyper-threading"): on a 2-vCPU VM one worker, so config_threadpool(mode, 2) got 1 and TVM's
+# kernels ran on one thread whatever the runtime asked. The pools may use every core this process
+# may run on; runtime/threads.py gives each its share.
+_os.environ.setdefault("TVM_NUM_THREADS", str(max(len(_os.sched_getaffinity(0)), 1)))

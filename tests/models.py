@@ -90,3 +90,29 @@ def heavy_convs(channels: int = 64, size: int = 112) -> onnx.ModelProto:
         [_weights(rng, "W1", (channels, channels, 3, 3), 0.05), _weights(rng, "W2", (channels, channels, 3, 3), 0.05)],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def windowed_reductions(channels: int = 32, size: int = 28) -> onnx.ModelProto:
+    """Depthwise convolutions (3x3 stride 1 and 2, 5x5) with bias and ReLU6, and padded pooling: the
+    windowed reductions whose schedules (compiler/kernels.py) pad per channel and vectorise over the
+    width, at widths below, at and above a vector's lanes (28, 14, 7)."""
+    rng = np.random.default_rng(3)
+
+    def depthwise(name, x, y, k, stride):
+        return [helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_c"], group=channels,
+                                 kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride, stride], name=name),
+                helper.make_node("Clip", [f"{name}_c", "zero", "six"], [y], name=f"{name}_relu6")]
+
+    nodes = (depthwise("dw1", "x", "a", 3, 1) + depthwise("dw2", "a", "b", 3, 2)
+             + [helper.make_node("MaxPool", ["b"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2],
+                                 name="pool")]
+             + depthwise("dw3", "p", "y", 5, 1))
+    weights = [_weights(rng, f"{n}_w", (channels, 1, k, k)) for n, k in (("dw1", 3), ("dw2", 3), ("dw3", 5))]
+    weights += [_weights(rng, f"{n}_b", (channels,)) for n in ("dw1", "dw2", "dw3")]
+    weights += [numpy_helper.from_array(np.array(v, dtype=np.float32), n) for n, v in (("zero", 0.0), ("six", 6.0))]
+    out = size // 4
+    graph = helper.make_graph(
+        nodes, "windowed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, out, out])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)

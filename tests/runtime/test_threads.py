@@ -44,3 +44,18 @@ def test_the_blas_says_which_kernels_it_chose_for_this_cpu():
     assert config is not None and config.startswith("OpenBLAS") and "DYNAMIC_ARCH" in config
     assert ("OPENBLAS_CORETYPE=" in config) == bool(os.environ.get("OPENBLAS_CORETYPE"))
     assert hardware_info()["blas"] == config and hardware_info()["threads"] == requested_threads()
+
+
+def test_tvm_pools_get_the_threads_the_share_gives_them():
+    """TVM sizes its pools to half the cores on x86 unless told otherwise (one worker on a 2-core VM);
+    the runtime tells it every core, so a share of N threads is N workers."""
+    import tvm
+
+    cores = len(os.sched_getaffinity(0))
+    assert os.environ.get("TVM_NUM_THREADS") == str(cores)
+    pool_threads = tvm.get_global_func("runtime.NumThreads")
+    for n in sorted({1, cores}):
+        use_threads_here(n, calls_blas=False)
+        assert pool_threads() == n
+    use_threads_here(cores, calls_blas=True)
+    assert pool_threads() == 1

@@ -1,0 +1,66 @@
+"""The schedules of compiler/kernels.py on the kernels TVM generates for a CPU (the GEMMs go to BLAS)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+from models import windowed_reductions
+
+from neurosurgeon.compiler.build import build_graph
+from neurosurgeon.compiler.importer import import_graph
+from neurosurgeon.compiler.kernels import cpu_phases, parallel_loops_rule
+from neurosurgeon.runtime.bundle import load_artifact
+from neurosurgeon.runtime.tensors import TensorInfo
+from neurosurgeon.targets import get_preset
+
+
+def _inputs(model):
+    return [TensorInfo(i.name, tuple(d.dim_value for d in i.type.tensor_type.shape.dim), "float32")
+            for i in model.graph.input]
+
+
+def _scheduled(model):
+    """{kernel name: TVMScript} after fusion and our schedule rule, for the x86 host."""
+    import tvm
+    from tvm.s_tir import dlight
+
+    target = get_preset("x86-host").tvm_target()
+    fusion, _after, _lower = cpu_phases(target, "blas")
+    with target:
+        mod = tvm.transform.Sequential(fusion)(import_graph(model, _inputs(model), "windowed"))
+        mod = dlight.ApplyDefaultSchedule(parallel_loops_rule())(mod)
+    return {gvar.name_hint: func.script() for gvar, func in mod.functions.items() if isinstance(func, tvm.tirx.PrimFunc)}
+
+
+def test_depthwise_convolutions_pad_per_channel_and_vectorise_unit_strides():
+    """A depthwise convolution read its input through a border condition in its innermost loop, and
+    its width loop stayed scalar below 16 lanes: now the padded plane is made per channel, inside the
+    parallel channel loop, and a stride-1 window is vectorised over the width (a stride-2 one would
+    gather, and stays scalar)."""
+    depthwise = {name: text.splitlines() for name, text in _scheduled(windowed_reductions()).items()
+                 if "conv2d" in name}
+    assert len(depthwise) == 3
+    vectorised = 0
+    for name, lines in depthwise.items():
+        at = next(i for i, line in enumerate(lines) if 'T.sblock("group_conv2d' in line)
+        block = lines[at:next(i for i in range(at + 1, len(lines)) if "T.sblock" in lines[i])]
+        assert not any("if_then_else" in line for line in block), name  # reads the padded plane
+        assert any("T.parallel" in line for line in lines[:at]), name
+        pad = next(i for i, line in enumerate(lines) if 'T.sblock("pad_temp")' in line)
+        assert pad < at and not any("T.parallel" in line for line in lines[pad:at]), name  # under the channel loop
+        strided = any("* T.int64(2)" in line for line in block)
+        vectorised += "T.vectorized" in lines[at - 1]
+        assert ("T.vectorized" in lines[at - 1]) == (not strided), name
+    assert vectorised == 2
+
+
+def test_windowed_reductions_equal_onnxruntime(tmp_path):
+    model = windowed_reductions()
+    path = tmp_path / "windowed.so"
+    build_graph(model, _inputs(model), get_preset("x86-host"), path, "windowed")
+    import tvm
+
+    x = np.random.default_rng(0).standard_normal((1, 32, 28, 28)).astype(np.float32)
+    ours = load_artifact(path, tvm.cpu(0))(tvm.runtime.tensor(x)).numpy()
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
