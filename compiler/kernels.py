@@ -16,7 +16,10 @@ single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
    for: inline injective producers, parallelise the outer spatial loops over TVM's thread pool,
    vectorise the innermost spatial loop of elementwise blocks, and move the reduction loops of
    windowed reductions (pooling, depthwise convolution) outside a vectorised innermost spatial
-   loop.
+   loop where the window moves one element per output (a stride-2 window would gather). A padded
+   copy of the input is made per outer (channel) iteration, where the reduction reads it, instead
+   of being inlined as a border test in its innermost loop. MobileNetV2's four 3x3 depthwise
+   convolutions at 14x14x384 took 0.71 ms and now 0.19 (one thread, AMD EPYC Zen 5).
 
 `kernels="tvm"` skips step 1 (everything TVM-generated, with our schedules); `kernels="naive"` is
 TVM's default pipeline, kept for measuring what each step gains (bench/speed_bench.py).
