@@ -46,6 +46,22 @@ REFINE_SHARE = 0.01  # tasks below this share of the model's measured time keep 
 _PRIOR_SEARCH_S, _PRIOR_TRIAL_S = 4.0, 0.4
 
 
+@contextlib.contextmanager
+def _tvm_num_threads(n: int | None):
+    """TVM_NUM_THREADS = n while tuning (None: unchanged), as it was afterwards: this process's own
+    pools, made later, may use every core."""
+    previous = os.environ.get("TVM_NUM_THREADS")
+    if n is not None:
+        os.environ["TVM_NUM_THREADS"] = str(n)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = previous
+
+
 @dataclass
 class TuneOptions:
     target: str  # preset name
@@ -193,11 +209,16 @@ class _Search:
         return sum(1 for w in self.workloads if self.info["tasks"][w.key]["trials"] < goals[w.key])
 
     def run(self) -> None:
+        pool = None
         if self.where.measured_on == "here":
             # Time candidates on the threads TVM's pool gets at run time (runtime/threads.py: one where the
-            # GEMMs go to the BLAS, which then has the cores; else every core).
-            share = thread_share(requested_threads(), self.options.kernels == "blas")
-            os.environ.setdefault("TVM_NUM_THREADS", str(share.tvm))
+            # GEMMs go to the BLAS, which then has the cores; else every core). The runner's processes
+            # size their pools from TVM_NUM_THREADS, which the runtime set to every core on import.
+            pool = thread_share(requested_threads(), self.options.kernels == "blas").tvm
+        with _tvm_num_threads(pool):
+            self._run()
+
+    def _run(self) -> None:
         self.builder, self.runner, self.measuring = make_builder_and_runner(self.measured, self.preset.device,
                                                                             self.where.remote)
         if self.measured and self.preset.device != "cuda" and self.options.kernels != "naive":
