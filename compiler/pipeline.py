@@ -28,7 +28,8 @@ from ..runtime.progress import Progress
 from ..runtime.signing import read_private_key, sign_manifest
 from ..targets import Preset, get_preset
 from .analysis import analyse
-from .build import artifact_name, build_graph
+from .build import artifact_name
+from .build_pool import BuildJob, build_all, default_workers
 from .bundle import check_destination, file_entry, publish, staging_dir, write_manifest
 from .codegen import generate_runtime
 from .frontend import FrozenModel
@@ -63,6 +64,7 @@ class CompileOptions:
     sign_key: str | Path | None = None  # an Ed25519 private key (PEM): the manifest is signed (manifest.sig)
     costs: CostStage | None = None  # None: a bundle without costs, which a planner cannot use
     server_batch: tuple[int, ...] = ()  # batch sizes above 1 the server side is also built for (dynamic batching)
+    jobs: int | None = None  # builds at a time (compiler/build_pool.py); None: every core
 
 
 @dataclass
@@ -94,6 +96,8 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
         raise NeurosurgeonError(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, not {options.kernels!r}")
     if options.planner not in PLANNERS:
         raise NeurosurgeonError(f"--planner must be one of {', '.join(PLANNERS)}, not {options.planner!r}")
+    if options.jobs is not None and options.jobs < 1:
+        raise NeurosurgeonError(f"--jobs must be at least 1, got {options.jobs}")
     tuning = _tuning_for(options.tuning, presets)
     seed = read_private_key(options.sign_key) if options.sign_key else None  # a bad key fails before any work
     frozen, graph, plan = analyse(model, options.input_shapes, options.partitioner, name)
@@ -110,25 +114,33 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
                 + [(presets["server"], segment, b) for b, batch_plan in batched.items()
                    for segment in batch_plan.segments])
         batch_artifacts: dict[str, list[dict]] = {}
-        with Progress(len(jobs), f"building {len(plan.segments)} segments", unit="build",
+        builds = [BuildJob(segment.model, segment.inputs, preset,
+                           staged / "artifacts" / preset.name / artifact_name(frozen.name, preset, segment.index, batch),
+                           f"segment {segment.index} (layers {segment.layer_names[0]}..{segment.layer_names[-1]}) "
+                           f"for {preset.name}" + (f" at batch {batch}" if batch > 1 else ""),
+                           tuning.get(preset.name), options.kernels)
+                  for preset, segment, batch in jobs]
+        workers = min(options.jobs or default_workers(), len(builds))
+        with Progress(len(jobs), f"building {len(plan.segments)} segments"
+                      + (f", {workers} at a time" if workers > 1 else ""), unit="build",
                       enabled=options.progress) as progress:
-            for preset, segment, batch in jobs:
-                path = staged / "artifacts" / preset.name / artifact_name(frozen.name, preset, segment.index, batch)
-                what = (f"segment {segment.index} (layers {segment.layer_names[0]}..{segment.layer_names[-1]}) "
-                        f"for {preset.name}" + (f" at batch {batch}" if batch > 1 else ""))
-                built = build_graph(segment.model, segment.inputs, preset, path, what, tuning.get(preset.name),
-                                    options.kernels)
-                build_seconds[preset.name] = build_seconds.get(preset.name, 0.0) + built.compile_seconds + built.export_seconds
-                counts = kernel_counts.setdefault(preset.name, {"kernels": 0, "tuned": 0, "externs": 0})
-                for key in counts:
-                    counts[key] += built.stats.get(key, 0)
-                if batch == 1:
-                    artifacts.setdefault(preset.name, []).append({"segment": segment.index, **file_entry(staged, path)})
-                else:
-                    batch_artifacts.setdefault(preset.name, []).append({"segment": segment.index, "batch": batch,
-                                                                        **file_entry(staged, path)})
-                progress.update(note=f"{preset.name} segment {segment.index}" + (f" b{batch}" if batch > 1 else ""))
+            def built_one(build: BuildJob, _built) -> None:
+                progress.update(note=build.out_path.stem)
+
+            built = build_all(builds, workers, built_one)
+        for (preset, segment, batch), build, artifact in zip(jobs, builds, built):
+            build_seconds[preset.name] = (build_seconds.get(preset.name, 0.0) + artifact.compile_seconds
+                                          + artifact.export_seconds)
+            counts = kernel_counts.setdefault(preset.name, {"kernels": 0, "tuned": 0, "externs": 0})
+            for key in counts:
+                counts[key] += artifact.stats.get(key, 0)
+            if batch == 1:
+                artifacts.setdefault(preset.name, []).append({"segment": segment.index, **file_entry(staged, build.out_path)})
+            else:
+                batch_artifacts.setdefault(preset.name, []).append({"segment": segment.index, "batch": batch,
+                                                                    **file_entry(staged, build.out_path)})
         manifest = make_manifest(frozen, graph, plan, presets, options, artifacts, build_seconds)
+        manifest["build"]["workers"] = workers
         manifest["codecs"] = measure_codecs(frozen, plan)
         manifest["build"]["codec_calibration"] = calibration()
         if batch_artifacts:

@@ -35,6 +35,8 @@ def register(verbs) -> None:
     p.add_argument("--server-batch", metavar="B,B,...", type=_sizes, default=(),
                    help="also build the server side for these batch sizes (e.g. 2,4,8): a server then runs requests "
                         "that wait for the same segments together (serve --max-queue-delay-ms)")
+    p.add_argument("--jobs", metavar="N", type=int, default=None,
+                   help="build this many segments at a time, each in a process of its own (default: every core)")
     p.add_argument("--sign-key", metavar="KEY.pem",
                    help="sign the manifest with this Ed25519 private key (neurosurgeon keygen, or openssl genpkey "
                         "-algorithm ed25519); devices and servers with --trust-key refuse unsigned or changed bundles")
@@ -80,7 +82,8 @@ def compile_bundle(args) -> int:
     options = api.CompileOptions(mobile=args.mobile, server=args.server, input_shapes=input_shapes(args),
                                  as_tar=args.tar, force=args.force, progress=not args.quiet, tuning=args.tuning,
                                  kernels=args.kernels, planner=args.planner, sign_key=args.sign_key,
-                                 server_batch=args.server_batch, partitioner=get_partitioner(args.partitioner))
+                                 server_batch=args.server_batch, partitioner=get_partitioner(args.partitioner),
+                                 jobs=args.jobs)
     costs = api.CostAnnotation(mobile_model=args.mobile_cost, server_model=args.server_cost,
                                mobile_power=args.mobile_power, measure=not args.no_measure)
     result = api.compile(args.model, Path(args.output), options, costs)
@@ -89,7 +92,8 @@ def compile_bundle(args) -> int:
     print(f"bundle {result.path}: {m['model']['name']}, {len(m['layers'])} layers, {len(m['cuts'])} cuts, "
           f"{len(m['segments'])} segments; mobile {args.mobile}, server {args.server}; "
           f"{human_bytes(total)} of artifacts; built in "
-          + ", ".join(f"{k} {v:.1f} s" for k, v in result.build_seconds.items()))
+          + ", ".join(f"{k} {v:.1f} s" for k, v in result.build_seconds.items())
+          + (f" of builds, {m['build']['workers']} at a time" if m["build"].get("workers", 1) > 1 else ""))
     return 0
 
 

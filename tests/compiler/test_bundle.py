@@ -2,10 +2,14 @@
 
 import json
 import tarfile
+import time
 
 import pytest
 
-from neurosurgeon.compiler import pipeline
+from neurosurgeon.compiler import build_pool, pipeline
+from neurosurgeon.compiler.analysis import analyse
+from neurosurgeon.compiler.build import BuildError
+from neurosurgeon.targets import get_preset
 from neurosurgeon.compiler.bundle import OutputError
 from neurosurgeon.api import CompileOptions
 from neurosurgeon.api import compile as compile_model
@@ -83,7 +87,7 @@ def test_tar_bundle(bundle_dir, tmp_path):
 
 def test_failed_build_leaves_nothing_behind(bundle_dir, tmp_path, monkeypatch):
     calls = []
-    real_build = pipeline.build_graph
+    real_build = build_pool.build_graph
 
     def build_then_fail(*args, **kwargs):  # the third segment's build fails, as a TVM error would
         calls.append(1)
@@ -91,9 +95,43 @@ def test_failed_build_leaves_nothing_behind(bundle_dir, tmp_path, monkeypatch):
             raise pipeline.NeurosurgeonError("segment 2: TVM failed to compile")
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "build_graph", build_then_fail)
+    monkeypatch.setattr(build_pool, "build_graph", build_then_fail)  # one job at a time: builds in this process
     with pytest.raises(pipeline.NeurosurgeonError, match="segment 2"):
-        compile_model(bundle_dir / "residual.onnx", tmp_path / "b", CompileOptions("x86-host", "x86-host", SHAPES, progress=False))
+        compile_model(bundle_dir / "residual.onnx", tmp_path / "b",
+                      CompileOptions("x86-host", "x86-host", SHAPES, progress=False, jobs=1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_builds_run_side_by_side_and_a_failure_stops_them(bundle_dir, tmp_path):
+    """Two builds at a time, each in a worker process; a build that fails (here its linker) is raised
+    as its one-line error once the running builds have ended, and nothing more starts."""
+    import dataclasses
+
+    frozen, _graph, plan = analyse(bundle_dir / "residual.onnx", SHAPES)
+    good, broken = get_preset("x86-host"), dataclasses.replace(get_preset("x86-host"), cxx="false")
+    jobs = [build_pool.BuildJob(s.model, s.inputs, good, tmp_path / f"seg{s.index}.so", f"segment {s.index}")
+            for s in plan.segments]
+    finished = []
+    built = build_pool.build_all(jobs, 2, lambda job, _artifact: finished.append(job.what))
+    assert [b.path for b in built] == [j.out_path for j in jobs] and sorted(finished) == sorted(j.what for j in jobs)
+    for b in built:
+        b.path.unlink()
+
+    jobs[1] = dataclasses.replace(jobs[1], preset=broken)
+    jobs += [dataclasses.replace(j, out_path=tmp_path / f"more{i}.so") for i, j in enumerate(jobs * 3)
+             if j.preset is good]
+    with pytest.raises(BuildError, match=r"^segment 1: exporting the x86-host artifact with false failed"):
+        build_pool.build_all(jobs, 2)
+    written = sorted(p.name for p in tmp_path.iterdir())
+    time.sleep(0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == written  # no build still running
+    assert len(written) < len(jobs) - 1  # the rest never started
+
+
+def test_jobs_must_be_positive(bundle_dir, tmp_path):
+    with pytest.raises(pipeline.NeurosurgeonError, match="--jobs must be at least 1, got 0"):
+        compile_model(bundle_dir / "residual.onnx", tmp_path / "b",
+                      CompileOptions("x86-host", "x86-host", SHAPES, progress=False, jobs=0))
     assert list(tmp_path.iterdir()) == []
 
 

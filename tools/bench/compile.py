@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ...compiler.analysis import analyse
 from ...compiler.build import build_graph
+from ...compiler.build_pool import BuildJob, build_all, default_workers, start_workers
 from ...compiler.partition import get_partitioner
 from ...compiler.report import human_bytes
 from ...runtime.progress import Progress
@@ -23,7 +24,8 @@ from .. import zoo
 __all__ = ["bench_compile", "compile_table", "measure"]
 
 
-def measure(name: str, target: str, input_size: int | None, workdir: Path, partitioner: str | None = None) -> dict:
+def measure(name: str, target: str, input_size: int | None, workdir: Path, partitioner: str | None = None,
+            workers: int | None = None) -> dict:
     frozen, graph, plan = analyse(zoo.build(name, input_size=input_size), name=name,
                                   partitioner=get_partitioner(partitioner))
     preset = get_preset(target)
@@ -33,19 +35,22 @@ def measure(name: str, target: str, input_size: int | None, workdir: Path, parti
     whole = build_graph(frozen.model, frozen.inputs, preset, workdir / f"{name}_{target}_full.so", "whole model")
     monolithic_s = time.perf_counter() - started
 
-    started = time.perf_counter()
-    segment_bytes = 0
-    with Progress(len(plan.segments), f"{name} {target}", unit="segment") as progress:
-        for segment in plan.segments:
-            built = build_graph(segment.model, segment.inputs, preset,
-                                workdir / f"{name}_{target}_seg{segment.index:03d}.so", f"segment {segment.index}")
-            segment_bytes += built.path.stat().st_size
-            progress.update()
-    segments_s = time.perf_counter() - started
+    jobs = [BuildJob(segment.model, segment.inputs, preset, workdir / f"{name}_{target}_seg{segment.index:03d}.so",
+                     f"segment {segment.index}") for segment in plan.segments]
+    workers = min(workers or default_workers(), len(jobs))
+    seconds = {}
+    for at_a_time in sorted({1, workers}):
+        start_workers(at_a_time)  # not timed: once per process
+        with Progress(len(jobs), f"{name} {target}, {at_a_time} at a time", unit="segment") as progress:
+            started = time.perf_counter()
+            built = build_all(jobs, at_a_time, lambda _job, _artifact: progress.update())
+            seconds[at_a_time] = time.perf_counter() - started
+    segment_bytes = sum(b.path.stat().st_size for b in built)
     return {"model": name, "target": target, "partitioner": plan.partitioner, "layers": len(graph.layers),
             "segments": len(plan.segments),
-            "cuts": len(plan.cuts), "monolithic_s": monolithic_s, "segments_s": segments_s,
-            "time_ratio": segments_s / monolithic_s, "weights_bytes": weights,
+            "cuts": len(plan.cuts), "monolithic_s": monolithic_s, "segments_s": seconds[1],
+            "time_ratio": seconds[1] / monolithic_s, "workers": workers, "segments_parallel_s": seconds[workers],
+            "parallel_time_ratio": seconds[workers] / monolithic_s, "weights_bytes": weights,
             "monolithic_bytes": whole.path.stat().st_size, "segments_bytes": segment_bytes,
             "size_ratio_vs_weights": segment_bytes / weights,
             "size_ratio_vs_monolithic": segment_bytes / whole.path.stat().st_size}
@@ -67,14 +72,16 @@ def bench_compile(models: list[str], targets: list[str], input_size: int | None 
 
 
 def compile_table(rows: list[dict]) -> str:
-    header = (f"{'model':9} {'target':13} {'partitioner':16} {'segs':>4} {'mono s':>7} {'segs s':>7} {'ratio':>6}   "
+    header = (f"{'model':9} {'target':13} {'partitioner':16} {'segs':>4} {'mono s':>7} {'segs s':>7} {'ratio':>6} "
+              f"{'at a time':>9} {'segs s':>7} {'ratio':>6}   "
               f"{'weights':>10} {'mono .so':>10} {'all segs':>10} {'vs weights':>10}")
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(f"{r['model']:9} {r['target']:13} {r['partitioner']:16} {r['segments']:>4} {r['monolithic_s']:7.1f} "
-                     f"{r['segments_s']:7.1f} {r['time_ratio']:5.2f}x   {human_bytes(r['weights_bytes']):>10} "
+                     f"{r['segments_s']:7.1f} {r['time_ratio']:5.2f}x {r['workers']:>9} {r['segments_parallel_s']:7.1f} "
+                     f"{r['parallel_time_ratio']:5.2f}x   {human_bytes(r['weights_bytes']):>10} "
                      f"{human_bytes(r['monolithic_bytes']):>10} {human_bytes(r['segments_bytes']):>10} "
                      f"{r['size_ratio_vs_weights']:9.3f}x")
-    lines.append("\nratio = time to build every segment / time to build the whole model once; a bundle serves every "
-                 "cut from these segments.\nvs weights = all segment artifacts of one target / the model's weight bytes.")
+    lines.append("\nratio = time to build every segment (one at a time, then as many at a time as `compile` builds: "
+                 "every core) / time to build the whole model once; a bundle serves every cut from these segments.\nvs weights = all segment artifacts of one target / the model's weight bytes.")
     return "\n".join(lines)
