@@ -349,8 +349,8 @@ def _schedule_block(sch, block, spatial: list[bool], lanes: int, threads_hint: i
         n_parallel_candidates = n_spatial - 1  # the last spatial loop is the vector loop
     else:
         n_parallel_candidates = n_spatial
-    # Parallel: fuse leading spatial loops until there is enough work for the pool. (Before the
-    # reduction's init is split off: `parallel` needs a complete reduction block under its loop.)
+    # Parallel: fuse leading spatial loops until there is enough work for the pool. (A reduction keeps
+    # its init in the block: `parallel` and `vectorize` refuse a loop over an update split from it.)
     take, work = 0, 1
     while take < n_parallel_candidates and work < 4 * threads_hint:
         work *= extents[take]
@@ -369,7 +369,7 @@ def _schedule_block(sch, block, spatial: list[bool], lanes: int, threads_hint: i
     if windowed:  # [parallel, spatial..., w, reductions...] -> [parallel, spatial..., reductions..., w]
         vector = len(loops) - (len(spatial) - n_spatial) - 1
         sch.reorder(*loops[vector + 1:], loops[vector])
-        _vectorize(sch, sch.get_loops(block)[-1], lanes)  # (init kept in the block: split off, vectorize refuses it)
+        _vectorize(sch, sch.get_loops(block)[-1], lanes)
     elif not reduction and n_parallel_candidates < n_spatial:
         _vectorize(sch, loops[-1], lanes)
 
