@@ -26,7 +26,7 @@ from ...runtime.threads import cores_here
 from ...targets import Preset
 from .folder import TuningError
 
-__all__ = ["RemoteBoard", "count_cpus_without_psutil", "load_tensor_intrinsics",
+__all__ = ["RemoteBoard", "count_cpus_without_psutil", "environment_variable", "load_tensor_intrinsics",
            "make_builder_and_runner", "parse_rpc_address", "tuning_target"]
 
 
@@ -266,17 +266,20 @@ def _candidate_codegen(device: str, measured: bool, remote, target):
 
 
 @contextlib.contextmanager
-def _cuda_source_only(device: str):
-    """Candidate CUDA kernels are built only to check they lower: keep the source, skip nvcc/NVRTC."""
-    if device != "cuda":
-        yield
-        return
-    previous = os.environ.get("TVM_COMPILE_FORCE_FALLBACK")
-    os.environ["TVM_COMPILE_FORCE_FALLBACK"] = "1"
+def environment_variable(name: str, value: str | None):
+    """`name` set to `value` inside the block (None: left as it is), restored after."""
+    previous = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
         if previous is None:
-            os.environ.pop("TVM_COMPILE_FORCE_FALLBACK", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["TVM_COMPILE_FORCE_FALLBACK"] = previous
+            os.environ[name] = previous
+
+
+def _cuda_source_only(device: str):
+    """Candidate CUDA kernels are built only to check they lower: keep the source, skip nvcc/NVRTC."""
+    return environment_variable("TVM_COMPILE_FORCE_FALLBACK", "1" if device == "cuda" else None)

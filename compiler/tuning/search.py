@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from ...runtime.threads import cores_here, requested_threads, thread_share
 from ...targets import Preset, get_preset
 from ..analysis import analyse
 from .folder import TuningError, open_info, paths, write_info
-from .measure import (RemoteBoard, count_cpus_without_psutil, load_tensor_intrinsics,
+from .measure import (RemoteBoard, count_cpus_without_psutil, environment_variable, load_tensor_intrinsics,
                       make_builder_and_runner, parse_rpc_address, tuning_target)
 from .workloads import Workload, extract_workloads
 
@@ -44,22 +43,6 @@ REFINE_SHARE = 0.01  # tasks below this share of the model's measured time keep 
 # Guesses for the budget check until this run has timed its own (seconds): an evolutionary search
 # step, and building plus timing one candidate.
 _PRIOR_SEARCH_S, _PRIOR_TRIAL_S = 4.0, 0.4
-
-
-@contextlib.contextmanager
-def _tvm_num_threads(n: int | None):
-    """TVM_NUM_THREADS = n while tuning (None: unchanged), as it was afterwards: this process's own
-    pools, made later, may use every core."""
-    previous = os.environ.get("TVM_NUM_THREADS")
-    if n is not None:
-        os.environ["TVM_NUM_THREADS"] = str(n)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("TVM_NUM_THREADS", None)
-        else:
-            os.environ["TVM_NUM_THREADS"] = previous
 
 
 @dataclass
@@ -213,9 +196,10 @@ class _Search:
         if self.where.measured_on == "here":
             # Time candidates on the threads TVM's pool gets at run time (runtime/threads.py: one where the
             # GEMMs go to the BLAS, which then has the cores; else every core). The runner's processes
-            # size their pools from TVM_NUM_THREADS, which the runtime set to every core on import.
+            # size their pools from TVM_NUM_THREADS, which the runtime set to every core on import;
+            # this process's own pools, made later, may use every core again.
             pool = thread_share(requested_threads(), self.options.kernels == "blas").tvm
-        with _tvm_num_threads(pool):
+        with environment_variable("TVM_NUM_THREADS", None if pool is None else str(pool)):
             self._run()
 
     def _run(self) -> None:
