@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import multiprocessing
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -65,12 +67,32 @@ def _executor(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     return _pool[1]
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """multiprocessing's forkserver and spawn children run the parent's __main__ again (as
+    __mp_main__): a user's script that calls compile without an `if __name__ == "__main__"` guard
+    would compile again in every worker. The workers need nothing from it, so the processes started
+    inside this block are told of no main module."""
+    main = sys.modules["__main__"]
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
+    main.__spec__ = None
+    if "__file__" in saved:
+        del main.__file__
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
 def start_workers(workers: int) -> None:
     """Start the worker processes now (a compile's first builds wait for them otherwise: the
     forkserver imports TVM's compiler once, about 2 s)."""
     if workers > 1:
         executor = _executor(workers)
-        concurrent.futures.wait([executor.submit(int) for _ in range(workers)])
+        with _main_module_hidden():  # submit starts the processes
+            futures = [executor.submit(int) for _ in range(workers)]
+        concurrent.futures.wait(futures)
 
 
 @atexit.register
@@ -100,7 +122,8 @@ def build_all(jobs: list[BuildJob], workers: int | None = None,
                 done(job, results[-1])
         return results
     executor = _executor(workers)
-    futures = {executor.submit(_build, job): i for i, job in enumerate(jobs)}
+    with _main_module_hidden():  # submit starts the processes
+        futures = {executor.submit(_build, job): i for i, job in enumerate(jobs)}
     results: list[BuiltArtifact | None] = [None] * len(jobs)
     try:
         for future in concurrent.futures.as_completed(futures):

@@ -190,3 +190,21 @@ def test_a_schema_1_bundle_is_still_read(bundle_dir, tmp_path):
     assert old.manifest.planner == "prefix" and old.manifest.version == (1, 1)
     assert [c.mobile_outputs for c in old.cuts] == [c.mobile_outputs for c in current.cuts]
     assert old.cuts[-1].mobile_outputs  # the last cut: every model output is made on the mobile side
+
+
+def test_a_script_without_a_main_guard_compiles_once(bundle_dir, tmp_path):
+    """The build workers start from multiprocessing's forkserver, whose children would run the
+    parent's main module again: a script calling compile at top level (no `if __name__ ==
+    "__main__"`) would compile again in every worker. They are told of no main module."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "build_it.py"
+    script.write_text(
+        "from neurosurgeon.api import CompileOptions, compile\n"
+        f"compile({str(bundle_dir / 'residual.onnx')!r}, {str(tmp_path / 'b')!r}, "
+        f"CompileOptions('x86-host', 'x86-host', {SHAPES!r}, progress=False, jobs=2))\n"
+        "print('compiled')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("compiled") == 1 and (tmp_path / "b" / "manifest.json").is_file()
