@@ -110,11 +110,7 @@ def build_all(jobs: list[BuildJob], workers: int | None = None,
     raised once the builds already running have ended, and nothing more is started: no worker is
     left writing into a folder the caller is about to remove."""
     workers = min(workers or default_workers(), len(jobs))
-    if workers < 1:
-        if not jobs:
-            return []
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if workers == 1:
+    if workers <= 1:
         results = []
         for job in jobs:
             results.append(_build(job))
