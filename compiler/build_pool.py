@@ -29,7 +29,7 @@ from ..runtime.threads import cores_here
 from ..targets import Preset
 from .build import BuiltArtifact, build_graph
 
-__all__ = ["BuildJob", "build_all", "default_workers", "start_workers"]
+__all__ = ["BuildJob", "build_all", "start_workers", "workers_for"]
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,10 @@ def _build(job: BuildJob) -> BuiltArtifact:
     return build_graph(job.model, job.inputs, job.preset, job.out_path, job.what, job.tuning, job.kernels)
 
 
-def default_workers() -> int:
-    """Every core this process may run on."""
-    return cores_here()
+def workers_for(jobs: int, workers: int | None = None) -> int:
+    """How many of `jobs` builds run at a time: `workers` (None: every core this process may run
+    on), never more than there are builds."""
+    return min(workers or cores_here(), jobs)
 
 
 _pool: tuple[int, concurrent.futures.ProcessPoolExecutor] | None = None
@@ -109,7 +110,7 @@ def build_all(jobs: list[BuildJob], workers: int | None = None,
     jobs' order and calls `done` as each finishes (in this process). The first build that fails is
     raised once the builds already running have ended, and nothing more is started: no worker is
     left writing into a folder the caller is about to remove."""
-    workers = min(workers or default_workers(), len(jobs))
+    workers = workers_for(len(jobs), workers)
     if workers <= 1:
         results = []
         for job in jobs:

@@ -297,7 +297,7 @@ def _inline_producers(sch, keep: set[str] = frozenset()) -> None:
         outputs = {str(sch.get(b).name_hint) for b in sch.get_output_blocks(sch.get_sblock("root"))}
         for block in blocks:
             stmt = sch.get(block)
-            if any(int(v.iter_type) != 0 for v in stmt.iter_vars) or stmt.name_hint in outputs | keep:
+            if _is_reduction(sch, block) or stmt.name_hint in outputs | keep:
                 continue
             try:
                 sch.compute_inline(block)
@@ -309,7 +309,7 @@ def _inline_producers(sch, keep: set[str] = frozenset()) -> None:
             continue
         for block in blocks:
             stmt = sch.get(block)
-            if any(int(v.iter_type) != 0 for v in stmt.iter_vars) or stmt.name_hint not in outputs:
+            if _is_reduction(sch, block) or stmt.name_hint not in outputs:
                 continue
             try:
                 sch.reverse_compute_inline(block)

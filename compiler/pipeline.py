@@ -29,7 +29,7 @@ from ..runtime.signing import read_private_key, sign_manifest
 from ..targets import Preset, get_preset
 from .analysis import analyse
 from .build import artifact_name
-from .build_pool import BuildJob, build_all, default_workers
+from .build_pool import BuildJob, build_all, workers_for
 from .bundle import check_destination, file_entry, publish, staging_dir, write_manifest
 from .codegen import generate_runtime
 from .frontend import FrozenModel
@@ -120,7 +120,7 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
                            f"for {preset.name}" + (f" at batch {batch}" if batch > 1 else ""),
                            tuning.get(preset.name), options.kernels)
                   for preset, segment, batch in jobs]
-        workers = min(options.jobs or default_workers(), len(builds))
+        workers = workers_for(len(builds), options.jobs)
         with Progress(len(jobs), f"building {len(plan.segments)} segments"
                       + (f", {workers} at a time" if workers > 1 else ""), unit="build",
                       enabled=options.progress) as progress:

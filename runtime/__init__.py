@@ -23,4 +23,6 @@ _os.environ.setdefault("TVM_BIND_THREADS", "0")
 # hyper-threading"): on a 2-vCPU VM one worker, so config_threadpool(mode, 2) got 1 and TVM's
 # kernels ran on one thread whatever the runtime asked. The pools may use every core this process
 # may run on; runtime/threads.py gives each its share.
-_os.environ.setdefault("TVM_NUM_THREADS", str(max(len(_os.sched_getaffinity(0)), 1)))
+from .threads import cores_here as _cores_here  # noqa: E402 (after the environment above, before TVM)
+
+_os.environ.setdefault("TVM_NUM_THREADS", str(_cores_here()))

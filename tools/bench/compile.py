@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ...compiler.analysis import analyse
 from ...compiler.build import build_graph
-from ...compiler.build_pool import BuildJob, build_all, default_workers, start_workers
+from ...compiler.build_pool import BuildJob, build_all, start_workers, workers_for
 from ...compiler.partition import get_partitioner
 from ...compiler.report import human_bytes
 from ...runtime.progress import Progress
@@ -37,7 +37,7 @@ def measure(name: str, target: str, input_size: int | None, workdir: Path, parti
 
     jobs = [BuildJob(segment.model, segment.inputs, preset, workdir / f"{name}_{target}_seg{segment.index:03d}.so",
                      f"segment {segment.index}") for segment in plan.segments]
-    workers = min(workers or default_workers(), len(jobs))
+    workers = workers_for(len(jobs), workers)
     seconds = {}
     for at_a_time in sorted({1, workers}):
         start_workers(at_a_time)  # not timed: once per process
