@@ -13,6 +13,7 @@ from ..runtime.errors import NeurosurgeonError, first_line
 from ..runtime.tensors import TensorInfo
 from ..targets import Preset
 from .importer import BuildError, import_graph
+from .kernels import DEFAULT_KERNELS
 
 __all__ = ["BuildError", "BuiltArtifact", "artifact_name", "build_graph"]
 
@@ -22,7 +23,7 @@ class BuiltArtifact:
     path: Path
     compile_seconds: float
     export_seconds: float
-    stats: dict  # CPU and tuned builds: kernels (TVM-generated), tuned (with a database record), externs (BLAS calls)
+    stats: dict  # CPU and tuned builds: kernels (TVM-generated), tuned (with a database record), tiled, externs (BLAS calls)
 
 
 def artifact_name(model_name: str, preset: Preset, segment: int | None, batch: int = 1) -> str:
@@ -33,11 +34,11 @@ def artifact_name(model_name: str, preset: Preset, segment: int | None, batch: i
 
 
 def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset, out_path: Path,
-                what: str, tuning: Path | None = None, kernels: str = "blas") -> BuiltArtifact:
+                what: str, tuning: Path | None = None, kernels: str = DEFAULT_KERNELS) -> BuiltArtifact:
     """Import, compile and export one graph. `what` names it in errors ("segment 3 (conv2..relu2)").
     `tuning`: a tuning folder (neurosurgeon tune) whose schedules to apply; None compiles untuned.
-    `kernels` (CPU targets): "blas" offloads GEMMs to the runtime's BLAS, "tvm" generates every
-    kernel, "naive" is TVM's default pipeline (compiler/kernels.py)."""
+    `kernels` (CPU targets): "tvm" generates every kernel (products register-tiled), "blas" offloads
+    GEMMs to the runtime's BLAS, "naive" is TVM's default pipeline (compiler/kernels.py)."""
     import tvm
 
     started = time.perf_counter()

@@ -28,6 +28,7 @@ from ..runtime.tensors import TensorInfo
 from ..runtime.threads import cores_here
 from ..targets import Preset
 from .build import BuiltArtifact, build_graph
+from .kernels import DEFAULT_KERNELS
 
 __all__ = ["BuildJob", "build_all", "start_workers", "workers_for"]
 
@@ -41,7 +42,7 @@ class BuildJob:
     out_path: Path
     what: str
     tuning: Path | None = None
-    kernels: str = "blas"
+    kernels: str = DEFAULT_KERNELS
 
 
 def _build(job: BuildJob) -> BuiltArtifact:

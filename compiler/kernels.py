@@ -31,10 +31,11 @@ import numpy as np
 
 from ..runtime.kernels import SGEMM
 
-__all__ = ["KERNEL_CHOICES", "count_externs", "count_scheduled", "cpu_phases", "cpu_pipeline", "offload_gemm",
+__all__ = ["DEFAULT_KERNELS", "KERNEL_CHOICES", "count_externs", "count_kernels", "cpu_phases", "cpu_pipeline", "offload_gemm",
            "parallel_loops_rule"]
 
-KERNEL_CHOICES = ("blas", "tvm", "naive")
+KERNEL_CHOICES = ("tvm", "blas", "naive")
+DEFAULT_KERNELS = "tvm"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,13 +105,113 @@ def _bound_call(builder, expr, op_name: str):
     return None
 
 
-def offload_gemm():
-    """The Relax pass of step 1 (see the module docstring)."""
+class _Products:
+    """How a product (a convolution with groups=1, a matmul with a constant right-hand side) is
+    built: `conv2d` and `matmul` return the expression that replaces the call, or None to leave it
+    to TVM's legalization."""
+
+    def conv2d(self, builder, data, kernel: np.ndarray, geometry, out_shape):
+        raise NotImplementedError
+
+    def matmul(self, builder, lhs, weight: np.ndarray, lhs_shape, out_shape):
+        raise NotImplementedError
+
+
+class _BlasProducts(_Products):
+    """im2col + GEMM, the GEMM an external call to the runtime's BLAS (`--kernels blas`)."""
+
+    @staticmethod
+    def _sgemm(a, b, out_shape):
+        """out = a @ b as the runtime's sgemm sees them: a as [M, K] (its last axis is K), b as
+        [K, N] and out as [M, N], whatever their shapes (row-major views, no copies)."""
+        from tvm import relax
+
+        return relax.call_dps_packed(SGEMM, [a, b], relax.TensorType(tuple(out_shape), "float32"))
+
+    def conv2d(self, builder, data, kernel, geometry, out_shape):
+        from tvm import relax
+
+        strides, padding, dilation = geometry
+        out_channels, channels, kh, kw = kernel.shape
+        _, _, oh, ow = out_shape
+        weight_2d = relax.const(np.ascontiguousarray(kernel.reshape(out_channels, channels * kh * kw)))
+        batch = out_shape[0]
+        # A batch is one GEMM per sample, each the batch-1 GEMM: a sample's answer is the same
+        # alone or in a batch (the server's dynamic batching), and the weights stay in cache.
+        products = []
+        for i in range(batch):
+            sample = data if batch == 1 else builder.emit(
+                relax.op.strided_slice(data, axes=[0], begin=[i], end=[i + 1]))
+            if (kh, kw) == (1, 1) and strides == (1, 1) and not any(padding):
+                cols = sample  # [1, C, H, W] is the [C, H*W] operand already
+            else:
+                cols = builder.emit_te(_im2col_te, sample, (kh, kw), strides, padding, dilation, (oh, ow),
+                                       primfunc_name_hint="im2col")
+            products.append(self._sgemm(weight_2d, cols, (1, *out_shape[1:])))
+        if batch == 1:
+            return products[0]
+        return relax.op.concat([builder.emit(p) for p in products], axis=0)
+
+    def matmul(self, builder, lhs, weight, lhs_shape, out_shape):
+        from tvm import relax
+
+        return self._sgemm(lhs, relax.const(np.ascontiguousarray(weight)), out_shape)
+
+
+class _TiledProducts(_Products):
+    """Register-tiled TIR kernels (compiler/tiled_kernels.py) on TVM's thread pool (`--kernels tvm`)."""
+
+    def __init__(self, lanes: int):
+        self.lanes = lanes
+
+    @staticmethod
+    def _call(builder, kernel, name: str, args, out_shape):
+        from tvm import relax
+
+        func, packed = kernel
+        gvar = builder.add_func(func, name)
+        return relax.call_tir(gvar, [*args, relax.const(packed)], relax.TensorType(tuple(out_shape), "float32"))
+
+    def conv2d(self, builder, data, kernel, geometry, out_shape):
+        from tvm import relax
+
+        from .tiled_kernels import direct_conv2d, pointwise_conv2d
+
+        strides, padding, dilation = geometry
+        data_shape = _static_shape(data)
+        if kernel.shape[2:] == (1, 1) and strides == (1, 1) and not any(padding):
+            batch, channels, height, width = data_shape
+            tiled = pointwise_conv2d(data_shape, kernel, self.lanes)
+            if tiled is not None:
+                flat = builder.emit(relax.op.reshape(data, (batch, channels, height * width)))
+                product = builder.emit(self._call(builder, tiled, "conv2d_pointwise", [flat],
+                                                  (batch, kernel.shape[0], height * width)))
+                return relax.op.reshape(product, out_shape)
+        tiled = direct_conv2d(data_shape, kernel, strides, padding, dilation, self.lanes)
+        return None if tiled is None else self._call(builder, tiled, "conv2d_direct", [data], out_shape)
+
+    def matmul(self, builder, lhs, weight, lhs_shape, out_shape):
+        from tvm import relax
+
+        from .tiled_kernels import dense
+
+        rows = int(np.prod(lhs_shape[:-1]))
+        tiled = dense(rows, weight, self.lanes)
+        if tiled is None:
+            return None
+        flat = lhs if len(lhs_shape) == 2 else builder.emit(relax.op.reshape(lhs, (rows, lhs_shape[-1])))
+        product = self._call(builder, tiled, "dense", [flat], (rows, weight.shape[1]))
+        return product if len(out_shape) == 2 else relax.op.reshape(builder.emit(product), out_shape)
+
+
+def lower_products(products: _Products):
+    """The Relax pass of step 1: every float32 convolution with groups=1 (NCHW, constant OIHW
+    weights) and every matmul with a constant right-hand side, as `products` builds them."""
     import tvm
     from tvm import relax
 
     @relax.expr_functor.mutator
-    class _Offload(relax.PyExprMutator):
+    class _Lower(relax.PyExprMutator):
         def __init__(self, mod):
             super().__init__(mod)
             self.conv2d = tvm.ir.Op.get("relax.nn.conv2d")
@@ -127,11 +228,6 @@ def offload_gemm():
                 rewritten = self._matmul(call)
             return call if rewritten is None else rewritten
 
-        def _sgemm(self, a, b, out_shape):
-            """out = a @ b as the runtime's sgemm sees them: a as [M, K] (its last axis is K), b as
-            [K, N] and out as [M, N], whatever their shapes (row-major views, no copies)."""
-            return relax.call_dps_packed(SGEMM, [a, b], relax.TensorType(tuple(out_shape), "float32"))
-
         def _conv2d(self, call):
             attrs = call.attrs
             data, weight = call.args
@@ -142,28 +238,9 @@ def offload_gemm():
                     or attrs.out_layout != "NCHW" or str(data.ty.dtype) != "float32"
                     or kernel.dtype != np.float32):
                 return None
-            out_channels, channels, kh, kw = kernel.shape
-            _, _, oh, ow = out_shape
-            strides = tuple(int(s) for s in attrs.strides)
-            padding = tuple(int(p) for p in attrs.padding)
-            dilation = tuple(int(d) for d in attrs.dilation)
-            weight_2d = relax.const(np.ascontiguousarray(kernel.reshape(out_channels, channels * kh * kw)))
-            batch = out_shape[0]
-            # A batch is one GEMM per sample, each the batch-1 GEMM: a sample's answer is the same
-            # alone or in a batch (the server's dynamic batching), and the weights stay in cache.
-            products = []
-            for i in range(batch):
-                sample = data if batch == 1 else self.builder_.emit(
-                    relax.op.strided_slice(data, axes=[0], begin=[i], end=[i + 1]))
-                if (kh, kw) == (1, 1) and strides == (1, 1) and not any(padding):
-                    cols = sample  # [1, C, H, W] is the [C, H*W] operand already
-                else:
-                    cols = self.builder_.emit_te(_im2col_te, sample, (kh, kw), strides, padding, dilation, (oh, ow),
-                                                 primfunc_name_hint="im2col")
-                products.append(self._sgemm(weight_2d, cols, (1, *out_shape[1:])))
-            if batch == 1:
-                return products[0]
-            return relax.op.concat([self.builder_.emit(p) for p in products], axis=0)
+            geometry = (tuple(int(s) for s in attrs.strides), tuple(int(p) for p in attrs.padding),
+                        tuple(int(d) for d in attrs.dilation))
+            return products.conv2d(self.builder_, data, kernel, geometry, out_shape)
 
         def _matmul(self, call):
             lhs, rhs = call.args
@@ -184,17 +261,27 @@ def offload_gemm():
                 return None
             if lhs_shape[-1] != weight.shape[0]:
                 return None
-            return self._sgemm(lhs, relax.const(np.ascontiguousarray(weight)), out_shape)
+            return products.matmul(self.builder_, lhs, weight, lhs_shape, out_shape)
 
-    @tvm.transform.module_pass(opt_level=0, name="NeurosurgeonOffloadGemm")
-    def offload(mod, _ctx):
-        rewriter = _Offload(mod)
+    @tvm.transform.module_pass(opt_level=0, name="NeurosurgeonLowerProducts")
+    def lower(mod, _ctx):
+        rewriter = _Lower(mod)
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
         return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
 
-    return offload
+    return lower
+
+
+def offload_gemm():
+    """Step 1 with `--kernels blas`: products as im2col + the runtime's BLAS GEMM."""
+    return lower_products(_BlasProducts())
+
+
+def tiled_products(target):
+    """Step 1 with `--kernels tvm`: products as register-tiled TIR kernels for `target`'s vectors."""
+    return lower_products(_TiledProducts(_lanes(target)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,7 +507,7 @@ def _with_host_code(mod):
     return mod
 
 
-def cpu_phases(target, kernels: str = "blas") -> tuple[list, list, list]:
+def cpu_phases(target, kernels: str = DEFAULT_KERNELS) -> tuple[list, list, list]:
     """(passes up to fused TIR functions, passes after scheduling, lowering) for a CPU target."""
     import importlib
 
@@ -434,16 +521,27 @@ def cpu_phases(target, kernels: str = "blas") -> tuple[list, list, list]:
         first = [relax.transform.FoldBatchnormToConv2D(), relax.transform.FoldConstant()]
     if kernels == "blas":
         first.append(offload_gemm())
+    elif kernels == "tvm":
+        first.append(tiled_products(target))
     return (first + backend.library_dispatch_passes(target) + legalize[:fused], legalize[fused:],
             backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
 
 
-def count_scheduled(mod) -> tuple[int, int]:
-    """(kernels that carry a schedule, all kernels) of a module after fusion."""
+def count_kernels(mod) -> dict:
+    """Of a module's kernels after fusion: "kernels" (all), "tuned" (those a tuning database
+    scheduled) and "tiled" (the products, scheduled where they are made: compiler/tiled_kernels.py)."""
     from tvm import tirx
 
+    from .tiled_kernels import TILED
+
     funcs = [f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc)]
-    return sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False))), len(funcs)
+
+    def has(func, attr: str) -> bool:
+        return func.attrs is not None and bool(func.attrs.get(attr, False))
+
+    tiled = sum(1 for f in funcs if has(f, TILED))
+    tuned = sum(1 for f in funcs if has(f, "tirx.is_scheduled") and not has(f, TILED))
+    return {"kernels": len(funcs), "tuned": tuned, "tiled": tiled}
 
 
 def count_externs(mod) -> int:
@@ -457,11 +555,10 @@ def count_externs(mod) -> int:
                if isinstance(binding.value, relax.Call) and binding.value.op.same_as(call_dps_packed))
 
 
-def cpu_pipeline(target, kernels: str = "blas", apply_database: bool = False, stats: dict | None = None):
+def cpu_pipeline(target, kernels: str = DEFAULT_KERNELS, apply_database: bool = False, stats: dict | None = None):
     """A relax_pipeline for tvm.compile: phases above, with MetaSchedule's current database applied
     first (if asked) and our rule for every function it has no record for. `stats`, if given, gets
-    "kernels" (TVM-generated functions), "tuned" (those with a database record) and "externs"
-    (BLAS calls) of the build."""
+    `count_kernels`'s counts and "externs" (BLAS calls) of the build."""
     import tvm
     from tvm import relax
     from tvm.s_tir import dlight
@@ -477,8 +574,7 @@ def cpu_pipeline(target, kernels: str = "blas", apply_database: bool = False, st
             if apply_database:
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
             if stats is not None:  # nothing is scheduled before the database applies
-                stats["tuned"], stats["kernels"] = count_scheduled(mod)
-                stats["externs"] = count_externs(mod)
+                stats.update(count_kernels(mod), externs=count_externs(mod))
             if kernels != "naive":
                 mod = dlight.ApplyDefaultSchedule(parallel_loops_rule())(mod)
             mod = _with_host_code(mod)

@@ -33,7 +33,7 @@ from .build_pool import BuildJob, build_all, workers_for
 from .bundle import check_destination, file_entry, publish, staging_dir, write_manifest
 from .codegen import generate_runtime
 from .frontend import FrozenModel
-from .kernels import KERNEL_CHOICES
+from .kernels import DEFAULT_KERNELS, KERNEL_CHOICES
 from .layers import LayerGraph
 from .codecs import calibration, measure_codecs
 from .partition import Partitioner, PartitionPlan
@@ -59,7 +59,7 @@ class CompileOptions:
     force: bool = False
     progress: bool = True
     tuning: str | Path | None = None  # a tuning folder (neurosurgeon tune), applied to the side(s) of its preset
-    kernels: str = "blas"  # CPU builds: blas (GEMMs to the runtime's BLAS), tvm, or naive (compiler/kernels.py)
+    kernels: str = DEFAULT_KERNELS  # CPU builds: tvm (tiled products), blas (GEMMs to the runtime's BLAS) or naive (compiler/kernels.py)
     planner: str = DEFAULT_PLANNER  # the schedule planner run.py uses by default (runtime/planner.py's PLANNERS)
     sign_key: str | Path | None = None  # an Ed25519 private key (PEM): the manifest is signed (manifest.sig)
     costs: CostStage | None = None  # None: a bundle without costs, which a planner cannot use
@@ -131,7 +131,7 @@ def compile_model(model: str | Path | onnx.ModelProto, out: str | Path, options:
         for (preset, segment, batch), build, artifact in zip(jobs, builds, built):
             build_seconds[preset.name] = (build_seconds.get(preset.name, 0.0) + artifact.compile_seconds
                                           + artifact.export_seconds)
-            counts = kernel_counts.setdefault(preset.name, {"kernels": 0, "tuned": 0, "externs": 0})
+            counts = kernel_counts.setdefault(preset.name, {"kernels": 0, "tuned": 0, "tiled": 0, "externs": 0})
             for key in counts:
                 counts[key] += artifact.stats.get(key, 0)
             if batch == 1:

@@ -12,6 +12,7 @@ from pathlib import Path
 from ...runtime.errors import NeurosurgeonError
 from ...runtime.jsonfile import JsonFormat
 from ...targets import Preset
+from ..kernels import DEFAULT_KERNELS
 
 __all__ = ["INFO", "RECORD_FILE", "TUNING_FORMAT", "TuningError", "WORKLOAD_FILE", "database", "database_sha256",
            "open_info", "paths", "read_tuning_info", "tuning_identity", "write_info"]
@@ -80,7 +81,7 @@ def write_info(out_dir: Path, info: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     TUNING_FORMAT.write(out_dir / INFO, info)
 
-def open_info(out_dir: Path, preset: Preset, measured: bool, kernels: str = "blas", measured_on: str | None = None,
+def open_info(out_dir: Path, preset: Preset, measured: bool, kernels: str = DEFAULT_KERNELS, measured_on: str | None = None,
                unmeasured_reason: str | None = None) -> dict:
     """The folder's tuning.json, or a new one (written on first use); refuses another preset's folder."""
     import tvm

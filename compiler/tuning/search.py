@@ -34,6 +34,7 @@ from .folder import TuningError, open_info, paths, write_info
 from .measure import (RemoteBoard, count_cpus_without_psutil, environment_variable, load_tensor_intrinsics,
                       make_builder_and_runner, parse_rpc_address, tuning_target)
 from .workloads import Workload, extract_workloads
+from ..kernels import DEFAULT_KERNELS
 
 __all__ = ["DEFAULT_TRIALS", "TuneOptions", "TuneReport", "tune"]
 
@@ -53,7 +54,7 @@ class TuneOptions:
     input_shapes: dict = field(default_factory=dict)
     trials_per_task: int | None = None  # default: DEFAULT_TRIALS[measured]
     whole_model: bool = False  # also the unsplit model's workloads (for a monolithic build to compare against)
-    kernels: str = "blas"  # CPU targets: the kernel choice the bundles will be compiled with
+    kernels: str = DEFAULT_KERNELS  # CPU targets: the kernel choice the bundles will be compiled with
     rpc: str | None = None  # HOST:PORT of a board running runtime/rpc_server.py: time candidates there
     progress: bool = True
 

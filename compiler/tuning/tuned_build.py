@@ -9,11 +9,12 @@ from pathlib import Path
 
 from ...targets import Preset
 from .folder import TuningError, database, read_tuning_info
+from ..kernels import DEFAULT_KERNELS
 
 __all__ = ["compile_tuned", "default_passes", "fusion_passes", "tuned_pipeline"]
 
 
-def default_passes(target, kernels: str = "blas") -> tuple[list, list, list]:
+def default_passes(target, kernels: str = DEFAULT_KERNELS) -> tuple[list, list, list]:
     """The backend pipeline for `target`, split where MetaSchedule's database applies: (up to fused
     TIR functions, the default schedules that follow on GPUs, lowering). CPUs get our pipeline
     (compiler/kernels.py: GEMM offload per `kernels`, fusion); GPUs TVM's own pass lists, so that
@@ -28,11 +29,11 @@ def default_passes(target, kernels: str = "blas") -> tuple[list, list, list]:
     return (backend.library_dispatch_passes(target) + legalize[:fused], legalize[fused:],
             backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
 
-def fusion_passes(target, kernels: str = "blas") -> list:
+def fusion_passes(target, kernels: str = DEFAULT_KERNELS) -> list:
     """The passes up to fused TIR, before any schedule: what tasks are extracted from."""
     return default_passes(target, kernels)[0]
 
-def tuned_pipeline(target, kernels: str = "blas", stats: dict | None = None):
+def tuned_pipeline(target, kernels: str = DEFAULT_KERNELS, stats: dict | None = None):
     """The default pipeline for `target` with the current MetaSchedule database applied right after
     fusion. Functions without a record keep the default: dlight rules on GPUs, our ParallelLoops
     rule on CPUs (compiler/kernels.py)."""
@@ -51,15 +52,14 @@ def tuned_pipeline(target, kernels: str = "blas", stats: dict | None = None):
             mod = tvm.transform.Sequential(fusion)(mod)
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
             if stats is not None:
-                from ..kernels import count_scheduled
+                from ..kernels import count_kernels
 
-                stats["tuned"], stats["kernels"] = count_scheduled(mod)
-                stats["externs"] = 0
+                stats.update(count_kernels(mod), externs=0)
             return tvm.transform.Sequential(default_schedules + lower)(mod)
 
     return pipeline
 
-def compile_tuned(mod, preset: Preset, tuning_dir: str | Path, kernels: str = "blas", stats: dict | None = None):
+def compile_tuned(mod, preset: Preset, tuning_dir: str | Path, kernels: str = DEFAULT_KERNELS, stats: dict | None = None):
     """tvm.compile a Relax module for `preset` with the tuning folder's schedules applied. `kernels`
     must be what the folder was tuned with: the fused functions (and so the records' keys) differ."""
     import tvm

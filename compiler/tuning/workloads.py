@@ -15,6 +15,7 @@ import onnx
 from ...targets import Preset, get_preset
 from ..importer import import_graph
 from .tuned_build import fusion_passes
+from ..kernels import DEFAULT_KERNELS
 
 __all__ = ["Workload", "extract_workloads", "segment_workloads"]
 
@@ -32,7 +33,7 @@ class Workload:
 
 
 def extract_workloads(graphs: list[tuple[str, onnx.ModelProto, list]], preset: Preset,
-                      kernels: str = "blas") -> list[Workload]:
+                      kernels: str = DEFAULT_KERNELS) -> list[Workload]:
     """The distinct fused TIR functions that building `graphs` ((label, model, inputs) each) for
     `preset` produces, deduplicated by structural hash, with their call counts summed."""
     import tvm
@@ -47,6 +48,8 @@ def extract_workloads(graphs: list[tuple[str, onnx.ModelProto, list]], preset: P
             mod = tvm.transform.Sequential(fusion_passes(target, kernels))(mod)
         for task in ms.relax_integration.extract_tasks(mod, target):
             func_mod = task.dispatched[0]
+            if _tiled(func_mod):
+                continue  # scheduled where it was made (compiler/tiled_kernels.py)
             key = f"{tvm_ffi.structural_hash(func_mod) & (2**64 - 1):016x}"
             workload = found.get(key)
             if workload is None:
@@ -56,11 +59,17 @@ def extract_workloads(graphs: list[tuple[str, onnx.ModelProto, list]], preset: P
                 workload.graphs.append(label)
     return list(found.values())
 
-def segment_workloads(plan_or_segments, preset: Preset | str, kernels: str = "blas") -> list[Workload]:
+def segment_workloads(plan_or_segments, preset: Preset | str, kernels: str = DEFAULT_KERNELS) -> list[Workload]:
     """The distinct workloads of a partition plan's segments (or of a list of segments) for a preset."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     segments = getattr(plan_or_segments, "segments", plan_or_segments)
     return extract_workloads([(f"segment {s.index}", s.model, s.inputs) for s in segments], preset, kernels)
+
+def _tiled(mod) -> bool:
+    from ..tiled_kernels import TILED
+
+    return any(f.attrs is not None and bool(f.attrs.get(TILED, False)) for f in mod.functions.values())
+
 
 def _flops(mod) -> float:
     from tvm.s_tir.analysis import estimate_tir_flops

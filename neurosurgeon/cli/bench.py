@@ -14,6 +14,8 @@ ZOO_MODELS = ["alexnet", "vgg16", "deepface", "lenet", "asr", "pos", "ner", "chk
 
 
 def register(verbs) -> None:
+    from ..compiler.kernels import DEFAULT_KERNELS, KERNEL_CHOICES
+
     p = verbs.add_parser("bench", help="benchmarks that print tables (speed, runtime, decisions, compile, suite, soak, load, "
                                          "compression, memory)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -23,8 +25,8 @@ def register(verbs) -> None:
     b.add_argument("--target", default="x86-host", metavar="PRESET", help="a preset that runs here (default x86-host)")
     b.add_argument("--tuning", metavar="DIR", help="also time a build with this tuning folder (neurosurgeon tune)")
     b.add_argument("--threads", type=int, help="threads for TVM, BLAS and onnxruntime (default: every usable core)")
-    b.add_argument("--kernels", choices=("blas", "tvm", "naive"), default="blas", help="the untuned build's kernels")
-    b.add_argument("--steps", action="store_true", help="also time TVM's default pipeline and ours without BLAS")
+    b.add_argument("--kernels", choices=KERNEL_CHOICES, default=DEFAULT_KERNELS, help="the untuned build's kernels")
+    b.add_argument("--steps", action="store_true", help="also time the other kernel choices (TVM's default pipeline, im2col + BLAS or tiled products)")
     b.add_argument("--cuts", action="store_true", help="also build the bundle and time every cut end to end "
                                                        "against the monolithic build")
     b.add_argument("--partitioner", metavar="NAME", help="--cuts: the bundle's candidate cuts (fused-layers, the "
@@ -67,7 +69,7 @@ def register(verbs) -> None:
     b.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "mobilenetv2", "vgg16"])
     b.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     b.add_argument("--budget", type=float, default=300, help="tuning seconds per model (default 300)")
-    b.add_argument("--steps", action="store_true", help="also time TVM's default pipeline and ours without BLAS")
+    b.add_argument("--steps", action="store_true", help="also time the other kernel choices (TVM's default pipeline, im2col + BLAS or tiled products)")
     b.add_argument("--cuts", action="store_true", help="also time every cut of the tuned bundle")
     b.add_argument("--repeats", type=int, default=15)
     b.add_argument("--workdir", default=".cache/speed-bench", help="keeps models and the tuning folder")

@@ -12,6 +12,8 @@ __all__ = ["register"]
 
 
 def register(verbs) -> None:
+    from ..compiler.kernels import DEFAULT_KERNELS, KERNEL_CHOICES
+
     p = verbs.add_parser("inspect", help="print the layer table and candidate cuts of a model")
     add_model(p)
     p.add_argument("--plot", metavar="PNG", help="draw per-layer output size and FLOPs to this file")
@@ -40,10 +42,10 @@ def register(verbs) -> None:
     p.add_argument("--sign-key", metavar="KEY.pem",
                    help="sign the manifest with this Ed25519 private key (neurosurgeon keygen, or openssl genpkey "
                         "-algorithm ed25519); devices and servers with --trust-key refuse unsigned or changed bundles")
-    p.add_argument("--kernels", choices=("blas", "tvm", "naive"), default="blas",
-                   help="CPU builds: blas (default) hands convolutions (as im2col + GEMM) and fully connected "
-                        "layers to the BLAS numpy ships, which the runtime calls; tvm generates every kernel with "
-                        "neurosurgeon's schedules; naive is TVM's default pipeline")
+    p.add_argument("--kernels", choices=KERNEL_CHOICES, default=DEFAULT_KERNELS,
+                   help="CPU builds: tvm (default) generates every kernel, convolutions and fully connected layers "
+                        "as register-tiled kernels on TVM's thread pool; blas hands them (as im2col + GEMM) to the "
+                        "BLAS numpy ships, which the runtime calls; naive is TVM's default pipeline")
     _add_partitioner(p)
     p.set_defaults(run=compile_bundle)
 

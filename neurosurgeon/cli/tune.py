@@ -9,7 +9,7 @@ __all__ = ["register"]
 
 
 def register(verbs) -> None:
-    from ..compiler.kernels import KERNEL_CHOICES
+    from ..compiler.kernels import DEFAULT_KERNELS, KERNEL_CHOICES
     from ..compiler.tuning.search import DEFAULT_TRIALS
 
     p = verbs.add_parser("tune", help="tune a model's segment workloads into a database compile --tuning applies")
@@ -28,8 +28,8 @@ def register(verbs) -> None:
                    help="time candidates on a board through TVM RPC: run `python -m neurosurgeon_runtime rpc-server "
                         "--port PORT` there (from an unpacked bundle). If it cannot be reached, tuning goes on "
                         "without measurement and the folder and bundles say so")
-    p.add_argument("--kernels", choices=KERNEL_CHOICES, default="blas",
-                   help="CPU targets: the kernel choice the bundles will be compiled with (default blas)")
+    p.add_argument("--kernels", choices=KERNEL_CHOICES, default=DEFAULT_KERNELS,
+                   help=f"CPU targets: the kernel choice the bundles will be compiled with (default {DEFAULT_KERNELS})")
     p.add_argument("--quiet", action="store_true", help="no progress")
     p.set_defaults(run=tune)
 

@@ -35,9 +35,9 @@ def test_manifest_describes_model_cuts_segments_and_files(bundle_dir):
     manifest = json.loads((bundle_dir / "out" / "manifest.json").read_text())
     assert manifest["format"] == "neurosurgeon-bundle" and manifest["schema_version"] == [2, 2]
     assert "compatibility" in manifest
-    assert manifest["externs"] == ["neurosurgeon.sgemm"] and manifest["identity"]["options"]["kernels"] == "blas"
-    counts = manifest["build"]["kernels"]["x86-host"]  # untuned: TVM kernels with our default schedules, GEMMs to BLAS
-    assert counts["tuned"] == 0 and counts["kernels"] > 0 and counts["externs"] > 0
+    assert manifest["externs"] == [] and manifest["identity"]["options"]["kernels"] == "tvm"  # tiled: nothing outside TVM
+    counts = manifest["build"]["kernels"]["x86-host"]  # untuned: our default schedules, the products tiled
+    assert counts["tuned"] == 0 and counts["kernels"] > counts["tiled"] > 0 and counts["externs"] == 0
     identity = manifest["identity"]
     assert identity["model_sha256"] == sha256_file(bundle_dir / "residual.onnx")
     assert identity["sides"]["mobile"]["preset"] == "x86-host" and identity["options"]["input_shapes"] == {"x": [1, 3, 8, 8]}

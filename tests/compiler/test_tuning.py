@@ -39,7 +39,7 @@ def conv_net(channels: list[int], size: int = 16, seed: int = 0, name: str = "co
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
-@pytest.mark.parametrize("kernels, conv_part", [("blas", "im2col"), ("tvm", "conv2d")])
+@pytest.mark.parametrize("kernels, conv_part", [("blas", "im2col"), ("naive", "conv2d")])
 def test_workloads_are_deduplicated_across_segments(kernels, conv_part):
     # conv1 and conv2 have the same shape (8 -> 8 channels): one workload, called by two segments.
     # With GEMMs offloaded to BLAS, what TVM generates (and tuning tunes) for a conv is its im2col.
@@ -50,6 +50,15 @@ def test_workloads_are_deduplicated_across_segments(kernels, conv_part):
     assert len(convs) == 2  # 3 -> 8, and 8 -> 8 twice
     shared = next(w for w in convs if w.weight == 2)
     assert shared.graphs == ["segment 1", "segment 2"]  # conv + ReLU per segment (fused-layers)
+    assert len({w.key for w in workloads}) == len(workloads)
+
+
+def test_tiled_convolutions_are_not_tuning_tasks():
+    # With the default kernels the convolutions are tiled kernels, scheduled where they are made:
+    # tuning gets what is left (bias + ReLU, the pooling), each distinct one once.
+    _, _, plan = analyse(conv_net([8, 8, 8]), name="convnet")
+    workloads = segment_workloads(plan, "x86-host")
+    assert workloads and not [w for w in workloads if "conv2d" in w.name]
     assert len({w.key for w in workloads}) == len(workloads)
 
 
@@ -87,9 +96,10 @@ def test_tune_then_compile_applies_and_reuses(tmp_path):
                            name="convnet")
     identity = result.manifest["identity"]["options"]["tuning"]
     assert identity["dir"] == "x86-host.tuning" and identity["measured"] is True and identity["measured_on"] == "here"
-    # every TVM-generated kernel of every segment has its schedule from the database; the GEMMs go to BLAS
+    # every TVM-generated kernel of every segment has its schedule from the database but the tiled
+    # convolutions (scheduled where they are made), and nothing goes to BLAS
     counts = result.manifest["build"]["kernels"]["x86-host"]
-    assert counts["tuned"] == counts["kernels"] > 0 and counts["externs"] == 2
+    assert counts["tuned"] == counts["kernels"] - counts["tiled"] > 0 and counts["tiled"] == 2 and counts["externs"] == 0
     assert len(identity["database_sha256"]) == 64
     # Our default schedule is candidate zero of every task: where no searched schedule beat it, the
     # tuned build's code is the untuned build's. (Where one did, the code usually differs, but need not:
@@ -164,8 +174,8 @@ def test_tune_command(tmp_path, capsys):
     assert main(["tune", str(model), "--target", "aarch64-neon", "--budget", "60", "-o", str(tmp_path / "t"),
                  "--trials-per-task", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
-    # im2col, bias add + ReLU (one segment, fused), pool
-    assert "3 workloads: 3 tuned" in out and "measured: false" in out
+    # bias add + ReLU (one segment, fused), pool (the convolution is a tiled kernel, not tuned)
+    assert "2 workloads: 2 tuned" in out and "measured: false" in out
     assert read_tuning_info(tmp_path / "t")["runs"][0]["model"] == "net"
 
 

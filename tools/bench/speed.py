@@ -5,9 +5,10 @@ times, side by side and as medians of interleaved rounds (the machine is shared 
 candidate sees the same noise):
 
   - onnxruntime (CPU execution provider, all graph optimisations), N intra-op threads;
-  - our build without tuning (the default: GEMMs to BLAS, our schedules for the rest);
-  - with --steps, the steps that lead there: TVM's default pipeline ("naive"), our schedules and
-    graph passes without BLAS ("tvm");
+  - our build without tuning (the default: convolutions and fully connected layers as tiled
+    kernels, our schedules for the rest);
+  - with --steps, the other kernel choices: TVM's default pipeline ("naive"), im2col + the BLAS
+    ("blas");
   - with --tuning DIR, our build with that tuning database, and the tuning time it holds for the model;
   - with --cuts, the bundle (every segment built, same database) run end to end at every cut,
     against the monolithic build.
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...compiler.kernels import DEFAULT_KERNELS
 from ...runtime.bundle import load_artifact
 from ...runtime.errors import NeurosurgeonError
 from ...runtime.profile import hardware_info
@@ -46,6 +48,8 @@ from ...targets import get_preset
 from .. import zoo
 
 __all__ = ["SpeedError", "SpeedOptions", "bench_speed", "speed_table"]
+
+STEP_LABELS = {"naive": "TVM default pipeline", "blas": "ours, im2col + BLAS", "tvm": "ours, tiled products"}
 
 
 class SpeedError(NeurosurgeonError):
@@ -57,13 +61,13 @@ class SpeedOptions:
     target: str = "x86-host"
     tuning: str | Path | None = None
     threads: int | None = None  # None: every core this process may use
-    steps: bool = False  # also time kernels=naive and kernels=tvm
+    steps: bool = False  # also time the other kernel choices (STEP_LABELS)
     cuts: bool = False  # also build the bundle and time every cut end to end
     repeats: int = 15  # timed rounds (medians kept)
     max_seconds: float = 30.0  # per candidate: slow builds (naive) stop sampling after this, keeping >= 3 samples
     input_shapes: dict = field(default_factory=dict)
     input_size: int | None = None  # zoo models: input height = width
-    kernels: str = "blas"
+    kernels: str = DEFAULT_KERNELS
     partitioner: str | None = None  # --cuts: the bundle's candidate cuts (None: the default, fused-layers)
     progress: bool = True
 
@@ -254,8 +258,8 @@ def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
         reference = start("onnxruntime", _Engine("onnxruntime", str(onnx_path), threads),
                           f"onnxruntime {ort.__version__}, CPU EP, {threads} threads").outputs()
         builds = []
-        if options.steps:
-            builds += [("TVM default pipeline", "naive", None), ("ours, no BLAS", "tvm", None)]
+        if options.steps:  # the other kernel choices, each step's gain
+            builds += [(STEP_LABELS[k], k, None) for k in STEP_LABELS if k != options.kernels]
         builds.append(("ours, untuned", options.kernels, None))
         if options.tuning:
             builds.append(("ours, tuned", tuning_info.get("kernels") or options.kernels, Path(options.tuning)))
