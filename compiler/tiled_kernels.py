@@ -90,14 +90,15 @@ def _tile_reduction(sch, acc: str, out: str, parallel: int, reductions: int, til
         sch.vectorize(sch.get_loops(sch.get_sblock(out))[-1])
 
 
-def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int):
+def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int,
+                  block: int | None = None, tile: int | None = None, unroll_window: bool = False):
     """(PrimFunc(data, packed weight, out), packed weight) for an NCHW/OIHW float32 convolution
     with groups=1, or None where the output channels do not block."""
     from tvm import s_tir, te, tirx
 
     batch, channels, height, width = data_shape
     out_channels, _, kh, kw = weight.shape
-    block = _channel_block(out_channels, lanes)
+    block = block or _channel_block(out_channels, lanes)
     if block is None:
         return None
     sh, sw = strides
@@ -126,8 +127,10 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
         name="acc")
     out = te.compute((batch, out_channels, oh, ow), lambda n, o, y, x: acc[n, o // block, y, x, o % block], name="out")
     sch = s_tir.Schedule(te.create_prim_func([data, packed, out]))
-    tile = _row_tile(ow, 14 if vector_registers(lanes) == 32 else 6)
+    tile = tile or _row_tile(ow, 14 if vector_registers(lanes) == 32 else 6)
     _tile_reduction(sch, "acc", "out", parallel=3, reductions=3, tile=tile)
+    if unroll_window:
+        sch.unroll(sch.get_loops(sch.get_sblock("acc"))[-3])
     if any(padding):
         pad = sch.get_sblock("pad")
         loops = sch.get_loops(pad)
