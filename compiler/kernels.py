@@ -108,12 +108,16 @@ def _bound_call(builder, expr, op_name: str):
 class _Products:
     """How a product (a convolution with groups=1, a matmul with a constant right-hand side) is
     built: `conv2d` and `matmul` return the expression that replaces the call, or None to leave it
-    to TVM's legalization."""
+    to TVM's legalization. Where `fuses_epilogues`, they also take the elementwise operators that
+    follow the product (`_epilogue_chains`) as (step, operand) pairs and apply them as each output
+    is written."""
 
-    def conv2d(self, builder, data, kernel: np.ndarray, geometry, out_shape):
+    fuses_epilogues = False
+
+    def conv2d(self, builder, data, kernel: np.ndarray, geometry, out_shape, epilogue=()):
         raise NotImplementedError
 
-    def matmul(self, builder, lhs, weight: np.ndarray, lhs_shape, out_shape):
+    def matmul(self, builder, lhs, weight: np.ndarray, lhs_shape, out_shape, epilogue=()):
         raise NotImplementedError
 
 
@@ -128,7 +132,7 @@ class _BlasProducts(_Products):
 
         return relax.call_dps_packed(SGEMM, [a, b], relax.TensorType(tuple(out_shape), "float32"))
 
-    def conv2d(self, builder, data, kernel, geometry, out_shape):
+    def conv2d(self, builder, data, kernel, geometry, out_shape, epilogue=()):
         from tvm import relax
 
         strides, padding, dilation = geometry
@@ -152,56 +156,147 @@ class _BlasProducts(_Products):
             return products[0]
         return relax.op.concat([builder.emit(p) for p in products], axis=0)
 
-    def matmul(self, builder, lhs, weight, lhs_shape, out_shape):
+    def matmul(self, builder, lhs, weight, lhs_shape, out_shape, epilogue=()):
         from tvm import relax
 
         return self._sgemm(lhs, relax.const(np.ascontiguousarray(weight)), out_shape)
 
 
 class _TiledProducts(_Products):
-    """Register-tiled TIR kernels (compiler/tiled_kernels.py) on TVM's thread pool (`--kernels tvm`)."""
+    """Register-tiled TIR kernels (compiler/tiled_kernels.py) on TVM's thread pool (`--kernels tvm`),
+    with the bias, activation and residual add that follow them applied as each output is written."""
+
+    fuses_epilogues = True
 
     def __init__(self, lanes: int):
         self.lanes = lanes
 
     @staticmethod
-    def _call(builder, kernel, name: str, args, out_shape):
+    def _call(builder, kernel, name: str, args, epilogue, out_shape):
+        """The call of `kernel` on `args`, its packed weight and the epilogue's biases."""
         from tvm import relax
 
         func, packed = kernel
+        biases = [relax.const(np.ascontiguousarray(bias, dtype=np.float32)) for step, bias in epilogue if step[0] == "bias"]
         gvar = builder.add_func(func, name)
-        return relax.call_tir(gvar, [*args, relax.const(packed)], relax.TensorType(tuple(out_shape), "float32"))
+        return relax.call_tir(gvar, [*args, relax.const(packed), *biases], relax.TensorType(tuple(out_shape), "float32"))
 
-    def conv2d(self, builder, data, kernel, geometry, out_shape):
+    def conv2d(self, builder, data, kernel, geometry, out_shape, epilogue=()):
         from tvm import relax
 
         from .tiled_kernels import direct_conv2d, pointwise_conv2d
 
         strides, padding, dilation = geometry
         data_shape = _static_shape(data)
+        steps = tuple(step for step, _ in epilogue)
         if kernel.shape[2:] == (1, 1) and strides == (1, 1) and not any(padding):
             batch, channels, height, width = data_shape
-            tiled = pointwise_conv2d(data_shape, kernel, self.lanes)
+            tiled = pointwise_conv2d(data_shape, kernel, self.lanes, steps)
             if tiled is not None:
+                flat_shape = (batch, kernel.shape[0], height * width)
                 flat = builder.emit(relax.op.reshape(data, (batch, channels, height * width)))
-                product = builder.emit(self._call(builder, tiled, "conv2d_pointwise", [flat],
-                                                  (batch, kernel.shape[0], height * width)))
+                product = builder.emit(self._call(builder, tiled, "conv2d_pointwise", [flat], epilogue, flat_shape))
                 return relax.op.reshape(product, out_shape)
-        tiled = direct_conv2d(data_shape, kernel, strides, padding, dilation, self.lanes)
-        return None if tiled is None else self._call(builder, tiled, "conv2d_direct", [data], out_shape)
+        tiled = direct_conv2d(data_shape, kernel, strides, padding, dilation, self.lanes, steps)
+        return None if tiled is None else self._call(builder, tiled, "conv2d_direct", [data], epilogue, out_shape)
 
-    def matmul(self, builder, lhs, weight, lhs_shape, out_shape):
+    def matmul(self, builder, lhs, weight, lhs_shape, out_shape, epilogue=()):
         from tvm import relax
 
         from .tiled_kernels import dense
 
         rows = int(np.prod(lhs_shape[:-1]))
-        tiled = dense(rows, weight, self.lanes)
+        tiled = dense(rows, weight, self.lanes, tuple(step for step, _ in epilogue))
         if tiled is None:
             return None
+        flat_shape = (rows, weight.shape[1])
         flat = lhs if len(lhs_shape) == 2 else builder.emit(relax.op.reshape(lhs, (rows, lhs_shape[-1])))
-        product = self._call(builder, tiled, "dense", [flat], (rows, weight.shape[1]))
+        product = self._call(builder, tiled, "dense", [flat], epilogue, flat_shape)
         return product if len(out_shape) == 2 else relax.op.reshape(builder.emit(product), out_shape)
+
+
+def _epilogue_step(binding, var, channels: int, out_shape, constant):
+    """(step, bias or None) if `binding` applies to `var` one per-channel step that a tiled kernel
+    can take before its write-back: the add of a bias, relu, or max/min with a scalar (ONNX's Clip).
+    Else None."""
+    import tvm
+    from tvm import relax
+
+    call = binding.value
+    if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
+        return None
+    name, args = call.op.name, list(call.args)
+    if name == "relax.nn.relu" and args[0].same_as(var):
+        return ("relu",), None
+    if name not in ("relax.add", "relax.maximum", "relax.minimum") or len(args) != 2:
+        return None
+    if args[1].same_as(var):
+        args.reverse()
+    value = constant(args[1])
+    if not args[0].same_as(var) or value is None or value.dtype != np.float32:
+        return None
+    if name == "relax.add":
+        expected = [1] * len(out_shape)  # broadcast along everything but the channels
+        expected[1 if len(out_shape) == 4 else -1] = channels  # conv2d: NCHW; matmul: the last axis
+        per_channel = value.ndim <= len(out_shape) and tuple(value.shape) == tuple(expected[len(out_shape) - value.ndim:])
+        return (("bias",), value.reshape(channels)) if per_channel else None
+    if value.size == 1:
+        return ("max" if name == "relax.maximum" else "min", float(value.reshape(()))), None
+    return None
+
+
+def _epilogue_chains(func, constant) -> dict:
+    """{last var: ([product binding, step bindings...], [(step, operand)...])} for every product
+    (conv2d, matmul) of `func` followed by elementwise steps (`_epilogue_step`), each result used
+    only by the next step."""
+    import collections
+
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.visitor
+    class _Uses(relax.PyExprVisitor):
+        def __init__(self):
+            super().__init__()
+            self.count = collections.Counter()
+
+        def visit_var_(self, var):
+            self.count[var] += 1
+
+        def visit_dataflow_var_(self, var):
+            self.count[var] += 1
+
+    uses = _Uses()
+    uses.visit_expr(func)
+    chains = {}
+    for block in func.body.blocks:
+        bindings = list(block.bindings)
+        user = {}
+        for binding in bindings:
+            if isinstance(binding, relax.VarBinding) and isinstance(binding.value, relax.Call):
+                for arg in binding.value.args:
+                    if isinstance(arg, relax.Var):
+                        user.setdefault(arg, binding)
+        for binding in bindings:
+            call = binding.value
+            if not (isinstance(binding, relax.VarBinding) and isinstance(call, relax.Call)
+                    and isinstance(call.op, tvm.ir.Op) and call.op.name in ("relax.nn.conv2d", "relax.matmul")):
+                continue
+            out_shape = _static_shape(binding.var)
+            if out_shape is None or len(out_shape) < 2:
+                continue
+            channels = out_shape[1] if call.op.name == "relax.nn.conv2d" else out_shape[-1]
+            chain, steps, var = [binding], [], binding.var
+            while uses.count[var] == 1 and isinstance(var, relax.DataflowVar) and var in user:
+                step = _epilogue_step(user[var], var, channels, out_shape, constant)
+                if step is None:
+                    break
+                chain.append(user[var])
+                steps.append(step)
+                var = user[var].var
+            if steps:
+                chains[var] = (chain, steps)
+    return chains
 
 
 def lower_products(products: _Products):
@@ -217,6 +312,26 @@ def lower_products(products: _Products):
             self.conv2d = tvm.ir.Op.get("relax.nn.conv2d")
             self.matmul = tvm.ir.Op.get("relax.matmul")
 
+        chains: dict = {}  # this function's epilogue chains (_epilogue_chains), by their last var
+        inside: set = frozenset()  # the vars a chain computes before its last
+
+        def visit_var_binding_(self, binding):
+            if binding.var in self.inside:
+                return  # emitted with its chain's last binding
+            if binding.var not in self.chains:
+                return super().visit_var_binding_(binding)
+            chain, steps = self.chains[binding.var]
+            head = chain[0].value
+            call = self.builder_.normalize(relax.Call(head.op, [self.visit_expr(a) for a in head.args], head.attrs,
+                                                      head.ty_args))
+            fused = self._conv2d(call, steps) if head.op.same_as(self.conv2d) else self._matmul(call, steps)
+            if fused is None:  # not a tiled kernel after all: the chain as it was
+                for link in chain:
+                    super().visit_var_binding_(link)
+                return None
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(fused)))
+            return None
+
         def visit_call_(self, call):
             call = super().visit_call_(call)
             if not isinstance(call.op, tvm.ir.Op):
@@ -228,7 +343,7 @@ def lower_products(products: _Products):
                 rewritten = self._matmul(call)
             return call if rewritten is None else rewritten
 
-        def _conv2d(self, call):
+        def _conv2d(self, call, epilogue=()):
             attrs = call.attrs
             data, weight = call.args
             data_shape, out_shape = _static_shape(data), _static_shape(call)
@@ -240,9 +355,9 @@ def lower_products(products: _Products):
                 return None
             geometry = (tuple(int(s) for s in attrs.strides), tuple(int(p) for p in attrs.padding),
                         tuple(int(d) for d in attrs.dilation))
-            return products.conv2d(self.builder_, data, kernel, geometry, out_shape)
+            return products.conv2d(self.builder_, data, kernel, geometry, out_shape, epilogue)
 
-        def _matmul(self, call):
+        def _matmul(self, call, epilogue=()):
             lhs, rhs = call.args
             lhs_shape, out_shape = _static_shape(lhs), _static_shape(call)
             if lhs_shape is None or out_shape is None or str(lhs.ty.dtype) != "float32":
@@ -261,13 +376,16 @@ def lower_products(products: _Products):
                 return None
             if lhs_shape[-1] != weight.shape[0]:
                 return None
-            return products.matmul(self.builder_, lhs, weight, lhs_shape, out_shape)
+            return products.matmul(self.builder_, lhs, weight, lhs_shape, out_shape, epilogue)
 
     @tvm.transform.module_pass(opt_level=0, name="NeurosurgeonLowerProducts")
     def lower(mod, _ctx):
         rewriter = _Lower(mod)
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
+                if products.fuses_epilogues:
+                    rewriter.chains = _epilogue_chains(func, lambda expr: _constant(rewriter, expr))
+                    rewriter.inside = {link.var for chain, _ in rewriter.chains.values() for link in chain[:-1]}
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
         return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TILED", "direct_conv2d", "dense", "pointwise_conv2d", "vector_registers"]
+__all__ = ["EPILOGUE_STEPS", "TILED", "direct_conv2d", "dense", "pointwise_conv2d", "vector_registers"]
 
 
 def vector_registers(lanes: int) -> int:
@@ -84,11 +84,46 @@ def _finish(sch):
     return sch.mod["main"].without_attr("global_symbol").with_attr(attrs)
 
 
-def _tile_reduction(sch, acc: str, out: str, parallel: int, reductions: int, tile: int, vector_store: bool = False):
+EPILOGUE_STEPS = ("bias", "relu", "max", "min")
+
+
+def _epilogue_inputs(epilogue, channels: int) -> list:
+    """The placeholders an epilogue reads: a bias [channels] per "bias" step."""
+    from tvm import te
+
+    for step in epilogue:
+        if step[0] not in EPILOGUE_STEPS:
+            raise ValueError(f"unknown epilogue step {step!r}")
+    return [te.placeholder((channels,), "float32", name=f"bias{i}") for i, step in enumerate(epilogue)
+            if step[0] == "bias"]
+
+
+def _apply_epilogue(value, epilogue, biases, channel):
+    """`value` (an output element of channel `channel`) through the epilogue's steps in order, as the
+    separate operators would compute them: the same result without a pass over memory."""
+    from tvm import tirx
+
+    biases = iter(biases)
+    for step in epilogue:
+        kind = step[0]
+        if kind == "bias":
+            value = value + next(biases)[channel]
+        elif kind == "relu":
+            value = tirx.max(value, tirx.const(0.0, "float32"))
+        elif kind == "max":
+            value = tirx.max(value, tirx.const(step[1], "float32"))
+        else:
+            value = tirx.min(value, tirx.const(step[1], "float32"))
+    return value
+
+
+def _tile_reduction(sch, acc: str, out: str, parallel: int, reductions: int, tile: int, vector_store: bool = False,
+                    in_registers: str | None = None):
     """Schedule block `acc`, loops [parallel..., row, vector, reductions...]: rows split by `tile`,
     the reductions outside the row tile and the vector, the tile accumulated in registers and
     written to `out` once (its innermost loop vectorised where `vector_store`: the out block's last
-    axis is the vector's)."""
+    axis is the vector's). `in_registers`: a block of acc's shape between the two (the epilogue,
+    applied to the tile in registers, vectorised)."""
     block = sch.get_sblock(acc)
     loops = sch.get_loops(block)
     outer, row, vector, reduce = loops[:parallel], loops[parallel], loops[parallel + 1], loops[parallel + 2:]
@@ -96,6 +131,11 @@ def _tile_reduction(sch, acc: str, out: str, parallel: int, reductions: int, til
     row_outer, row_inner = sch.split(row, [None, tile])
     sch.reorder(*outer, row_outer, *reduce, row_inner, vector)
     sch.set_scope(block, 0, "local")
+    if in_registers is not None:
+        between = sch.get_sblock(in_registers)
+        sch.set_scope(between, 0, "local")
+        sch.reverse_compute_at(between, row_outer)
+        sch.vectorize(sch.get_loops(between)[-1])
     sch.reverse_compute_at(sch.get_sblock(out), row_outer)
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.parallel(fused)
@@ -108,10 +148,12 @@ def _tile_reduction(sch, acc: str, out: str, parallel: int, reductions: int, til
     return block
 
 
-def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int,
+def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int, epilogue=(),
                   block: int | None = None, tile: int | None = None, unroll_window: bool | None = None):
-    """(PrimFunc(data, packed weight, out), packed weight) for an NCHW/OIHW float32 convolution
-    with groups=1, or None where the output channels do not block."""
+    """(PrimFunc(data, packed weight, *epilogue inputs, out), packed weight) for an NCHW/OIHW
+    float32 convolution with groups=1, or None where the output channels do not block. `epilogue`:
+    per-channel steps applied to each output before it is written (("bias",), ("relu",), ("max", v),
+    ("min", v): see `_apply_epilogue`)."""
     from tvm import s_tir, te, tirx
 
     batch, channels, height, width = data_shape
@@ -144,9 +186,14 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
         lambda n, o, y, x, v: te.sum(source[n, rc, y * sh + ry * dh, x * sw + rx * dw] * packed[o, rc, ry, rx, v],
                                      axis=[rc, ry, rx]),
         name="acc")
+    extra = _epilogue_inputs(epilogue, out_channels)
+    if epilogue:  # on the tile in registers, a vector of channels at a time (the write-back is a transpose)
+        acc = te.compute(acc.shape, lambda n, o, y, x, v: _apply_epilogue(acc[n, o, y, x, v], epilogue, extra,
+                                                                          o * block + v), name="epilogue")
     out = te.compute((batch, out_channels, oh, ow), lambda n, o, y, x: acc[n, o // block, y, x, o % block], name="out")
-    sch = s_tir.Schedule(te.create_prim_func([data, packed, out]))
-    update = _tile_reduction(sch, "acc", "out", parallel=3, reductions=3, tile=tile)
+    sch = s_tir.Schedule(te.create_prim_func([data, packed, *extra, out]))
+    update = _tile_reduction(sch, "acc", "out", parallel=3, reductions=3, tile=tile,
+                             in_registers="epilogue" if epilogue else None)
     if unroll_window if unroll_window is not None else (channels <= 4 and kw >= 5):
         # an image's first layer: the window's loop is most of the reduction (ResNet-18's 7x7 over 3
         # channels, AMD EPYC, 148 -> 191-207 GFLOP/s unrolled)
@@ -159,9 +206,10 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     return _finish(sch), np.ascontiguousarray(weights)
 
 
-def pointwise_conv2d(data_shape, weight: np.ndarray, lanes: int):
-    """(PrimFunc(data [N, C, H*W], packed weight, out [N, O, H*W]), packed weight) for a 1x1
-    stride-1 unpadded convolution, or None where the positions or channels do not tile."""
+def pointwise_conv2d(data_shape, weight: np.ndarray, lanes: int, epilogue=()):
+    """(PrimFunc(data [N, C, H*W], packed weight, *epilogue inputs, out [N, O, H*W]), packed
+    weight) for a 1x1 stride-1 unpadded convolution, or None where the positions or channels do
+    not tile."""
     from tvm import s_tir, te
 
     batch, channels, height, width = data_shape
@@ -176,17 +224,19 @@ def pointwise_conv2d(data_shape, weight: np.ndarray, lanes: int):
     acc = te.compute((batch, out_channels // rows, positions // vector, rows, vector),
                      lambda n, o, p, r, v: te.sum(packed[o, rc, r] * data[n, rc, p * vector + v], axis=[rc]),
                      name="acc")
+    extra = _epilogue_inputs(epilogue, out_channels)
     out = te.compute((batch, out_channels, positions),
-                     lambda n, o, p: acc[n, o // rows, p // vector, o % rows, p % vector], name="out")
-    sch = s_tir.Schedule(te.create_prim_func([data, packed, out]))
+                     lambda n, o, p: _apply_epilogue(acc[n, o // rows, p // vector, o % rows, p % vector], epilogue,
+                                                     extra, o), name="out")
+    sch = s_tir.Schedule(te.create_prim_func([data, packed, *extra, out]))
     _tile_reduction(sch, "acc", "out", parallel=3, reductions=1, tile=rows, vector_store=True)
     weights = weight.reshape(out_channels // rows, rows, channels).transpose(0, 2, 1)
     return _finish(sch), np.ascontiguousarray(weights)
 
 
-def dense(rows: int, weight: np.ndarray, lanes: int):
-    """(PrimFunc(a [M, K], packed weight, out [M, N]), packed weight) for a [K, N] float32 weight,
-    or None where the columns do not block."""
+def dense(rows: int, weight: np.ndarray, lanes: int, epilogue=()):
+    """(PrimFunc(a [M, K], packed weight, *epilogue inputs, out [M, N]), packed weight) for a
+    [K, N] float32 weight, or None where the columns do not block."""
     from tvm import s_tir, te
 
     depth, columns = weight.shape
@@ -198,8 +248,10 @@ def dense(rows: int, weight: np.ndarray, lanes: int):
     rk = te.reduce_axis((0, depth), "rk")
     acc = te.compute((columns // block, rows, block), lambda o, m, v: te.sum(a[m, rk] * packed[o, rk, v], axis=[rk]),
                      name="acc")
-    out = te.compute((rows, columns), lambda m, n: acc[n // block, m, n % block], name="out")
-    sch = s_tir.Schedule(te.create_prim_func([a, packed, out]))
-    _tile_reduction(sch, "acc", "out", parallel=1, reductions=1, tile=_row_tile(rows, 8))
+    extra = _epilogue_inputs(epilogue, columns)
+    out = te.compute((rows, columns),
+                     lambda m, n: _apply_epilogue(acc[n // block, m, n % block], epilogue, extra, n), name="out")
+    sch = s_tir.Schedule(te.create_prim_func([a, packed, *extra, out]))
+    _tile_reduction(sch, "acc", "out", parallel=1, reductions=1, tile=_row_tile(rows, 8), vector_store=True)
     weights = weight.reshape(depth, columns // block, block).transpose(1, 0, 2)
     return _finish(sch), np.ascontiguousarray(weights)

@@ -54,8 +54,8 @@ def test_workloads_are_deduplicated_across_segments(kernels, conv_part):
 
 
 def test_tiled_convolutions_are_not_tuning_tasks():
-    # With the default kernels the convolutions are tiled kernels, scheduled where they are made:
-    # tuning gets what is left (bias + ReLU, the pooling), each distinct one once.
+    # With the default kernels the convolutions are tiled kernels, scheduled where they are made,
+    # their bias and ReLU applied as they write: tuning gets what is left (the pooling).
     _, _, plan = analyse(conv_net([8, 8, 8]), name="convnet")
     workloads = segment_workloads(plan, "x86-host")
     assert workloads and not [w for w in workloads if "conv2d" in w.name]
@@ -80,9 +80,13 @@ def test_bad_arguments_leave_nothing_on_disk(tmp_path):
 
 @pytest.mark.slow
 def test_tune_then_compile_applies_and_reuses(tmp_path):
+    # With the convolutions as im2col + BLAS, TVM generates their im2col, bias + ReLU and the pool:
+    # workloads to tune, shared between models. (Tiled convolutions take their bias and ReLU and leave
+    # the pool alone.)
     model = conv_net([8, 8])
     folder = tmp_path / "x86-host.tuning"
-    report = tune(model, TuneOptions("x86-host", folder, budget_s=120, trials_per_task=2, progress=False), name="convnet")
+    blas = dict(kernels="blas", progress=False)
+    report = tune(model, TuneOptions("x86-host", folder, budget_s=120, trials_per_task=2, **blas), name="convnet")
     assert report.measured and report.complete and report.tuned == report.tasks and report.skipped == 0
     info = read_tuning_info(folder)
     assert info["measured"] is True and info["preset"] == "x86-host"
@@ -90,16 +94,13 @@ def test_tune_then_compile_applies_and_reuses(tmp_path):
     assert (folder / "database_tuning_record.json").stat().st_size > 0
 
     untuned, tuned = tmp_path / "untuned", tmp_path / "tuned"
-    options = dict(progress=False)
-    compile_model(model, untuned, CompileOptions("x86-host", "x86-host", **options), name="convnet")
-    result = compile_model(model, tuned, CompileOptions("x86-host", "x86-host", tuning=folder, **options),
-                           name="convnet")
+    compile_model(model, untuned, CompileOptions("x86-host", "x86-host", **blas), name="convnet")
+    result = compile_model(model, tuned, CompileOptions("x86-host", "x86-host", tuning=folder, **blas), name="convnet")
     identity = result.manifest["identity"]["options"]["tuning"]
     assert identity["dir"] == "x86-host.tuning" and identity["measured"] is True and identity["measured_on"] == "here"
-    # every TVM-generated kernel of every segment has its schedule from the database but the tiled
-    # convolutions (scheduled where they are made), and nothing goes to BLAS
+    # every TVM-generated kernel of every segment has its schedule from the database; the GEMMs go to BLAS
     counts = result.manifest["build"]["kernels"]["x86-host"]
-    assert counts["tuned"] == counts["kernels"] - counts["tiled"] > 0 and counts["tiled"] == 2 and counts["externs"] == 0
+    assert counts["tuned"] == counts["kernels"] > 0 and counts["tiled"] == 0 and counts["externs"] == 2
     assert len(identity["database_sha256"]) == 64
     # Our default schedule is candidate zero of every task: where no searched schedule beat it, the
     # tuned build's code is the untuned build's. (Where one did, the code usually differs, but need not:
@@ -118,11 +119,11 @@ def test_tune_then_compile_applies_and_reuses(tmp_path):
     # Another model (other weights, one more conv of a shape already tuned, a new first conv)
     # tunes only the workload it does not share.
     other = conv_net([8, 8, 8], seed=1)
-    again = tune(other, TuneOptions("x86-host", folder, budget_s=120, trials_per_task=2, progress=False), name="other")
+    again = tune(other, TuneOptions("x86-host", folder, budget_s=120, trials_per_task=2, **blas), name="other")
     assert again.tasks == report.tasks  # 3 -> 8 conv, 8 -> 8 conv, relu, pool: all known already
     assert again.skipped == again.tasks and again.tuned == 0 and again.trials == 0
     wider = conv_net([16, 8], seed=2)
-    third = tune(wider, TuneOptions("x86-host", folder, budget_s=120, trials_per_task=2, progress=False), name="wider")
+    third = tune(wider, TuneOptions("x86-host", folder, budget_s=120, trials_per_task=2, **blas), name="wider")
     assert third.skipped >= 1 and 1 <= third.tuned < third.tasks  # the new convs (3->16, 16->8), relu/pool shapes
     info = read_tuning_info(folder)
     assert [run["model"] for run in info["runs"]] == ["convnet", "other", "wider"]
@@ -131,22 +132,24 @@ def test_tune_then_compile_applies_and_reuses(tmp_path):
 
 @pytest.mark.slow
 def test_budget_stops_between_tasks_and_a_rerun_resumes(tmp_path):
-    model = conv_net([4, 8, 12, 16, 20, 24, 28, 32])  # 25 workloads, a second or two each at 4 trials
+    # 25 workloads with the convolutions as im2col + BLAS (their im2col, bias + ReLU and the pool are
+    # tuned; tiled convolutions would leave the pool alone), a second or two each at 4 trials
+    model = conv_net([4, 8, 12, 16, 20, 24, 28, 32])
     folder = tmp_path / "t"
+    options = dict(trials_per_task=4, kernels="blas", progress=False)
     # The budget counts from the start, analysis and the default schedules included. A budget that
     # leaves no time for a task tunes none, but keeps the default schedules it timed.
-    setup = tune(model, TuneOptions("x86-host", folder, budget_s=0.1, trials_per_task=4, progress=False), name="convnet")
+    setup = tune(model, TuneOptions("x86-host", folder, budget_s=0.1, **options), name="convnet")
     assert not setup.complete and setup.tuned == 0 and setup.remaining == setup.tasks > 10
     assert all(t["default_us"] > 0 and t["trials"] == 0 for t in read_tuning_info(folder)["tasks"].values())
     # Sized on this machine's own setup time, so that some tasks fit and not all of them do.
     budget = setup.seconds + 5
-    first = tune(model, TuneOptions("x86-host", folder, budget_s=budget, trials_per_task=4, progress=False),
-                 name="convnet")
+    first = tune(model, TuneOptions("x86-host", folder, budget_s=budget, **options), name="convnet")
     assert not first.complete and first.remaining > 0 and first.tuned > 0, first
     assert first.seconds < budget + 5  # a task starts only if it is expected to fit; one may run a little over
     done = {k for k, t in read_tuning_info(folder)["tasks"].items() if t["trials"] == 4}
     assert len(done) == first.tuned
-    second = tune(model, TuneOptions("x86-host", folder, budget_s=600, trials_per_task=4, progress=False), name="convnet")
+    second = tune(model, TuneOptions("x86-host", folder, budget_s=600, **options), name="convnet")
     assert second.complete and second.skipped == len(done) and second.tuned == second.tasks - len(done)
 
 
@@ -174,8 +177,8 @@ def test_tune_command(tmp_path, capsys):
     assert main(["tune", str(model), "--target", "aarch64-neon", "--budget", "60", "-o", str(tmp_path / "t"),
                  "--trials-per-task", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
-    # bias add + ReLU (one segment, fused), pool (the convolution is a tiled kernel, not tuned)
-    assert "2 workloads: 2 tuned" in out and "measured: false" in out
+    # the pool (the convolution with its bias and ReLU is a tiled kernel, not tuned)
+    assert "1 workloads: 1 tuned" in out and "measured: false" in out
     assert read_tuning_info(tmp_path / "t")["runs"][0]["model"] == "net"
 
 
