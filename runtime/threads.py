@@ -12,10 +12,12 @@ caller waits for them. Measured on an AMD EPYC (Zen 5), 2 cores, 224x224, 200 ru
     AlexNet      82.4 / 70.4 ms                         27.2 / 28.8 ms     40.7 / 40.0 ms
     MobileNetV2  12.6 / 30.7 ms (worst 375 ms)          9.2 / 9.7 ms       12.8 / 12.7 ms
 
-So one pool at a time has the threads: where the artifacts call the BLAS, its GEMMs get them and TVM's
-kernels run on the calling thread (its pool never starts, never spins); elsewhere TVM gets them.
-TVM's kernels then run serially, which bounds the gain from more cores by their share of the time
-(MobileNetV2's depthwise convolutions: about a third on one thread here).
+So one pool at a time has the threads: where the artifacts call the BLAS (`--kernels blas`), its GEMMs
+get them and TVM's kernels run on the calling thread (its pool never starts, never spins); elsewhere
+TVM gets them. TVM's kernels then run serially, which bounds the gain from more cores by their share
+of the time (MobileNetV2's depthwise convolutions: about a third on one thread here). The default
+build's products are TVM kernels (compiler/tiled_kernels.py): it calls no BLAS, and TVM's one pool
+has every thread for everything.
 
 `NEUROSURGEON_THREADS` sets the count (default: every core this process may run on).
 """

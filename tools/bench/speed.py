@@ -19,8 +19,9 @@ spinning threads took the cores from ours and ours from it (MobileNetV2, 2 threa
 24.3 ms, onnxruntime 8.3 ms interleaved; 11.9 and 4.6 ms each alone).
 
 N (--threads) goes to onnxruntime's intra-op threads, and to our builds as the runtime shares them
-(runtime/threads.py: a build whose GEMMs go to the BLAS gives it the N threads and TVM's pool one);
-with --steps, also our build with both pools at N threads, the way the runtime shared them before.
+(runtime/threads.py: a build whose GEMMs go to the BLAS gives it the N threads and TVM's pool one,
+the default build TVM's pool all N); with --steps, also the BLAS build with both pools at N threads,
+the way the runtime shared them before.
 """
 
 from __future__ import annotations

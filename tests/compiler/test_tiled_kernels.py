@@ -1,0 +1,150 @@
+"""The register-tiled products of compiler/tiled_kernels.py: each kernel against numpy, on shapes that
+exercise its tiles (two vectors of channels, one, half a vector; row tiles that divide the row and one
+that does not), strides, padding, dilation, batches and epilogues; and in a whole build against
+onnxruntime, with nothing handed to the BLAS."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from neurosurgeon.compiler import tiled_kernels
+from neurosurgeon.compiler.build import build_graph
+from neurosurgeon.runtime.bundle import load_artifact
+from neurosurgeon.runtime.tensors import TensorInfo
+from neurosurgeon.targets import get_preset
+
+LANES = 16  # AVX-512's float32 lanes; the kernels are plain TIR and run on any x86 host
+
+
+def _run(kernel, inputs, out_shape):
+    import tvm
+
+    func, packed = kernel
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target=get_preset("x86-host").tvm_target())
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
+    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a, dtype=np.float32)) for a in (inputs[0], packed, *inputs[1:])],
+                out)
+    return out.numpy()
+
+
+def _conv_reference(x, w, strides, padding, dilation):
+    """NCHW/OIHW convolution in numpy, padding as (top, left, bottom, right)."""
+    top, left, bottom, right = padding
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    oc, _, kh, kw = w.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((x.shape[0], oc, oh, ow), np.float64)
+    for y in range(kh):
+        for z in range(kw):
+            window = xp[:, :, y * dh: y * dh + sh * (oh - 1) + 1: sh, z * dw: z * dw + sw * (ow - 1) + 1: sw]
+            out += np.einsum("nchw,oc->nohw", window, w[:, :, y, z], dtype=np.float64)
+    return out
+
+
+EPILOGUE = (("bias",), ("max", 0.0), ("min", 6.0))  # a bias and ONNX's Clip(0, 6), MobileNetV2's ReLU6
+
+
+def _epilogue_reference(out, bias, channel_axis):
+    shape = [1] * out.ndim
+    shape[channel_axis] = -1
+    return np.clip(out + bias.reshape(shape), 0.0, 6.0)
+
+
+@pytest.mark.parametrize("batch, channels, size, out_channels, kernel, stride, padding, dilation", [
+    (1, 3, 23, 64, 7, 2, (3, 3, 3, 3), 1),  # a first layer: window unrolled; two vectors by 6 columns
+    (2, 16, 14, 32, 3, 1, (1, 1, 1, 1), 1),  # a batch: two vectors of channels by 7 columns
+    (1, 8, 17, 48, 3, 1, (1, 0, 1, 2), 1),  # 48 = 3 vectors: one vector by 17 columns (row tile > 14: predicated)
+    (1, 8, 9, 24, 1, 2, (0, 0, 0, 0), 1),  # 24 channels: half a vector; a strided 1x1
+    (1, 4, 12, 16, 3, 1, (2, 2, 2, 2), 2),  # dilation
+])
+def test_direct_convolution_equals_numpy(batch, channels, size, out_channels, kernel, stride, padding, dilation):
+    rng = np.random.default_rng(channels + size)
+    x = rng.standard_normal((batch, channels, size, size)).astype(np.float32)
+    w = rng.standard_normal((out_channels, channels, kernel, kernel)).astype(np.float32)
+    bias = rng.standard_normal(out_channels).astype(np.float32)
+    geometry = ((stride, stride), padding, (dilation, dilation))
+    want = _conv_reference(x, w, *geometry)
+    plain = tiled_kernels.direct_conv2d(x.shape, w, *geometry, LANES)
+    np.testing.assert_allclose(_run(plain, [x], want.shape), want, rtol=1e-4, atol=1e-4)
+    fused = tiled_kernels.direct_conv2d(x.shape, w, *geometry, LANES, EPILOGUE)
+    np.testing.assert_allclose(_run(fused, [x, bias], want.shape), _epilogue_reference(want, bias, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_a_sample_gets_the_same_bits_alone_and_in_a_batch():
+    # The server batches requests: every output is one sum in one order whatever the batch.
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 16, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    geometry = ((1, 1), (1, 1, 1, 1), (1, 1))
+    batched = _run(tiled_kernels.direct_conv2d(x.shape, w, *geometry, LANES), [x], (3, 32, 14, 14))
+    alone = _run(tiled_kernels.direct_conv2d(x[1:2].shape, w, *geometry, LANES), [x[1:2]], (1, 32, 14, 14))
+    assert np.array_equal(batched[1:2], alone)
+    a = rng.standard_normal((5, 40)).astype(np.float32)
+    weight = rng.standard_normal((40, 48)).astype(np.float32)
+    rows = _run(tiled_kernels.dense(5, weight, LANES), [a], (5, 48))
+    one = _run(tiled_kernels.dense(1, weight, LANES), [a[3:4]], (1, 48))
+    assert np.array_equal(rows[3:4], one)
+
+
+def test_pointwise_convolution_and_dense_equal_numpy():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 24, 8, 8)).astype(np.float32)  # 64 positions: two vectors
+    w = rng.standard_normal((40, 24, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    want = np.einsum("nchw,oc->nohw", x, w[:, :, 0, 0]).reshape(2, 40, 64)
+    kernel = tiled_kernels.pointwise_conv2d(x.shape, w, LANES, EPILOGUE)
+    got = _run(kernel, [x.reshape(2, 24, 64), bias], (2, 40, 64))
+    np.testing.assert_allclose(got, _epilogue_reference(want, bias, 1), rtol=1e-4, atol=1e-4)
+    assert tiled_kernels.pointwise_conv2d((1, 24, 7, 7), w, LANES) is None  # 49 positions: not two vectors
+    a = rng.standard_normal((3, 100)).astype(np.float32)
+    weight = rng.standard_normal((100, 72)).astype(np.float32)  # 72: half vectors
+    bias = rng.standard_normal(72).astype(np.float32)
+    got = _run(tiled_kernels.dense(3, weight, LANES, (("bias",), ("relu",))), [a, bias], (3, 72))
+    np.testing.assert_allclose(got, np.maximum(a @ weight + bias, 0), rtol=1e-4, atol=1e-4)
+    assert tiled_kernels.dense(3, rng.standard_normal((100, 6)).astype(np.float32), LANES) is None  # too narrow
+
+
+def _tiled_net():
+    """conv + bias + ReLU, conv + Clip (ReLU6), a 1x1 conv, a conv too narrow to tile (3 channels), Gemm + ReLU."""
+    rng = np.random.default_rng(3)
+    init, nodes = [], []
+
+    def weight(name, shape):
+        init.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name))
+        return name
+
+    nodes.append(helper.make_node("Conv", ["x", weight("w1", (32, 3, 3, 3)), weight("b1", (32,))], ["c1"], pads=[1] * 4))
+    nodes.append(helper.make_node("Relu", ["c1"], ["r1"]))
+    nodes.append(helper.make_node("Conv", ["r1", weight("w2", (16, 32, 3, 3)), weight("b2", (16,))], ["c2"], pads=[1] * 4,
+                                  strides=[2, 2]))
+    init += [numpy_helper.from_array(np.float32(0.0), "lo"), numpy_helper.from_array(np.float32(6.0), "hi")]
+    nodes.append(helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"]))
+    nodes.append(helper.make_node("Conv", ["r2", weight("w3", (32, 16, 1, 1)), weight("b3", (32,))], ["c3"]))
+    nodes.append(helper.make_node("Conv", ["c3", weight("w4", (3, 32, 3, 3))], ["c4"], pads=[1] * 4))
+    nodes.append(helper.make_node("Flatten", ["c4"], ["f"]))
+    nodes.append(helper.make_node("Gemm", ["f", weight("w5", (64, 192)), weight("b5", (64,))], ["g"], transB=1))
+    nodes.append(helper.make_node("Relu", ["g"], ["y"]))
+    graph = helper.make_graph(nodes, "tiled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_a_build_with_tiled_products_equals_onnxruntime_and_calls_no_blas(tmp_path):
+    model = _tiled_net()
+    onnx.checker.check_model(model)
+    built = build_graph(model, [TensorInfo("x", (1, 3, 16, 16), "float32")], get_preset("x86-host"),
+                        tmp_path / "tiled.so", "tiled")
+    assert built.stats["tiled"] == 4 and built.stats["externs"] == 0  # the 3-channel conv is left to TVM
+    x = np.random.default_rng(4).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    import tvm
+
+    ours = load_artifact(tmp_path / "tiled.so", tvm.cpu(0))(tvm.runtime.tensor(x))
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ours.numpy(), want, rtol=1e-4, atol=1e-4)
