@@ -3,15 +3,17 @@
 TVM 0.27 has no rule-based CPU schedules for convolution or matmul, so its untuned output is naive,
 single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
 
-1. `OffloadGemm` (Relax, before legalization): convolutions (groups=1; at batch B, B of them, one
-   per sample) become im2col + GEMM
-   and matmuls with a constant right-hand side become GEMM, the GEMM an external call
-   `neurosurgeon.sgemm` that the runtime serves from numpy's BLAS (runtime/kernels.py). Constant
-   weights are reshaped / transposed here, at compile time: Gemm's transB transpose used to be
-   re-done at every call. A 1x1 stride-1 convolution needs no im2col: its input already is the
-   GEMM operand.
+1. `lower_products` (Relax, before legalization): the products, convolutions with groups=1 and
+   matmuls with a constant right-hand side, are built one of two ways:
+   - `kernels="tvm"` (the default): register-tiled TIR kernels of ours (compiler/tiled_kernels.py),
+     scheduled where they are made and left alone by fusion and tuning, with the per-channel bias,
+     ReLU and Clip that follow them taken into the kernel (`_epilogue_chains`);
+   - `kernels="blas"`: im2col + GEMM (at batch B, B of them, one per sample), the GEMM an external
+     call `neurosurgeon.sgemm` that the runtime serves from numpy's BLAS (runtime/kernels.py). A 1x1
+     stride-1 convolution needs no im2col: its input already is the GEMM operand.
+   Constant weights are packed / reshaped / transposed here, at compile time.
 2. TVM's CPU backend passes: legalize, fold constants, fuse (bias + relu + the next layer's
-   im2col or pooling into one loop nest), as tvm.compile's generic CPU pipeline does not.
+   padding or pooling into one loop nest), as tvm.compile's generic CPU pipeline does not.
 3. `ParallelLoops`, a schedule rule of ours for every fused function MetaSchedule has no record
    for: inline injective producers, parallelise the outer spatial loops over TVM's thread pool,
    vectorise the innermost spatial loop of elementwise blocks, and move the reduction loops of
@@ -21,8 +23,8 @@ single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
    of being inlined as a border test in its innermost loop. MobileNetV2's four 3x3 depthwise
    convolutions at 14x14x384 took 0.71 ms and now 0.19 (one thread, AMD EPYC Zen 5).
 
-`kernels="tvm"` skips step 1 (everything TVM-generated, with our schedules); `kernels="naive"` is
-TVM's default pipeline, kept for measuring what each step gains (bench/speed_bench.py).
+`kernels="naive"` is TVM's default pipeline, kept for measuring what each step gains (bench speed
+--steps).
 """
 
 from __future__ import annotations
@@ -108,9 +110,9 @@ def _bound_call(builder, expr, op_name: str):
 class _Products:
     """How a product (a convolution with groups=1, a matmul with a constant right-hand side) is
     built: `conv2d` and `matmul` return the expression that replaces the call, or None to leave it
-    to TVM's legalization. Where `fuses_epilogues`, they also take the elementwise operators that
-    follow the product (`_epilogue_chains`) as (step, operand) pairs and apply them as each output
-    is written."""
+    to TVM's legalization. Where `fuses_epilogues`, they also take the per-channel operators that
+    follow the product (`_epilogue_chains`) as (step, bias or None) pairs and apply them before
+    the write-back."""
 
     fuses_epilogues = False
 
@@ -164,7 +166,7 @@ class _BlasProducts(_Products):
 
 class _TiledProducts(_Products):
     """Register-tiled TIR kernels (compiler/tiled_kernels.py) on TVM's thread pool (`--kernels tvm`),
-    with the bias, activation and residual add that follow them applied as each output is written."""
+    with the per-channel bias and activation that follow them applied before the write-back."""
 
     fuses_epilogues = True
 
@@ -311,9 +313,8 @@ def lower_products(products: _Products):
             super().__init__(mod)
             self.conv2d = tvm.ir.Op.get("relax.nn.conv2d")
             self.matmul = tvm.ir.Op.get("relax.matmul")
-
-        chains: dict = {}  # this function's epilogue chains (_epilogue_chains), by their last var
-        inside: set = frozenset()  # the vars a chain computes before its last
+            self.chains = {}  # the function's epilogue chains (_epilogue_chains), by their last var
+            self.inside = set()  # the vars a chain computes before its last
 
         def visit_var_binding_(self, binding):
             if binding.var in self.inside:
