@@ -5,15 +5,20 @@ Each kernel keeps a tile of outputs in vector registers while it runs the whole 
 writes the tile once:
 
 - `direct_conv2d`: no im2col. The weights are packed at compile time as [O/B, C, KH, KW, B] (B
-  output channels, one vector); a tile is R output columns x B channels, and each step of the
-  reduction is one vector load of weights and R broadcasts of an input element, R fused
-  multiply-adds (the blocked direct convolution of oneDNN and TVM's conv2d_NCHWc, on NCHW tensors).
+  output channels, one or two vectors); a tile is R output columns x B channels, and each step of
+  the reduction is B/lanes vector loads of weights and R broadcasts of an input element, R x B/lanes
+  fused multiply-adds (the blocked direct convolution of oneDNN and TVM's conv2d_NCHWc, on NCHW
+  tensors). The write-back transposes the tile (scalar stores).
 - `pointwise_conv2d`: a 1x1 stride-1 convolution is a product [O, C] x [C, H*W]; its tile is
   8 output channels x 2 vectors of positions, the weights broadcast, the input read as vectors.
   (As a direct convolution its short reductions spent a large share in the tile's transposed
   write-back.)
 - `dense`: [M, K] x [K, N] with the weights packed as [N/B, K, B]; a tile is up to R rows x B
   columns.
+
+A per-channel epilogue (bias, ReLU, Clip's max/min: compiler/kernels.py finds the operators that
+follow a product) is applied before the write-back, to the tile in registers where the write-back
+transposes it.
 
 Every output element is a sum over its reduction in one fixed order whatever the tile or the
 batch, so a sample's answer is the same bit for bit alone and in a batch (the server batches).
@@ -61,7 +66,7 @@ def _conv_tile(out_channels: int, width: int, lanes: int) -> tuple[int, int] | N
     vector registers as accumulators, two vectors of channels by half as many columns where the
     channels and the row allow (two weight loads per row of broadcasts instead of one: AMD EPYC
     Zen 5, one thread, ResNet-18's 512-channel 7x7 convolution 166 -> 210 GFLOP/s, MobileNetV2's
-    7x7 and 14x14 pointwise ones 136-143 -> 165-188), else one vector of channels."""
+    1x1 ones at 7x7 and 14x14 136-143 -> 165-188), else one vector of channels."""
     columns = vector_registers(lanes) // 2 - 2  # 14 with 32 registers, 6 with 16
     single = _channel_block(out_channels, lanes)
     if single is None:
