@@ -267,8 +267,10 @@ def test_hedging_the_first_side_to_finish_wins_and_the_outputs_are_right(alexnet
         outputs, record = slow_link.infer(feeds, 0)
         assert_matches(outputs, reference)
         assert record.hedge_won == 1 and record.stages[0].ran_on == "mobile" and not record.fell_back
-        upload_s = record.crossing_bytes * 8 / 1.1e6
-        assert record.total_s < upload_s  # it did not wait for the upload to finish
+        # It did not wait for the upload (0.36 s at 3G's 1.1 Mbit/s) to finish: the answer came as soon as
+        # its own run did. (That run takes about 60 ms alone; a clean-clone CI run once saw 0.40 s, the
+        # machine's two cores shared with the server process, so the bound is on the wait, not the run.)
+        assert record.total_s - record.hedged_s < 0.05, record
         outputs, record = slow_link.infer(feeds, 0)  # the losing call let go of the client first
         assert_matches(outputs, reference)
     finally:
