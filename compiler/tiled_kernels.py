@@ -62,20 +62,25 @@ def _row_tile(extent: int, most: int) -> int:
 
 
 def _conv_tile(out_channels: int, width: int, lanes: int) -> tuple[int, int] | None:
-    """(output channels per tile, output columns per tile) of a direct convolution: about half the
-    vector registers as accumulators, two vectors of channels by half as many columns where the
-    channels and the row allow (two weight loads per row of broadcasts instead of one: AMD EPYC
-    Zen 5, one thread, ResNet-18's 512-channel 7x7 convolution 166 -> 210 GFLOP/s, MobileNetV2's
-    1x1 ones at 7x7 and 14x14 136-143 -> 165-188), else one vector of channels."""
-    columns = vector_registers(lanes) // 2 - 2  # 14 with 32 registers, 6 with 16
+    """(output channels per tile, output columns per tile) of a direct convolution, the tile held
+    as accumulators in vector registers (14 of AVX-512's and NEON's 32, 8 of AVX2's 16): one vector
+    of channels by up to that many columns, or two vectors by half as many (two weight loads per row
+    of broadcasts instead of one: AMD EPYC Zen 5, one thread, ResNet-18's 512-channel 7x7
+    convolution 166 -> 210 GFLOP/s, MobileNetV2's 1x1 ones at 7x7 and 14x14 136-143 -> 165-188),
+    whichever has a row tile that divides the row, then more accumulators, then two vectors."""
+    columns = 14 if vector_registers(lanes) == 32 else 8
     single = _channel_block(out_channels, lanes)
     if single is None:
         return None
+    options = [(single, _row_tile(width, columns))]
     if out_channels % (2 * lanes) == 0:
-        tile = _row_tile(width, columns // 2)
-        if width % tile == 0 or width % _row_tile(width, columns):
-            return 2 * lanes, tile
-    return single, _row_tile(width, columns)
+        options.append((2 * lanes, _row_tile(width, columns // 2)))
+
+    def rank(option):
+        block, tile = option
+        return width % tile == 0, -(-block // lanes) * tile, block
+
+    return max(options, key=rank)
 
 
 TILED = "neurosurgeon.tiled"  # attribute marking these kernels (scheduled here, not by tuning)
