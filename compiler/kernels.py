@@ -651,15 +651,12 @@ def count_kernels(mod) -> dict:
     scheduled) and "tiled" (the products, scheduled where they are made: compiler/tiled_kernels.py)."""
     from tvm import tirx
 
-    from .tiled_kernels import TILED
+    from .tiled_kernels import is_tiled
 
     funcs = [f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc)]
-
-    def has(func, attr: str) -> bool:
-        return func.attrs is not None and bool(func.attrs.get(attr, False))
-
-    tiled = sum(1 for f in funcs if has(f, TILED))
-    tuned = sum(1 for f in funcs if has(f, "tirx.is_scheduled") and not has(f, TILED))
+    tiled = sum(1 for f in funcs if is_tiled(f))
+    tuned = sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False))
+                and not is_tiled(f))
     return {"kernels": len(funcs), "tuned": tuned, "tiled": tiled}
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EPILOGUE_STEPS", "TILED", "direct_conv2d", "dense", "pointwise_conv2d", "vector_registers"]
+__all__ = ["EPILOGUE_STEPS", "TILED", "direct_conv2d", "dense", "is_tiled", "pointwise_conv2d", "vector_registers"]
 
 
 def vector_registers(lanes: int) -> int:
@@ -87,6 +87,11 @@ TILED = "neurosurgeon.tiled"  # attribute marking these kernels (scheduled here,
 
 
 OPAQUE = 8  # Relax's op pattern kOpaque: fusion leaves the kernel alone (it would drop the schedule)
+
+
+def is_tiled(func) -> bool:
+    """Whether a PrimFunc is one of these kernels (scheduled where it was made, not by tuning)."""
+    return func.attrs is not None and bool(func.attrs.get(TILED, False))
 
 
 def _finish(sch):

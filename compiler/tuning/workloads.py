@@ -66,9 +66,9 @@ def segment_workloads(plan_or_segments, preset: Preset | str, kernels: str = DEF
     return extract_workloads([(f"segment {s.index}", s.model, s.inputs) for s in segments], preset, kernels)
 
 def _tiled(mod) -> bool:
-    from ..tiled_kernels import TILED
+    from ..tiled_kernels import is_tiled
 
-    return any(f.attrs is not None and bool(f.attrs.get(TILED, False)) for f in mod.functions.values())
+    return any(is_tiled(f) for f in mod.functions.values())
 
 
 def _flops(mod) -> float:
