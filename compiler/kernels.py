@@ -33,8 +33,8 @@ import numpy as np
 
 from ..runtime.kernels import SGEMM
 
-__all__ = ["DEFAULT_KERNELS", "KERNEL_CHOICES", "count_externs", "count_kernels", "cpu_phases", "cpu_pipeline", "offload_gemm",
-           "parallel_loops_rule"]
+__all__ = ["DEFAULT_KERNELS", "KERNEL_CHOICES", "count_externs", "count_kernels", "cpu_phases", "cpu_pipeline",
+           "offload_gemm", "parallel_loops_rule", "vector_lanes"]
 
 KERNEL_CHOICES = ("tvm", "blas", "naive")
 DEFAULT_KERNELS = "tvm"
@@ -398,26 +398,95 @@ def offload_gemm():
     return lower_products(_BlasProducts())
 
 
+def _clamp_kind(func) -> str | None:
+    """"max" or "min" where the PrimFunc `func` is out = max(x, c) (or min) elementwise over x with a
+    0-d c: what TVM's ONNX importer emits for Clip (as TIR, through emit_te), else None."""
+    from tvm import s_tir, tirx
+
+    if not isinstance(func, tirx.PrimFunc) or len(func.params) != 3:
+        return None
+    x, c, out = func.params
+    if len(c.shape) != 0 or [int(d) for d in x.shape] != [int(d) for d in out.shape]:
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if len(blocks) != 1:
+        return None
+    block = sch.get(blocks[0])
+    store, axes = block.body, [iv.var for iv in block.iter_vars]
+    kind = {tirx.Max: "max", tirx.Min: "min"}.get(type(getattr(store, "value", None)))
+    if kind is None or not isinstance(store, tirx.BufferStore):
+        return None
+
+    def at(tensor, indices, expected, place):
+        return (tensor.same_as(expected) and len(indices) == len(place)
+                and all(i.same_as(j) for i, j in zip(indices, place)))
+
+    def reads(expr, tensor, place):
+        return hasattr(expr, "source") and at(expr.source, expr.indices, tensor, place)
+
+    a, b = store.value.a, store.value.b
+    if reads(a, c, []):
+        a, b = b, a
+    return kind if at(store.buffer, store.indices, out, axes) and reads(a, x, axes) and reads(b, c, []) else None
+
+
+def clamps_as_ops():
+    """A Relax pass: Clip's max and min as Relax operators (relax.maximum / relax.minimum) where the
+    importer emitted them as TIR (`_clamp_kind`), so a product's epilogue can take them
+    (`_epilogue_chains`): MobileNetV2's ReLU6 after each of its convolutions."""
+    import tvm
+    from tvm import relax
+
+    ops = {"max": tvm.ir.Op.get("relax.maximum"), "min": tvm.ir.Op.get("relax.minimum")}
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    @relax.expr_functor.mutator
+    class _Clamps(relax.PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.mod = mod
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not call.op.same_as(call_tir) or not isinstance(call.args[1], relax.Tuple):
+                return call
+            callee = self.mod[call.args[0]] if call.args[0] in self.mod.functions else None
+            kind = _clamp_kind(callee)
+            if kind is None or len(call.args[1].fields) != 2:
+                return call
+            return relax.Call(ops[kind], list(call.args[1].fields))
+
+    @tvm.transform.module_pass(opt_level=0, name="NeurosurgeonClampsAsOps")
+    def rewrite(mod, _ctx):
+        mutator = _Clamps(mod)
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+        return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+
+    return rewrite
+
+
 def tiled_products(target):
     """Step 1 with `--kernels tvm`: products as register-tiled TIR kernels for `target`'s vectors."""
-    return lower_products(_TiledProducts(_lanes(target)))
+    return lower_products(_TiledProducts(vector_lanes(target)))
 
 
 # ---------------------------------------------------------------------------------------------
 # 3. Schedules for what is left
 
 
-def _lanes(target) -> int:
-    """float32 lanes of the target's widest vector unit (LLVM splits wider vectors, so err high)."""
+def vector_lanes(target) -> int:
+    """float32 lanes of the target's widest vector unit: 16 where LLVM says its CPU (mcpu, mattr) has
+    AVX-512, 4 on Arm (NEON), else 8 (AVX2). LLVM's own answer, not a list of CPU names: a list
+    missed rocketlake (Intel Xeon VMs report it), which then got AVX2 tiles at half the width."""
+    from tvm.target import codegen
+
     triple = str(target.attrs.get("mtriple", "")) if "mtriple" in target.attrs else ""
     if triple.startswith("aarch64") or triple.startswith("arm"):
         return 4
-    mcpu = str(target.attrs.get("mcpu", "")) if "mcpu" in target.attrs else ""
-    features = " ".join(str(f) for f in target.attrs.get("mattr", [])) if "mattr" in target.attrs else ""
-    if "avx512" in features or mcpu in ("skylake-avx512", "cascadelake", "icelake-server", "sapphirerapids",
-                                       "znver4", "znver5", "icelake-client", "tigerlake", "cooperlake"):
-        return 16
-    return 8
+    return 16 if codegen.target_has_features("avx512f", target) else 8
 
 
 def parallel_loops_rule(threads_hint: int = 8):
@@ -433,7 +502,7 @@ def parallel_loops_rule(threads_hint: int = 8):
             sch = s_tir.Schedule(func)
             pads = _padding_blocks(sch)
             _inline_producers(sch, keep=pads)
-            lanes = _lanes(target)
+            lanes = vector_lanes(target)
             infos = normalize_prim_func(sch)  # loops one-to-one with block iterators, or None
             if infos is None:
                 return None
@@ -641,7 +710,7 @@ def cpu_phases(target, kernels: str = DEFAULT_KERNELS) -> tuple[list, list, list
     if kernels == "blas":
         first.append(offload_gemm())
     elif kernels == "tvm":
-        first.append(tiled_products(target))
+        first += [clamps_as_ops(), tiled_products(target)]
     return (first + backend.library_dispatch_passes(target) + legalize[:fused], legalize[fused:],
             backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
 

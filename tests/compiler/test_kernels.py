@@ -64,3 +64,25 @@ def test_windowed_reductions_equal_onnxruntime(tmp_path):
     ours = load_artifact(path, tvm.cpu(0))(tvm.runtime.tensor(x)).numpy()
     reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_vector_width_is_what_llvm_says_the_cpu_has():
+    """The tiles and vectorised loops are sized by the target's float32 lanes. Intel Xeon VMs report
+    `rocketlake`, which a list of CPU names missed: its builds got AVX2 tiles at half the width
+    (MobileNetV2 2.0x onnxruntime on such a VM)."""
+    import tvm
+
+    from neurosurgeon.compiler.kernels import vector_lanes
+
+    def lanes(**attrs):
+        return vector_lanes(tvm.target.Target({"kind": "llvm", **attrs}))
+
+    x86 = {"mtriple": "x86_64-linux-gnu"}
+    assert lanes(**x86, mcpu="rocketlake") == 16
+    assert lanes(**x86, mcpu="znver5") == 16
+    assert lanes(**x86, mcpu="sapphirerapids") == 16
+    assert lanes(**x86, mcpu="haswell") == 8
+    assert lanes(**x86, mcpu="znver3") == 8
+    assert lanes(**x86, mcpu="rocketlake", mattr=["-avx512f"]) == 8
+    assert lanes(**x86, mcpu="haswell", mattr=["+avx512f"]) == 16
+    assert lanes(mtriple="aarch64-linux-gnu", mcpu="cortex-a76") == 4

@@ -148,3 +148,21 @@ def test_a_build_with_tiled_products_equals_onnxruntime_and_calls_no_blas(tmp_pa
     ours = load_artifact(tmp_path / "tiled.so", tvm.cpu(0))(tvm.runtime.tensor(x))
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(ours.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_clip_after_a_product_is_applied_in_its_kernel():
+    """TVM's importer emits ONNX's Clip as TIR max and min (not Relax operators), which the epilogue
+    search did not see: MobileNetV2's ReLU6 ran as a pass of its own after every convolution."""
+    import tvm
+    from tvm import tirx
+
+    from neurosurgeon.compiler.importer import import_graph
+    from neurosurgeon.compiler.kernels import cpu_phases
+
+    target = get_preset("x86-host").tvm_target()
+    fusion, _after, _lower = cpu_phases(target, "tvm")
+    with target:
+        mod = tvm.transform.Sequential(fusion)(import_graph(_tiled_net(), [TensorInfo("x", (1, 3, 16, 16), "float32")],
+                                                            "tiled"))
+    kernels = [str(g.name_hint) for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)]
+    assert not [k for k in kernels if "maximum" in k or "minimum" in k], kernels
