@@ -645,8 +645,28 @@ def _schedule_block(sch, block, spatial: list[bool], lanes: int, threads_hint: i
         vector = len(loops) - (len(spatial) - n_spatial) - 1
         sch.reorder(*loops[vector + 1:], loops[vector])
         _vectorize(sch, sch.get_loops(block)[-1], lanes)
+        if extents[n_spatial - 1] >= 8:
+            _epilogue_per_row(sch, block, loops[vector - 1], lanes)
     elif not reduction and n_parallel_candidates < n_spatial:
         _vectorize(sch, loops[-1], lanes)
+
+
+def _epilogue_per_row(sch, block, row, lanes: int) -> None:
+    """A windowed reduction's elementwise consumer (a depthwise convolution's bias and ReLU6) computed
+    under the reduction's `row` loop, on the row of sums it just made, which then lives in registers:
+    no intermediate plane written and read back in a second pass. MobileNetV2's depthwise 3x3
+    convolutions, Intel Xeon (rocketlake), one thread: 112x112x32 0.49 -> 0.29 ms, 56x56x144
+    0.78 -> 0.53, 28x28 and 14x14 5-8% faster; rows of 7 were slower this way (0.07 -> 0.10 ms),
+    so rows shorter than 8 keep the second pass."""
+    consumers = sch.get_consumers(block)
+    if len(consumers) != 1 or _is_reduction(sch, consumers[0]):
+        return
+    try:
+        sch.reverse_compute_at(consumers[0], row)
+        sch.set_scope(block, 0, "local")
+    except Exception:  # noqa: BLE001 - the consumer reads more than a row: it keeps its own pass
+        return
+    _vectorize(sch, sch.get_loops(consumers[0])[-1], lanes)
 
 
 def _unit_stride(sch, block, axis: int) -> bool:
