@@ -166,3 +166,29 @@ def test_clip_after_a_product_is_applied_in_its_kernel():
                                                             "tiled"))
     kernels = [str(g.name_hint) for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)]
     assert not [k for k in kernels if "maximum" in k or "minimum" in k], kernels
+
+
+def test_a_graph_ending_in_a_1x1_convolution_returns_a_view_not_a_copy(tmp_path):
+    """The tiled 1x1 convolution computes [N, C, H*W]; its reshape to NCHW was a copy kernel where it
+    was the graph's (a segment's) output, since TVM makes views only inside dataflow blocks."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    rng = np.random.default_rng(5)
+    init = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+            for name, shape in (("w1", (32, 3, 3, 3)), ("w2", (16, 32, 1, 1)), ("b2", (16,)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1] * 4), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "ends_1x1", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    build_graph(model, [TensorInfo("x", (1, 3, 16, 16), "float32")], get_preset("x86-host"), tmp_path / "a.so", "ends_1x1")
+    vm = VirtualMachine(tvm.runtime.load_module(str(tmp_path / "a.so")), tvm.cpu(0))
+    called = []
+    vm.set_instrument(lambda func, symbol, before, *_: called.append(str(symbol)) if before else None)
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+    kernels = [s for s in called if not s.startswith("vm.builtin")]
+    assert any("pointwise" in s for s in kernels) and not any("reshape" in s for s in kernels), kernels
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
