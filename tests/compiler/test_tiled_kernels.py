@@ -108,7 +108,13 @@ def test_pointwise_convolution_and_dense_equal_numpy():
     bias = rng.standard_normal(72).astype(np.float32)
     got = _run(tiled_kernels.dense(3, weight, LANES, (("bias",), ("relu",))), [a, bias], (3, 72))
     np.testing.assert_allclose(got, np.maximum(a @ weight + bias, 0), rtol=1e-4, atol=1e-4)
-    assert tiled_kernels.dense(3, rng.standard_normal((100, 6)).astype(np.float32), LANES) is None  # too narrow
+    for columns in (6, 37):  # no block of 4 divides them: padded with zero weights, the padding never written
+        weight = rng.standard_normal((100, columns)).astype(np.float32)
+        bias = rng.standard_normal(columns).astype(np.float32)
+        kernel = tiled_kernels.dense(3, weight, LANES, (("bias",),))
+        assert kernel[1].shape == (-(-columns // LANES), 100, LANES)
+        got = _run(kernel, [a, bias], (3, columns))
+        np.testing.assert_allclose(got, a @ weight + bias, rtol=1e-4, atol=1e-4)
 
 
 def _tiled_net():
