@@ -179,7 +179,9 @@ class _TiledProducts(_Products):
         from tvm import relax
 
         func, packed = kernel
-        biases = [relax.const(np.ascontiguousarray(bias, dtype=np.float32)) for step, bias in epilogue if step[0] == "bias"]
+        channels = packed.shape[0] * packed.shape[-1]  # the kernel's output channels, padded to whole blocks
+        biases = [relax.const(np.pad(np.asarray(bias, dtype=np.float32), (0, channels - len(bias))))
+                  for step, bias in epilogue if step[0] == "bias"]
         gvar = builder.add_func(func, name)
         return relax.call_tir(gvar, [*args, relax.const(packed), *biases], relax.TensorType(tuple(out_shape), "float32"))
 
