@@ -433,58 +433,17 @@ def _clamp_kind(func) -> str | None:
     return kind if at(store.buffer, store.indices, out, axes) and reads(a, x, axes) and reads(b, c, []) else None
 
 
-def clamps_as_ops():
-    """A Relax pass: Clip's max and min as Relax operators (relax.maximum / relax.minimum) where the
-    importer emitted them as TIR (`_clamp_kind`), so a product's epilogue can take them
-    (`_epilogue_chains`): MobileNetV2's ReLU6 after each of its convolutions."""
-    import tvm
-    from tvm import relax
-
-    ops = {"max": tvm.ir.Op.get("relax.maximum"), "min": tvm.ir.Op.get("relax.minimum")}
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-
-    @relax.expr_functor.mutator
-    class _Clamps(relax.PyExprMutator):
-        def __init__(self, mod):
-            super().__init__(mod)
-            self.mod = mod
-
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not call.op.same_as(call_tir) or not isinstance(call.args[1], relax.Tuple):
-                return call
-            callee = self.mod[call.args[0]] if call.args[0] in self.mod.functions else None
-            kind = _clamp_kind(callee)
-            if kind is None or len(call.args[1].fields) != 2:
-                return call
-            return relax.Call(ops[kind], list(call.args[1].fields))
-
-    @tvm.transform.module_pass(opt_level=0, name="NeurosurgeonClampsAsOps")
-    def rewrite(mod, _ctx):
-        mutator = _Clamps(mod)
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(mutator.builder_.get())
-
-    return rewrite
-
-
-def reshape_views():
-    """A Relax pass (after fusion): a reshape of a tensor the function computed becomes a view
-    (relax.reshape, run as vm.builtin.reshape) also where it is the function's result. TVM's
-    RewriteDataflowReshape leaves those as copy kernels, so a segment ending in a 1x1 convolution
-    (whose tiled kernel computes [N, C, H*W]) copied its whole output once more: six such segments of
-    MobileNetV2 spent 2.2 ms of a 26 ms chain on it (Intel Xeon, one thread). Safe for a result:
-    static memory planning gives a reshape its input's storage, and never plans the storage a
-    result uses. A reshape of a parameter keeps its copy (a result must not alias an input)."""
+def _call_tir_pass(name: str, rewrite, clean: bool = False):
+    """A Relax module pass offering every call_tir of a PrimFunc to `rewrite(call, callee, args,
+    params)` (args: the call's argument tuple's fields; params: the enclosing function's), which
+    returns its replacement or None to keep it. `clean`: drop what is left unused afterwards."""
     import tvm
     from tvm import relax, tirx
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
 
     @relax.expr_functor.mutator
-    class _Views(relax.PyExprMutator):
+    class _Rewriter(relax.PyExprMutator):
         def __init__(self, mod):
             super().__init__(mod)
             self.mod = mod
@@ -495,26 +454,60 @@ def reshape_views():
             if not call.op.same_as(call_tir) or not isinstance(call.args[1], relax.Tuple):
                 return call
             callee = self.mod[call.args[0]] if call.args[0] in self.mod.functions else None
-            fields = call.args[1].fields
-            if (not isinstance(callee, tirx.PrimFunc) or len(fields) != 1 or not isinstance(fields[0], relax.Var)
-                    or fields[0] in self.params or not relax.analysis.has_reshape_pattern(callee)):
+            if not isinstance(callee, tirx.PrimFunc):
                 return call
-            source, result = _static_shape(fields[0]), _static_shape(call)
-            if (source is None or result is None or int(np.prod(source)) != int(np.prod(result))
-                    or str(fields[0].ty.dtype) != str(call.ty.dtype)):
-                return call
-            return relax.op.reshape(fields[0], result)
+            replacement = rewrite(call, callee, list(call.args[1].fields), self.params)
+            return call if replacement is None else replacement
 
-    @tvm.transform.module_pass(opt_level=0, name="NeurosurgeonReshapeViews")
-    def rewrite(mod, _ctx):
-        mutator = _Views(mod)
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def apply(mod, _ctx):
+        mutator = _Rewriter(mod)
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 mutator.params = set(func.params)
                 mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return mutator.builder_.get()
+        out = mutator.builder_.get()
+        return relax.transform.DeadCodeElimination()(out) if clean else out
 
-    return rewrite
+    return apply
+
+
+def clamps_as_ops():
+    """A Relax pass: Clip's max and min as Relax operators (relax.maximum / relax.minimum) where the
+    importer emitted them as TIR (`_clamp_kind`), so a product's epilogue can take them
+    (`_epilogue_chains`): MobileNetV2's ReLU6 after each of its convolutions."""
+    import tvm
+    from tvm import relax
+
+    ops = {"max": tvm.ir.Op.get("relax.maximum"), "min": tvm.ir.Op.get("relax.minimum")}
+
+    def rewrite(_call, callee, args, _params):
+        kind = _clamp_kind(callee)
+        return relax.Call(ops[kind], args) if kind is not None and len(args) == 2 else None
+
+    return _call_tir_pass("NeurosurgeonClampsAsOps", rewrite, clean=True)
+
+
+def reshape_views():
+    """A Relax pass (after fusion): a reshape of a tensor the function computed becomes a view
+    (relax.reshape, run as vm.builtin.reshape) also where it is the function's result. TVM's
+    RewriteDataflowReshape leaves those as copy kernels, so a segment ending in a 1x1 convolution
+    (whose tiled kernel computes [N, C, H*W]) copied its whole output once more: six such segments of
+    MobileNetV2 spent 2.2 ms of a 26 ms chain on it (Intel Xeon, one thread). Safe for a result:
+    static memory planning gives a reshape its input's storage, and never plans the storage a
+    result uses. A reshape of a parameter keeps its copy (a result must not alias an input)."""
+    from tvm import relax
+
+    def rewrite(call, callee, args, params):
+        if len(args) != 1 or not isinstance(args[0], relax.Var) or args[0] in params:
+            return None
+        source, result = _static_shape(args[0]), _static_shape(call)
+        if (source is None or result is None or int(np.prod(source)) != int(np.prod(result))
+                or str(args[0].ty.dtype) != str(call.ty.dtype) or not relax.analysis.has_reshape_pattern(callee)):
+            return None
+        return relax.op.reshape(args[0], result)
+
+    return _call_tir_pass("NeurosurgeonReshapeViews", rewrite)
 
 
 def tiled_products(target):
