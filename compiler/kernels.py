@@ -7,7 +7,8 @@ single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
    matmuls with a constant right-hand side, are built one of two ways:
    - `kernels="tvm"` (the default): register-tiled TIR kernels of ours (compiler/tiled_kernels.py),
      scheduled where they are made and left alone by fusion and tuning, with the per-channel bias,
-     ReLU and Clip that follow them taken into the kernel (`_epilogue_chains`);
+     ReLU and Clip that follow them taken into the kernel (`_epilogue_chains`; Clip, which TVM's
+     importer emits as TIR, is first turned back into operators by `clamps_as_ops`);
    - `kernels="blas"`: im2col + GEMM (at batch B, B of them, one per sample), the GEMM an external
      call `neurosurgeon.sgemm` that the runtime serves from numpy's BLAS (runtime/kernels.py). A 1x1
      stride-1 convolution needs no im2col: its input already is the GEMM operand.
@@ -21,7 +22,10 @@ single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
    loop where the window moves one element per output (a stride-2 window would gather). A padded
    copy of the input is made per outer (channel) iteration, where the reduction reads it, instead
    of being inlined as a border test in its innermost loop. MobileNetV2's four 3x3 depthwise
-   convolutions at 14x14x384 took 0.71 ms and now 0.19 (one thread, AMD EPYC Zen 5).
+   convolutions at 14x14x384 took 0.71 ms and now 0.19 (one thread, AMD EPYC Zen 5). A depthwise
+   convolution's bias and activation run per row on the sums in registers (`_epilogue_per_row`).
+4. Before lowering, `reshape_views`: a reshape of a computed tensor is a view also where it is the
+   function's result (a segment's output), which TVM's own pass leaves as a copy.
 
 `kernels="naive"` is TVM's default pipeline, kept for measuring what each step gains (bench speed
 --steps).
