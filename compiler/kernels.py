@@ -182,10 +182,10 @@ class _TiledProducts(_Products):
         """The call of `kernel` on `args`, its packed weight and the epilogue's biases."""
         from tvm import relax
 
+        from .tiled_kernels import padded_bias
+
         func, packed = kernel
-        channels = packed.shape[0] * packed.shape[-1]  # the kernel's output channels, padded to whole blocks
-        biases = [relax.const(np.pad(np.asarray(bias, dtype=np.float32), (0, channels - len(bias))))
-                  for step, bias in epilogue if step[0] == "bias"]
+        biases = [relax.const(padded_bias(bias, packed)) for step, bias in epilogue if step[0] == "bias"]
         gvar = builder.add_func(func, name)
         return relax.call_tir(gvar, [*args, relax.const(packed), *biases], relax.TensorType(tuple(out_shape), "float32"))
 
@@ -485,9 +485,12 @@ def clamps_as_ops():
 
     ops = {"max": tvm.ir.Op.get("relax.maximum"), "min": tvm.ir.Op.get("relax.minimum")}
 
+    kinds = {}  # by callee: a PrimFunc is inspected once, however many calls it has
+
     def rewrite(_call, callee, args, _params):
-        kind = _clamp_kind(callee)
-        return relax.Call(ops[kind], args) if kind is not None and len(args) == 2 else None
+        if callee not in kinds:
+            kinds[callee] = _clamp_kind(callee)
+        return relax.Call(ops[kinds[callee]], args) if kinds[callee] is not None and len(args) == 2 else None
 
     return _call_tir_pass("NeurosurgeonClampsAsOps", rewrite, clean=True)
 

@@ -33,12 +33,26 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EPILOGUE_STEPS", "TILED", "direct_conv2d", "dense", "is_tiled", "pointwise_conv2d", "vector_registers"]
+__all__ = ["EPILOGUE_STEPS", "TILED", "direct_conv2d", "dense", "is_tiled", "padded_bias", "pointwise_conv2d",
+           "vector_registers"]
 
 
 def vector_registers(lanes: int) -> int:
     """Architectural vector registers: 32 on AVX-512 and AArch64 NEON, 16 on AVX2."""
     return 16 if lanes == 8 else 32
+
+
+def _whole_vectors(channels: int, lanes: int) -> int:
+    """`channels` rounded up to a whole number of vectors: the output channels a kernel computes (the
+    padding gets zero weights and is never written)."""
+    return -(-channels // lanes) * lanes
+
+
+def padded_bias(bias: np.ndarray, packed: np.ndarray) -> np.ndarray:
+    """A bias for a kernel whose packed weight is `packed` ([blocks, ..., block], every kernel here):
+    zeros up to the output channels it computes."""
+    channels = packed.shape[0] * packed.shape[-1]
+    return np.pad(np.asarray(bias, dtype=np.float32), (0, channels - len(bias)))
 
 
 def _row_tile(extent: int, most: int) -> int:
@@ -167,7 +181,7 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     dh, dw = dilation
     oh = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
     ow = (width + left + right - dw * (kw - 1) - 1) // sw + 1
-    padded = -(-out_channels // lanes) * lanes  # channels that do not fill vectors get zero weights
+    padded = _whole_vectors(out_channels, lanes)
     chosen = _conv_tile(padded, ow, lanes)
     block, tile = block or chosen[0], tile or chosen[1]
     data = te.placeholder((batch, channels, height, width), "float32", name="data")
@@ -247,8 +261,7 @@ def dense(rows: int, weight: np.ndarray, lanes: int, epilogue=()):
     from tvm import s_tir, te
 
     depth, columns = weight.shape
-    block = lanes
-    padded = -(-columns // block) * block
+    block, padded = lanes, _whole_vectors(columns, lanes)
     a = te.placeholder((rows, depth), "float32", name="a")
     packed = te.placeholder((padded // block, depth, block), "float32", name="weight")
     rk = te.reduce_axis((0, depth), "rk")

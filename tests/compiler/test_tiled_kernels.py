@@ -24,8 +24,7 @@ def _run(kernel, inputs, out_shape):
     import tvm
 
     func, packed = kernel
-    channels = packed.shape[0] * packed.shape[-1]  # biases come padded to whole blocks (compiler/kernels.py)
-    inputs = [inputs[0], *(np.pad(b, (0, channels - len(b))) for b in inputs[1:])]
+    inputs = [inputs[0], *(tiled_kernels.padded_bias(b, packed) for b in inputs[1:])]  # as compiler/kernels.py does
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                       target=get_preset("x86-host").tvm_target())
     out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
