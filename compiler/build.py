@@ -58,10 +58,11 @@ def build_graph(model: onnx.ModelProto, inputs: list[TensorInfo], preset: Preset
             with target:
                 executable = tvm.compile(mod, target=target)
         else:
-            from .kernels import cpu_pipeline
+            from .kernels import cpu_pipeline, cpu_tir_pipeline
 
             with target:
-                executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, kernels, stats=stats))
+                executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, kernels, stats=stats),
+                                         tir_pipeline=cpu_tir_pipeline())
     except NeurosurgeonError:
         raise
     except Exception as err:

@@ -38,7 +38,7 @@ import numpy as np
 from ..runtime.kernels import SGEMM
 
 __all__ = ["DEFAULT_KERNELS", "KERNEL_CHOICES", "count_externs", "count_kernels", "cpu_phases", "cpu_pipeline",
-           "offload_gemm", "parallel_loops_rule", "vector_lanes"]
+           "cpu_tir_pipeline", "offload_gemm", "parallel_loops_rule", "strided_loads_as_shuffles", "vector_lanes"]
 
 KERNEL_CHOICES = ("tvm", "blas", "naive")
 DEFAULT_KERNELS = "tvm"
@@ -668,7 +668,8 @@ def _schedule_block(sch, block, spatial: list[bool], lanes: int, threads_hint: i
     # Windowed reductions (pool, depthwise conv: spatial..., reduce...) bring the last spatial loop
     # inside the reductions, to vectorise out[.., w] += in[.., w*s + k] over w.
     windowed = (reduction and n_spatial >= 2 and all(not s for s in spatial[n_spatial:])
-                and extents[n_spatial - 1] >= 4 and _unit_stride(sch, block, n_spatial - 1))
+                and extents[n_spatial - 1] >= 4
+                and _window_step(sch, block, n_spatial - 1) in ((1, 2) if extents[n_spatial - 1] >= 8 else (1,)))
     if windowed or (not reduction and extents[-1] >= 2):
         n_parallel_candidates = n_spatial - 1  # the last spatial loop is the vector loop
     else:
@@ -718,20 +719,22 @@ def _epilogue_per_row(sch, block, row, lanes: int) -> None:
     _vectorize(sch, sch.get_loops(consumers[0])[-1], lanes)
 
 
-def _unit_stride(sch, block, axis: int) -> bool:
-    """Whether every buffer the block reads moves by one element (or none) along the last axis as its
-    iterator `axis` steps by one. A strided window (a stride-2 convolution) vectorised over the
-    output's width becomes gathers, slower than the scalar loop."""
+def _window_step(sch, block, axis: int) -> int | None:
+    """How many elements the block's reads move along their last axis as its iterator `axis` steps by
+    one: 1 for a stride-1 window, 2 for a stride-2 one (its vectorised loads become two vector loads
+    and a de-interleave: `strided_loads_as_shuffles`); None where a read is not linear in it."""
     from tvm.sym.pattern import detect_linear_equation
 
     stmt = sch.get(block)
     var = stmt.iter_vars[axis].var
+    step = 0
     for region in stmt.reads:
         if region.region:
             coefficients = detect_linear_equation(region.region[-1].min, [var])
-            if len(coefficients) != 2 or int(coefficients[0]) not in (0, 1):
-                return False
-    return True
+            if len(coefficients) != 2:
+                return None
+            step = max(step, int(coefficients[0]))
+    return step
 
 
 def _vectorize(sch, loop, lanes: int) -> None:
@@ -762,6 +765,53 @@ def _with_host_code(mod):
     mod = mod.clone() if hasattr(mod, "clone") else mod
     mod["neurosurgeon_copy1"] = te.create_prim_func([src, dst]).with_attr("global_symbol", "neurosurgeon_copy1")
     return mod
+
+
+def strided_loads_as_shuffles():
+    """A TIR pass, after vectorisation: a vector load of every other element (a stride-2 window
+    vectorised over its output's width: MobileNetV2's stride-2 depthwise convolutions, max pooling)
+    becomes two contiguous vector loads and a de-interleaving shuffle, which LLVM makes vpermt2ps
+    on AVX-512 and uzp on NEON, where TVM's code generator would load it an element at a time. The
+    second load starts one element early, so that nothing past the strided load's last element is
+    read. MobileNetV2's 3x3 stride-2 depthwise convolutions, Intel Xeon, one thread, alone: 96
+    channels 112 -> 56 1.06 -> 0.86 ms, 144 at 56 -> 28 0.28 -> 0.25, 192 at 28 -> 14 0.19 -> 0.11."""
+    import tvm
+    import tvm_ffi
+    from tvm import tirx
+
+    def rewrite(load):
+        index = load.indices[0] if len(load.indices) == 1 else None
+        if (not isinstance(index, tirx.Ramp) or not isinstance(index.stride, tirx.IntImm) or int(index.stride) != 2
+                or getattr(load, "predicate", None) is not None):
+            return load
+        lanes = int(index.lanes)
+        low = tirx.BufferLoad(load.source, [tirx.Ramp(index.base, 1, lanes)])
+        high = tirx.BufferLoad(load.source, [tirx.Ramp(index.base + (lanes - 1), 1, lanes)])
+        return tirx.Shuffle([low, high], [tirx.IntImm("int32", 2 * i + (2 * i >= lanes)) for i in range(lanes)])
+
+    @tirx.transform.prim_func_pass(opt_level=0, name="StridedLoadsAsShuffles")
+    def apply(func, _mod, _ctx):
+        return func.with_body(tvm_ffi.structural_map(func.body, (tvm.ir.TensorLoad, rewrite)))
+
+    return apply
+
+
+CPU_TIR_PIPELINE = "neurosurgeon-cpu"
+
+
+def cpu_tir_pipeline() -> str:
+    """The name of the TIR pipeline for a CPU build's kernels: TVM's default, then
+    `strided_loads_as_shuffles` (registered with TVM on first use; tvm.compile takes a name)."""
+    import tvm
+    from tvm.tirx import compilation_pipeline
+
+    if CPU_TIR_PIPELINE not in compilation_pipeline.PIPELINE_MAP:
+        def factory():
+            lower, finalize_host, finalize_device = compilation_pipeline.get_tir_pipeline("default")
+            return tvm.transform.Sequential([lower, strided_loads_as_shuffles()]), finalize_host, finalize_device
+
+        compilation_pipeline.register_tir_pipeline(CPU_TIR_PIPELINE, factory)
+    return CPU_TIR_PIPELINE
 
 
 def cpu_phases(target, kernels: str = DEFAULT_KERNELS) -> tuple[list, list, list]:

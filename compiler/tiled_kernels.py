@@ -227,7 +227,11 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
 def pointwise_conv2d(data_shape, weight: np.ndarray, lanes: int, epilogue=()):
     """(PrimFunc(data [N, C, H*W], packed weight, *epilogue inputs, out [N, O, H*W]), packed
     weight) for a 1x1 stride-1 unpadded convolution, or None where the positions or channels do
-    not tile."""
+    not tile. Where the input has more channels than the output, the parallel loop runs over the
+    positions outside the output's channel blocks, so that a tile's columns of input, read from
+    every channel, are read from memory once and from cache for the other blocks (MobileNetV2's
+    144 -> 24 at 56x56, Intel Xeon, one thread: 0.86 -> 0.56 ms; the other order keeps a block's
+    weights in cache, better where the output is the wider: 16 -> 96 at 112x112 1.0 ms against 2.0)."""
     from tvm import s_tir, te
 
     batch, channels, height, width = data_shape
@@ -239,13 +243,20 @@ def pointwise_conv2d(data_shape, weight: np.ndarray, lanes: int, epilogue=()):
     data = te.placeholder((batch, channels, positions), "float32", name="data")
     packed = te.placeholder((out_channels // rows, channels, rows), "float32", name="weight")
     rc = te.reduce_axis((0, channels), "rc")
-    acc = te.compute((batch, out_channels // rows, positions // vector, rows, vector),
-                     lambda n, o, p, r, v: te.sum(packed[o, rc, r] * data[n, rc, p * vector + v], axis=[rc]),
-                     name="acc")
+    blocks, columns = out_channels // rows, positions // vector
+    if channels > out_channels:  # the input's columns outer: each read once, for every block of channels
+        acc = te.compute((batch, columns, blocks, rows, vector),
+                         lambda n, p, o, r, v: te.sum(packed[o, rc, r] * data[n, rc, p * vector + v], axis=[rc]),
+                         name="acc")
+        tile = lambda n, o, p: acc[n, p // vector, o // rows, o % rows, p % vector]  # noqa: E731
+    else:  # the weights' blocks outer: each block's weights stay in cache along the positions
+        acc = te.compute((batch, blocks, columns, rows, vector),
+                         lambda n, o, p, r, v: te.sum(packed[o, rc, r] * data[n, rc, p * vector + v], axis=[rc]),
+                         name="acc")
+        tile = lambda n, o, p: acc[n, o // rows, p // vector, o % rows, p % vector]  # noqa: E731
     extra = _epilogue_inputs(epilogue, out_channels)
     out = te.compute((batch, out_channels, positions),
-                     lambda n, o, p: _apply_epilogue(acc[n, o // rows, p // vector, o % rows, p % vector], epilogue,
-                                                     extra, o), name="out")
+                     lambda n, o, p: _apply_epilogue(tile(n, o, p), epilogue, extra, o), name="out")
     sch = s_tir.Schedule(te.create_prim_func([data, packed, *extra, out]))
     _tile_reduction(sch, "acc", "out", parallel=3, reductions=1, tile=rows, vector_store=True)
     weights = weight.reshape(out_channels // rows, rows, channels).transpose(0, 2, 1)

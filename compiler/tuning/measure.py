@@ -149,6 +149,11 @@ def make_builder_and_runner(measured: bool, device: str, remote: RemoteBoard | N
     from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common, run_evaluator_common
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from ..kernels import cpu_tir_pipeline
+
+    def pipeline(target):  # the candidates are lowered as the build will lower them
+        return cpu_tir_pipeline() if target.kind.name == "llvm" else None
+
     built: dict[str, object] = {}  # artifact key -> runtime module, for the in-process runner
     counter = itertools.count()
     spent = {"seconds": 0.0}  # time in building and timing candidates, to tell it from search time
@@ -162,7 +167,7 @@ def make_builder_and_runner(measured: bool, device: str, remote: RemoteBoard | N
                 try:
                     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
                     with _candidate_codegen(device, measured, remote, item.target):
-                        module = tvm.tirx.build(mod, target=item.target)
+                        module = tvm.tirx.build(mod, target=item.target, pipeline=pipeline(item.target))
                 except Exception as err:  # an invalid candidate: MetaSchedule drops it
                     results.append(ms.builder.BuilderResult(None, f"{type(err).__name__}: {err}"))
                     continue

@@ -64,6 +64,8 @@ def compile_tuned(mod, preset: Preset, tuning_dir: str | Path, kernels: str = DE
     must be what the folder was tuned with: the fused functions (and so the records' keys) differ."""
     import tvm
 
+    from ..kernels import cpu_tir_pipeline
+
     info = read_tuning_info(tuning_dir)
     if info["preset"] != preset.name:
         raise TuningError(f"{tuning_dir}: tuned for {info['preset']}, cannot apply it to a {preset.name} build")
@@ -76,5 +78,6 @@ def compile_tuned(mod, preset: Preset, tuning_dir: str | Path, kernels: str = DE
 
             return compile_cuda(mod, target, pipeline=tuned_pipeline(target, stats=stats))
         with target:
-            return tvm.compile(mod, target=target, relax_pipeline=tuned_pipeline(target, kernels, stats))
+            return tvm.compile(mod, target=target, relax_pipeline=tuned_pipeline(target, kernels, stats),
+                               tir_pipeline=cpu_tir_pipeline())
 
