@@ -60,7 +60,7 @@ def test_a_stride_2_window_loads_two_vectors_and_deinterleaves_them_reading_noth
     builds' TIR pipeline loads two contiguous vectors and shuffles their even elements out, the
     second vector ending exactly at the strided load's last element (the last element of `a` here)."""
     import tvm
-    from tvm import s_tir, te, tirx
+    from tvm import s_tir, te
 
     from neurosurgeon.compiler.kernels import cpu_tir_pipeline
 
