@@ -669,7 +669,7 @@ def _schedule_block(sch, block, spatial: list[bool], lanes: int, threads_hint: i
     # inside the reductions, to vectorise out[.., w] += in[.., w*s + k] over w.
     windowed = (reduction and n_spatial >= 2 and all(not s for s in spatial[n_spatial:])
                 and extents[n_spatial - 1] >= 4
-                and _window_step(sch, block, n_spatial - 1) in ((1, 2) if extents[n_spatial - 1] >= 8 else (1,)))
+                and _window_step(sch, block, n_spatial - 1) in ((0, 1, 2) if extents[n_spatial - 1] >= 8 else (0, 1)))
     if windowed or (not reduction and extents[-1] >= 2):
         n_parallel_candidates = n_spatial - 1  # the last spatial loop is the vector loop
     else:

@@ -66,17 +66,22 @@ def _epilogue_reference(out, bias, channel_axis):
     (1, 20, 12, 50, 5, 1, (0, 0, 0, 0), 1),  # LeNet's 50 channels (no block of 4 divides them): padded to 64
     (1, 4, 12, 16, 3, 1, (2, 2, 2, 2), 2),  # dilation
 ])
-def test_direct_convolution_equals_numpy(batch, channels, size, out_channels, kernel, stride, padding, dilation):
+@pytest.mark.parametrize("rows_outer", [False, True])  # tasks by blocks of channels x rows, or by rows
+def test_direct_convolution_equals_numpy(batch, channels, size, out_channels, kernel, stride, padding, dilation,
+                                         rows_outer):
     rng = np.random.default_rng(channels + size)
     x = rng.standard_normal((batch, channels, size, size)).astype(np.float32)
     w = rng.standard_normal((out_channels, channels, kernel, kernel)).astype(np.float32)
     bias = rng.standard_normal(out_channels).astype(np.float32)
     geometry = ((stride, stride), padding, (dilation, dilation))
     want = _conv_reference(x, w, *geometry)
-    plain = tiled_kernels.direct_conv2d(x.shape, w, *geometry, LANES)
+    plain = tiled_kernels.direct_conv2d(x.shape, w, *geometry, LANES, rows_outer=rows_outer)
     np.testing.assert_allclose(_run(plain, [x], want.shape), want, rtol=1e-4, atol=1e-4)
-    fused = tiled_kernels.direct_conv2d(x.shape, w, *geometry, LANES, EPILOGUE)
+    fused = tiled_kernels.direct_conv2d(x.shape, w, *geometry, LANES, EPILOGUE, rows_outer=rows_outer)
     np.testing.assert_allclose(_run(fused, [x, bias], want.shape), _epilogue_reference(want, bias, 1), rtol=1e-4, atol=1e-4)
+    assert np.array_equal(_run(plain, [x], want.shape),  # the same sums in the same order either way
+                          _run(tiled_kernels.direct_conv2d(x.shape, w, *geometry, LANES, rows_outer=not rows_outer),
+                               [x], want.shape))
 
 
 def test_a_sample_gets_the_same_bits_alone_and_in_a_batch():
@@ -105,6 +110,10 @@ def test_pointwise_convolution_and_dense_equal_numpy():
     got = _run(kernel, [x.reshape(2, 24, 64), bias], (2, 40, 64))
     np.testing.assert_allclose(got, _epilogue_reference(want, bias, 1), rtol=1e-4, atol=1e-4)
     assert tiled_kernels.pointwise_conv2d((1, 24, 7, 7), w, LANES) is None  # 49 positions: not two vectors
+    narrow = rng.standard_normal((16, 24, 1, 1)).astype(np.float32)  # fewer outputs than inputs: columns outside blocks
+    got = _run(tiled_kernels.pointwise_conv2d(x.shape, narrow, LANES), [x.reshape(2, 24, 64)], (2, 16, 64))
+    np.testing.assert_allclose(got, np.einsum("nchw,oc->nohw", x, narrow[:, :, 0, 0]).reshape(2, 16, 64),
+                               rtol=1e-4, atol=1e-4)
     a = rng.standard_normal((3, 100)).astype(np.float32)
     weight = rng.standard_normal((100, 72)).astype(np.float32)  # 72: half vectors
     bias = rng.standard_normal(72).astype(np.float32)
