@@ -179,15 +179,22 @@ class _TiledProducts(_Products):
 
     @staticmethod
     def _call(builder, kernel, name: str, args, epilogue, out_shape):
-        """The call of `kernel` on `args`, its packed weight and the epilogue's biases."""
+        """The call of `kernel` on `args`, its packed weight and the epilogue's operands in order: the
+        biases (constants) and the residuals (tensors of `out_shape`, reshaped to it here)."""
         from tvm import relax
 
         from .tiled_kernels import padded_bias
 
         func, packed = kernel
-        biases = [relax.const(padded_bias(bias, packed)) for step, bias in epilogue if step[0] == "bias"]
+        def operand_of(step, operand):
+            if step[0] == "bias":
+                return relax.const(padded_bias(operand, packed))
+            return operand if _static_shape(operand) == tuple(out_shape) else builder.emit(
+                relax.op.reshape(operand, tuple(out_shape)))
+
+        operands = [operand_of(step, operand) for step, operand in epilogue if step[0] in ("bias", "residual")]
         gvar = builder.add_func(func, name)
-        return relax.call_tir(gvar, [*args, relax.const(packed), *biases], relax.TensorType(tuple(out_shape), "float32"))
+        return relax.call_tir(gvar, [*args, relax.const(packed), *operands], relax.TensorType(tuple(out_shape), "float32"))
 
     def conv2d(self, builder, data, kernel, geometry, out_shape, epilogue=()):
         from tvm import relax
@@ -224,9 +231,10 @@ class _TiledProducts(_Products):
 
 
 def _epilogue_step(binding, var, channels: int, out_shape, constant):
-    """(step, bias or None) if `binding` applies to `var` one per-channel step that a tiled kernel
-    can take before its write-back: the add of a bias, relu, or max/min with a scalar (ONNX's Clip).
-    Else None."""
+    """(step, operand or None) if `binding` applies to `var` one step that a tiled kernel can take
+    before its write-back: the add of a bias, relu, max/min with a scalar (ONNX's Clip), or the add
+    of a tensor of the output's shape (a skip connection: ResNet's and MobileNetV2's residual add,
+    whose operand is that tensor). Else None."""
     import tvm
     from tvm import relax
 
@@ -240,8 +248,16 @@ def _epilogue_step(binding, var, channels: int, out_shape, constant):
         return None
     if args[1].same_as(var):
         args.reverse()
+    if not args[0].same_as(var):
+        return None
     value = constant(args[1])
-    if not args[0].same_as(var) or value is None or value.dtype != np.float32:
+    if value is None:
+        other = _static_shape(args[1])
+        if (name == "relax.add" and other == tuple(out_shape) and isinstance(args[1], relax.Var)
+                and str(args[1].ty.dtype) == "float32"):
+            return ("residual",), args[1]
+        return None
+    if value.dtype != np.float32:
         return None
     if name == "relax.add":
         expected = [1] * len(out_shape)  # broadcast along everything but the channels
@@ -276,7 +292,7 @@ def _epilogue_chains(func, constant) -> dict:
 
     uses = _Uses()
     uses.visit_expr(func)
-    chains = {}
+    chains, claimed = {}, set()
     for block in func.body.blocks:
         bindings = list(block.bindings)
         user = {}
@@ -296,14 +312,17 @@ def _epilogue_chains(func, constant) -> dict:
             channels = out_shape[1] if call.op.name == "relax.nn.conv2d" else out_shape[-1]
             chain, steps, var = [binding], [], binding.var
             while uses.count[var] == 1 and isinstance(var, relax.DataflowVar) and var in user:
+                if user[var].var in claimed:  # the add of two products' results: taken by the first
+                    break
                 step = _epilogue_step(user[var], var, channels, out_shape, constant)
-                if step is None:
+                if step is None or (step[0] == ("residual",) and any(s[0] == ("residual",) for s in steps)):
                     break
                 chain.append(user[var])
                 steps.append(step)
                 var = user[var].var
             if steps:
                 chains[var] = (chain, steps)
+                claimed.update(link.var for link in chain[1:])
     return chains
 
 
@@ -328,6 +347,7 @@ def lower_products(products: _Products):
             if binding.var not in self.chains:
                 return super().visit_var_binding_(binding)
             chain, steps = self.chains[binding.var]
+            steps = [(step, self.visit_expr(operand) if step[0] == "residual" else operand) for step, operand in steps]
             head = chain[0].value
             call = self.builder_.normalize(relax.Call(head.op, [self.visit_expr(a) for a in head.args], head.attrs,
                                                       head.ty_args))

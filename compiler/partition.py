@@ -94,9 +94,9 @@ class LayerBoundaryPartitioner(Partitioner):
 
 class FusedLayersPartitioner(Partitioner):
     """Every layer boundary except those inside what a compiler fuses: a pointwise layer (activation,
-    batch norm, an elementwise op whose other operands are constants) that alone reads the output of
-    the layer just before it stays in that layer's segment (conv + BN + ReLU, depthwise + BN + ReLU6,
-    Gemm + bias + activation).
+    batch norm, an elementwise op whose other operands are constants, a residual add) that alone reads
+    the output of the layer just before it stays in that layer's segment (conv + BN + ReLU, depthwise
+    + BN + ReLU6, Gemm + bias + activation, conv + BN + the skip connection's add + ReLU).
 
     Such a boundary never pays: cutting before the pointwise layer uploads the same bytes as cutting
     after it (same shape, and fewer after compression: ReLU's zeros), and only moves that layer to the
@@ -148,8 +148,10 @@ POINTWISE_OPS = LAYER_TYPES["activation"] | LAYER_TYPES["elementwise"] | {"Batch
 
 
 def epilogue_boundaries(graph: LayerGraph) -> list[int]:
-    """Boundaries b where layer b is a pointwise epilogue of layer b - 1: it reads one computed tensor,
-    made by layer b - 1 and read by no other layer nor returned, and writes a tensor of the same size."""
+    """Boundaries b where layer b is a pointwise epilogue of layer b - 1: it reads one computed tensor
+    made by layer b - 1 and read by no other layer nor returned, and writes a tensor of the same size;
+    any other tensor it reads (a skip connection's, in a residual add) has that size too and comes
+    from an earlier layer. Cutting before a residual add uploads both its operands, after it one."""
     producer = graph.producer_layer()
     readers: dict[str, int] = {}
     for layer in graph.layers:
@@ -161,11 +163,11 @@ def epilogue_boundaries(graph: LayerGraph) -> list[int]:
     for b in range(1, len(graph.layers)):
         layer = graph.layers[b]
         compute = [op for op in layer.ops if op not in SHAPE_ONLY_OPS]
-        if not compute or not set(compute) <= POINTWISE_OPS or len(layer.inputs) != 1 or len(layer.outputs) != 1:
+        if not compute or not set(compute) <= POINTWISE_OPS or len(layer.outputs) != 1:
             continue
-        source = layer.inputs[0]
-        if (producer.get(source) == b - 1 and readers[source] == 1 and source not in outputs
-                and tensors[source].nbytes == layer.outputs[0].nbytes):
+        sources = [name for name in layer.inputs if producer.get(name) == b - 1]
+        if (len(sources) == 1 and readers[sources[0]] == 1 and sources[0] not in outputs
+                and all(tensors[name].nbytes == layer.outputs[0].nbytes for name in layer.inputs)):
             found.append(b)
     return found
 

@@ -100,30 +100,46 @@ def _finish(sch):
     return sch.mod["main"].without_attr("global_symbol").with_attr(attrs)
 
 
-EPILOGUE_STEPS = ("bias", "relu", "max", "min")
+EPILOGUE_STEPS = ("bias", "relu", "max", "min", "residual")
 
 
-def _epilogue_inputs(epilogue, channels: int) -> list:
-    """The placeholders an epilogue reads: a bias [channels] per "bias" step."""
+def _epilogue_inputs(epilogue, channels: int, out_shape) -> list:
+    """The placeholders an epilogue reads, in its steps' order: a bias [channels] per "bias" step, a
+    tensor of the output's shape per "residual" step (a skip connection's add)."""
     from tvm import te
 
-    for step in epilogue:
+    inputs = []
+    for i, step in enumerate(epilogue):
         if step[0] not in EPILOGUE_STEPS:
             raise ValueError(f"unknown epilogue step {step!r}")
-    return [te.placeholder((channels,), "float32", name=f"bias{i}") for i, step in enumerate(epilogue)
-            if step[0] == "bias"]
+        if step[0] == "bias":
+            inputs.append(te.placeholder((channels,), "float32", name=f"bias{i}"))
+        elif step[0] == "residual":
+            inputs.append(te.placeholder(tuple(out_shape), "float32", name=f"residual{i}"))
+    return inputs
 
 
-def _apply_epilogue(value, epilogue, biases, channel):
-    """`value` (an output element of channel `channel`) through the epilogue's steps in order, as the
-    separate operators would compute them: the same result without a pass over memory."""
+def _split_at_residual(epilogue):
+    """(the steps before the first residual, the rest): a kernel whose write-back transposes its tile
+    applies the first to the tile in registers and the rest as it writes, where the residual's
+    element is the output's."""
+    first = next((i for i, step in enumerate(epilogue) if step[0] == "residual"), len(epilogue))
+    return tuple(epilogue[:first]), tuple(epilogue[first:])
+
+
+def _apply_epilogue(value, epilogue, inputs, channel, index=None):
+    """`value` (the output element at `index`, of channel `channel`) through the epilogue's steps in
+    order, as the separate operators would compute them: the same result without a pass over
+    memory. `inputs`: the placeholders of these steps (`_epilogue_inputs`), in order."""
     from tvm import tirx
 
-    biases = iter(biases)
+    inputs = iter(inputs)
     for step in epilogue:
         kind = step[0]
         if kind == "bias":
-            value = value + next(biases)[channel]
+            value = value + next(inputs)[channel]
+        elif kind == "residual":
+            value = value + next(inputs)[tuple(index)]
         elif kind == "relu":
             value = tirx.max(value, tirx.const(0.0, "float32"))
         elif kind == "max":
@@ -217,15 +233,18 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
         return te.sum(source[n, rc, y * sh + ry * dh, x * sw + rx * dw] * packed[o, rc, ry, rx, v], axis=[rc, ry, rx])
 
     acc = te.compute(at(batch, padded // block, oh, ow, block), lambda *i: reduce(*at(*i)), name="acc")
-    extra = _epilogue_inputs(epilogue, padded)
-    if epilogue:  # on the tile in registers, a vector of channels at a time (the write-back is a transpose)
-        acc = te.compute(acc.shape, lambda *i: _apply_epilogue(acc[i], epilogue, extra, at(*i)[1] * block + i[-1]),
+    extra = _epilogue_inputs(epilogue, padded, (batch, out_channels, oh, ow))
+    in_registers, as_written = _split_at_residual(epilogue)
+    if in_registers:  # on the tile in registers, a vector of channels at a time (the write-back is a transpose)
+        acc = te.compute(acc.shape, lambda *i: _apply_epilogue(acc[i], in_registers, extra, at(*i)[1] * block + i[-1]),
                          name="epilogue")
-    out = te.compute((batch, out_channels, oh, ow), lambda n, o, y, x: acc[at(n, o // block, y, x, o % block)],
-                     name="out")
+    late = extra[sum(1 for step in in_registers if step[0] == "bias"):]
+    out = te.compute((batch, out_channels, oh, ow),
+                     lambda n, o, y, x: _apply_epilogue(acc[at(n, o // block, y, x, o % block)], as_written, late, o,
+                                                        (n, o, y, x)), name="out")
     sch = s_tir.Schedule(te.create_prim_func([data, packed, *extra, out]))
     update = _tile_reduction(sch, "acc", "out", parallel=2 if rows_outer else 3, serial=1 if rows_outer else 0,
-                             reductions=3, tile=tile, in_registers="epilogue" if epilogue else None)
+                             reductions=3, tile=tile, in_registers="epilogue" if in_registers else None)
     if unroll_window if unroll_window is not None else (channels <= 4 and kw >= 5):
         # an image's first layer: the window's loop is most of the reduction (ResNet-18's 7x7 over 3
         # channels, AMD EPYC, 148 -> 191-207 GFLOP/s unrolled)
@@ -280,9 +299,9 @@ def pointwise_conv2d(data_shape, weight: np.ndarray, lanes: int, epilogue=()):
         acc = te.compute((batch, parts, blocks, span, rows, vector),
                          lambda n, g, o, t, r, v: reduce(n, o, g * span + t, r, v), name="acc")
         tile = lambda n, o, p: acc[n, p // (span * vector), o // rows, p // vector % span, o % rows, p % vector]  # noqa: E731
-    extra = _epilogue_inputs(epilogue, out_channels)
+    extra = _epilogue_inputs(epilogue, out_channels, (batch, out_channels, positions))
     out = te.compute((batch, out_channels, positions),
-                     lambda n, o, p: _apply_epilogue(tile(n, o, p), epilogue, extra, o), name="out")
+                     lambda n, o, p: _apply_epilogue(tile(n, o, p), epilogue, extra, o, (n, o, p)), name="out")
     sch = s_tir.Schedule(te.create_prim_func([data, packed, *extra, out]))
     _tile_reduction(sch, "acc", "out", parallel=2, reductions=1, tile=rows, vector_store=True, serial=2)
     weights = weight.reshape(out_channels // rows, rows, channels).transpose(0, 2, 1)
@@ -304,9 +323,9 @@ def dense(rows: int, weight: np.ndarray, lanes: int, epilogue=()):
     rk = te.reduce_axis((0, depth), "rk")
     acc = te.compute((padded // block, rows, block), lambda o, m, v: te.sum(a[m, rk] * packed[o, rk, v], axis=[rk]),
                      name="acc")
-    extra = _epilogue_inputs(epilogue, padded)
+    extra = _epilogue_inputs(epilogue, padded, (rows, columns))
     out = te.compute((rows, columns),
-                     lambda m, n: _apply_epilogue(acc[n // block, m, n % block], epilogue, extra, n), name="out")
+                     lambda m, n: _apply_epilogue(acc[n // block, m, n % block], epilogue, extra, n, (m, n)), name="out")
     sch = s_tir.Schedule(te.create_prim_func([a, packed, *extra, out]))
     _tile_reduction(sch, "acc", "out", parallel=1, reductions=1, tile=_row_tile(rows, 8),
                     vector_store=padded == columns)  # a padded block's last write is partial: scalar stores

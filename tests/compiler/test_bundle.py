@@ -8,6 +8,7 @@ import pytest
 
 from neurosurgeon.compiler import build_pool, pipeline
 from neurosurgeon.compiler.analysis import analyse
+from neurosurgeon.compiler.partition import get_partitioner
 from neurosurgeon.compiler.build import BuildError
 from neurosurgeon.targets import get_preset
 from neurosurgeon.compiler.bundle import OutputError
@@ -43,12 +44,15 @@ def test_manifest_describes_model_cuts_segments_and_files(bundle_dir):
     assert identity["sides"]["mobile"]["preset"] == "x86-host" and identity["options"]["input_shapes"] == {"x": [1, 3, 8, 8]}
     assert {"tool_version", "tvm_version", "bundle_id"} <= set(identity)
     assert [t["name"] for t in manifest["model"]["inputs"]] == ["x"]
-    # conv1 and its ReLU are one segment (fused-layers, the default); every other layer is its own
-    assert len(manifest["cuts"]) == len(manifest["segments"]) + 1 == len(manifest["layers"])
+    # conv1 and its ReLU are one segment (fused-layers, the default), conv2 and the residual add another;
+    # every other layer is its own
+    assert len(manifest["cuts"]) == len(manifest["segments"]) + 1 == len(manifest["layers"]) - 1
     assert manifest["identity"]["options"]["partitioner"] == "fused-layers"
-    assert [s["layer_names"] for s in manifest["segments"]][0] == ["conv1", "relu1"]
-    # the cut after conv2 crosses both the residual branch and conv2's output
-    crossing = {c["after_layer"]: [t["name"] for t in c["crossing"]] for c in manifest["cuts"]}
+    assert [s["layer_names"] for s in manifest["segments"]][:2] == [["conv1", "relu1"], ["conv2", "add"]]
+    # the cut after conv2, which fused-layers drops, would cross both the residual branch and conv2's output
+    _, _, every = analyse(bundle_dir / "residual.onnx", {"x": (1, 3, 8, 8)},
+                          partitioner=get_partitioner("layer-boundaries"))
+    crossing = {c.after_layer: [t.name for t in c.crossing] for c in every.cuts}
     assert crossing["conv2"] == ["r1", "c2"]
     files = manifest["artifacts"]["x86-host"]
     assert [f["segment"] for f in files] == list(range(len(manifest["segments"])))
@@ -62,7 +66,7 @@ def test_manifest_describes_model_cuts_segments_and_files(bundle_dir):
 
 def test_every_cut_matches_onnxruntime(bundle_dir):
     checks = verify_bundle(bundle_dir / "out", bundle_dir / "residual.onnx")
-    assert len(checks) == 6 and all(c.ok for c in checks), checks
+    assert len(checks) == 5 and all(c.ok for c in checks), checks
 
 
 def test_existing_output_is_refused_without_force_and_replaced_with_it(bundle_dir, tmp_path):
@@ -81,7 +85,7 @@ def test_tar_bundle(bundle_dir, tmp_path):
     compile_model(bundle_dir / "residual.onnx", out, CompileOptions("x86-host", "x86-host", SHAPES, as_tar=True, progress=False))
     with tarfile.open(out) as tar:
         names = tar.getnames()
-    assert "manifest.json" in names and sum(n.endswith(".so") for n in names) == 5
+    assert "manifest.json" in names and sum(n.endswith(".so") for n in names) == 4
     assert [p.name for p in tmp_path.iterdir()] == ["residual.tar"]
 
 

@@ -209,3 +209,38 @@ def test_a_graph_ending_in_a_1x1_convolution_returns_a_view_not_a_copy(tmp_path)
     assert any("pointwise" in s for s in kernels) and not any("reshape" in s for s in kernels), kernels
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_skip_connections_add_is_applied_in_the_products_kernel(tmp_path):
+    """ResNet's and MobileNetV2's residual adds (a product's result plus a tensor of its shape) ran as
+    kernels of their own, a pass over memory each; now the product adds the tensor as it writes its
+    output: in a direct convolution's transposed write-back (here with the ReLU after it, which then
+    moves there too), in a 1x1 convolution's, and where both operands are products (ResNet's
+    downsampling blocks), in the first one's."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    rng = np.random.default_rng(6)
+    shapes = (("w1", (32, 32, 3, 3)), ("b1", (32,)), ("w2", (32, 32, 1, 1)), ("b2", (32,)), ("w3", (16, 32, 1, 1)),
+              ("w4", (16, 32, 1, 1)))
+    init = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name) for name, shape in shapes]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4),
+             helper.make_node("Add", ["c1", "x"], ["s1"]), helper.make_node("Relu", ["s1"], ["r1"]),  # direct
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]), helper.make_node("Add", ["r1", "c2"], ["s2"]),  # 1x1
+             helper.make_node("Conv", ["s2", "w3"], ["c3"]), helper.make_node("Conv", ["s2", "w4"], ["c4"]),
+             helper.make_node("Add", ["c3", "c4"], ["y"])]  # two products
+    graph = helper.make_graph(nodes, "skips", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    built = build_graph(model, [TensorInfo("x", (1, 32, 8, 8), "float32")], get_preset("x86-host"), tmp_path / "s.so",
+                        "skips")
+    assert built.stats["tiled"] == 4
+    vm = VirtualMachine(tvm.runtime.load_module(str(tmp_path / "s.so")), tvm.cpu(0))
+    called = []
+    vm.set_instrument(lambda func, symbol, before, *_: called.append(str(symbol)) if before else None)
+    x = rng.standard_normal((1, 32, 8, 8)).astype(np.float32)
+    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+    kernels = [s for s in called if not s.startswith("vm.builtin")]
+    assert len(kernels) == 4 and not any("add" in s or "relu" in s for s in kernels), kernels
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)

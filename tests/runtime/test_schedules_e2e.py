@@ -84,10 +84,12 @@ def test_every_planner_s_choice_runs_and_matches(served, name, planner):
     assert record.planner == planner and record.chosen == "auto"
 
 
-@pytest.mark.parametrize("name", ["inception", "resnet18"])
+@pytest.mark.parametrize("name", ["inception"])
 def test_dag_placements_off_the_prefixes_run_and_match(served, name):
     """Placements whose mobile part is closed under "is read by" but is no prefix of the segment order:
-    one upload of every tensor crossing, as DADS places a DAG."""
+    one upload of every tensor crossing, as DADS places a DAG. (ResNet-18's segments are a chain since
+    each residual add joined the segment of the convolution before it: a placement with one branch of
+    a block on the device uploaded both the add's operands.)"""
     bundle = served[name][0]
     graph = TensorGraph.of_bundle(bundle)
     placements = _placements(graph, 10 ** 6)
