@@ -185,30 +185,36 @@ def test_clip_after_a_product_is_applied_in_its_kernel():
     assert not [k for k in kernels if "maximum" in k or "minimum" in k], kernels
 
 
-def test_a_graph_ending_in_a_1x1_convolution_returns_a_view_not_a_copy(tmp_path):
-    """The tiled 1x1 convolution computes [N, C, H*W]; its reshape to NCHW was a copy kernel where it
-    was the graph's (a segment's) output, since TVM makes views only inside dataflow blocks."""
+def _build_run_and_trace(tmp_path, nodes, init, name, in_shape, out_shape):
+    """Build the graph x -> y, run it on noise against onnxruntime; (the build, the kernels it called)."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    built = build_graph(model, [TensorInfo("x", in_shape, "float32")], get_preset("x86-host"), tmp_path / f"{name}.so",
+                        name)
+    vm = VirtualMachine(tvm.runtime.load_module(str(tmp_path / f"{name}.so")), tvm.cpu(0))
+    called = []
+    vm.set_instrument(lambda func, symbol, before, *_: called.append(str(symbol)) if before else None)
+    x = np.random.default_rng(7).standard_normal(in_shape).astype(np.float32)
+    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
+    return built, [s for s in called if not s.startswith("vm.builtin")]
+
+
+def test_a_graph_ending_in_a_1x1_convolution_returns_a_view_not_a_copy(tmp_path):
+    """The tiled 1x1 convolution computes [N, C, H*W]; its reshape to NCHW was a copy kernel where it
+    was the graph's (a segment's) output, since TVM makes views only inside dataflow blocks."""
     rng = np.random.default_rng(5)
     init = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
             for name, shape in (("w1", (32, 3, 3, 3)), ("w2", (16, 32, 1, 1)), ("b2", (16,)))]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1] * 4), helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2", "b2"], ["y"])]
-    graph = helper.make_graph(nodes, "ends_1x1", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])], init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    build_graph(model, [TensorInfo("x", (1, 3, 16, 16), "float32")], get_preset("x86-host"), tmp_path / "a.so", "ends_1x1")
-    vm = VirtualMachine(tvm.runtime.load_module(str(tmp_path / "a.so")), tvm.cpu(0))
-    called = []
-    vm.set_instrument(lambda func, symbol, before, *_: called.append(str(symbol)) if before else None)
-    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
-    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
-    kernels = [s for s in called if not s.startswith("vm.builtin")]
+    _, kernels = _build_run_and_trace(tmp_path, nodes, init, "ends_1x1", (1, 3, 16, 16), (1, 16, 16, 16))
     assert any("pointwise" in s for s in kernels) and not any("reshape" in s for s in kernels), kernels
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
 
 
 def test_a_skip_connections_add_is_applied_in_the_products_kernel(tmp_path):
@@ -217,9 +223,6 @@ def test_a_skip_connections_add_is_applied_in_the_products_kernel(tmp_path):
     output: in a direct convolution's transposed write-back (here with the ReLU after it, which then
     moves there too), in a 1x1 convolution's, and where both operands are products (ResNet's
     downsampling blocks), in the first one's."""
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
     rng = np.random.default_rng(6)
     shapes = (("w1", (32, 32, 3, 3)), ("b1", (32,)), ("w2", (32, 32, 1, 1)), ("b2", (32,)), ("w3", (16, 32, 1, 1)),
               ("w4", (16, 32, 1, 1)))
@@ -229,18 +232,6 @@ def test_a_skip_connections_add_is_applied_in_the_products_kernel(tmp_path):
              helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]), helper.make_node("Add", ["r1", "c2"], ["s2"]),  # 1x1
              helper.make_node("Conv", ["s2", "w3"], ["c3"]), helper.make_node("Conv", ["s2", "w4"], ["c4"]),
              helper.make_node("Add", ["c3", "c4"], ["y"])]  # two products
-    graph = helper.make_graph(nodes, "skips", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    built = build_graph(model, [TensorInfo("x", (1, 32, 8, 8), "float32")], get_preset("x86-host"), tmp_path / "s.so",
-                        "skips")
+    built, kernels = _build_run_and_trace(tmp_path, nodes, init, "skips", (1, 32, 8, 8), (1, 16, 8, 8))
     assert built.stats["tiled"] == 4
-    vm = VirtualMachine(tvm.runtime.load_module(str(tmp_path / "s.so")), tvm.cpu(0))
-    called = []
-    vm.set_instrument(lambda func, symbol, before, *_: called.append(str(symbol)) if before else None)
-    x = rng.standard_normal((1, 32, 8, 8)).astype(np.float32)
-    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
-    kernels = [s for s in called if not s.startswith("vm.builtin")]
     assert len(kernels) == 4 and not any("add" in s or "relu" in s for s in kernels), kernels
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
