@@ -112,7 +112,12 @@ def test_command_is_explicit_qemu_and_clean_env(board, monkeypatch):
 
 @pytest.mark.slow
 @needs_debian
-def test_aarch64_bundle_runs_on_the_board_and_matches(board, tmp_path):
+@pytest.mark.parametrize("name", ["lenet", "windowed"])
+def test_aarch64_bundle_runs_on_the_board_and_matches(board, tmp_path, name):
+    """`windowed`: depthwise convolutions and pooling, among them a stride-2 window over rows of 14,
+    which NEON loads as two vectors and de-interleaves (compiler/kernels.py strided_loads_as_shuffles)."""
+    from models import windowed_reductions
+
     from neurosurgeon import runtime
     from neurosurgeon.tools import zoo
     from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
@@ -120,9 +125,9 @@ def test_aarch64_bundle_runs_on_the_board_and_matches(board, tmp_path):
     from neurosurgeon.tools.verify import reference_outputs
     from neurosurgeon.runtime.bundle import Bundle, SegmentExecutor, elf_machine, fetch
 
-    model = zoo.build("lenet", width=0.25)
-    bundle_path = tmp_path / "lenet.bundle"
-    compile_model(model, bundle_path, CompileOptions("aarch64-neon", "x86-host", progress=False), name="lenet")
+    model = zoo.build("lenet", width=0.25) if name == "lenet" else windowed_reductions()
+    bundle_path = tmp_path / f"{name}.bundle"
+    compile_model(model, bundle_path, CompileOptions("aarch64-neon", "x86-host", progress=False), name=name)
     bundle = Bundle(bundle_path)
     assert all(elf_machine(bundle.artifact("mobile", i)[0]) == "aarch64" for i in range(len(bundle.segments)))
     feeds = random_inputs(bundle.inputs, seed=1)
@@ -157,7 +162,7 @@ def test_aarch64_bundle_runs_on_the_board_and_matches(board, tmp_path):
     wall = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout.splitlines()[-1])
-    print(f"\nlenet on the emulated board: {info['segments']} segments, load {info['load_s']:.2f} s, "
+    print(f"\n{name} on the emulated board: {info['segments']} segments, load {info['load_s']:.2f} s, "
           f"run {info['run_s']:.3f} s, whole process {wall:.1f} s")
 
     device_out = dict(np.load(tmp_path / "out.npz"))
