@@ -7,8 +7,9 @@ single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
    matmuls with a constant right-hand side, are built one of two ways:
    - `kernels="tvm"` (the default): register-tiled TIR kernels of ours (compiler/tiled_kernels.py),
      scheduled where they are made and left alone by fusion and tuning, with the per-channel bias,
-     ReLU and Clip that follow them taken into the kernel (`_epilogue_chains`; Clip, which TVM's
-     importer emits as TIR, is first turned back into operators by `clamps_as_ops`);
+     ReLU and Clip that follow them, and a skip connection's add, taken into the kernel
+     (`_epilogue_chains`; Clip, which TVM's importer emits as TIR, is first turned back into
+     operators by `clamps_as_ops`);
    - `kernels="blas"`: im2col + GEMM (at batch B, B of them, one per sample), the GEMM an external
      call `neurosurgeon.sgemm` that the runtime serves from numpy's BLAS (runtime/kernels.py). A 1x1
      stride-1 convolution needs no im2col: its input already is the GEMM operand.
@@ -19,7 +20,9 @@ single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
    for: inline injective producers, parallelise the outer spatial loops over TVM's thread pool,
    vectorise the innermost spatial loop of elementwise blocks, and move the reduction loops of
    windowed reductions (pooling, depthwise convolution) outside a vectorised innermost spatial
-   loop where the window moves one element per output (a stride-2 window would gather). A padded
+   loop where the window moves one element per output, or two where a row has 8 outputs or more
+   (a stride-2 window, whose loads `strided_loads_as_shuffles` de-interleaves after lowering: the
+   CPU builds' TIR pipeline, `cpu_tir_pipeline`). A padded
    copy of the input is made per outer (channel) iteration, where the reduction reads it, instead
    of being inlined as a border test in its innermost loop. MobileNetV2's four 3x3 depthwise
    convolutions at 14x14x384 took 0.71 ms and now 0.19 (one thread, AMD EPYC Zen 5). A depthwise

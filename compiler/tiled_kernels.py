@@ -18,11 +18,13 @@ writes the tile once:
 
 A per-channel epilogue (bias, ReLU, Clip's max/min: compiler/kernels.py finds the operators that
 follow a product) is applied before the write-back, to the tile in registers where the write-back
-transposes it.
+transposes it; a skip connection's add (a tensor of the output's shape), and the steps after it, as
+the tile is written.
 
 Every output element is a sum over its reduction in one fixed order whatever the tile or the
 batch, so a sample's answer is the same bit for bit alone and in a batch (the server batches).
-The kernels run on TVM's thread pool (the parallel loop is over output channel blocks and rows),
+The kernels run on TVM's thread pool (the parallel tasks are rows or ranges of positions, or output
+channel blocks x rows where a convolution's weights outweigh its input),
 so a build whose products are these calls no BLAS and TVM's pool has every thread
 (runtime/threads.py). Measured against numpy's OpenBLAS on an AMD EPYC (Zen 5), one thread: 3x3
 convolutions of ResNet-18 0.74-0.91x the BLAS GEMM alone (without the im2col it needs), 1x1
@@ -155,7 +157,8 @@ def _tile_reduction(sch, acc: str, out: str, parallel: int, reductions: int, til
     the reductions outside the row tile and the vector, the tile accumulated in registers and
     written to `out` once (its innermost loop vectorised where `vector_store`: the out block's last
     axis is the vector's). `in_registers`: a block of acc's shape between the two (the epilogue,
-    applied to the tile in registers, vectorised)."""
+    applied to the tile in registers, vectorised). The first `parallel` loops are fused into the
+    parallel tasks; `serial` loops after them run inside a task."""
     block = sch.get_sblock(acc)
     loops = sch.get_loops(block)
     tasks, parallel = parallel, parallel + serial  # the first `parallel` loops are the tasks, `serial` loops follow
