@@ -54,7 +54,7 @@ class CompileOptions:
     mobile: str
     server: str
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    partitioner: Partitioner | None = None
+    partitioner: Partitioner | str | None = None  # an instance or a name; None: the default
     as_tar: bool = False
     force: bool = False
     progress: bool = True

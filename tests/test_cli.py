@@ -18,12 +18,18 @@ def test_zoo_compile_verify(tmp_path, capsys):
 
     bundle = tmp_path / "lenet.bundle"
     assert main(["compile", str(model), "--mobile", "x86-host", "--server", "x86-host", "-o", str(bundle), "--quiet"]) == 0
-    assert "8 cuts" in capsys.readouterr().out  # fused-layers: ip1 and its ReLU are one segment
+    # upload-envelope, the default: of fused-layers' 8 cuts (ip1 and its ReLU one segment), those that
+    # upload less than every cut before them (not after conv1 nor conv2: each uploads more than its input)
+    assert "6 cuts (upload-envelope)" in capsys.readouterr().out
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["model"]["name"] == "lenet" and len(manifest["cuts"]) == 8
+    assert manifest["model"]["name"] == "lenet" and len(manifest["cuts"]) == 6
 
     assert main(["verify", str(bundle), str(model)]) == 0
-    assert "8 of 8 cuts reproduce onnxruntime" in capsys.readouterr().out
+    assert "6 of 6 cuts reproduce onnxruntime" in capsys.readouterr().out
+    fused = tmp_path / "fused.bundle"
+    assert main(["compile", str(model), "--mobile", "x86-host", "--server", "x86-host", "-o", str(fused), "--quiet",
+                 "--partitioner", "fused-layers"]) == 0
+    assert "8 cuts (fused-layers)" in capsys.readouterr().out
     every = tmp_path / "every.bundle"
     assert main(["compile", str(model), "--mobile", "x86-host", "--server", "x86-host", "-o", str(every), "--quiet",
                  "--partitioner", "layer-boundaries"]) == 0

@@ -29,8 +29,8 @@ def register(verbs) -> None:
     b.add_argument("--steps", action="store_true", help="also time the other kernel choices (TVM's default pipeline, im2col + BLAS or tiled products)")
     b.add_argument("--cuts", action="store_true", help="also build the bundle and time every cut end to end "
                                                        "against the monolithic build")
-    b.add_argument("--partitioner", metavar="NAME", help="--cuts: the bundle's candidate cuts (fused-layers, the "
-                                                         "default; upload-envelope; layer-boundaries)")
+    b.add_argument("--partitioner", metavar="NAME", help="--cuts: the bundle's candidate cuts (upload-envelope, the "
+                                                         "default; fused-layers; layer-boundaries)")
     b.add_argument("--repeats", type=int, default=15, help="interleaved timing rounds (default 15)")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--json", action="store_true")

@@ -91,8 +91,8 @@ def compile_bundle(args) -> int:
     result = api.compile(args.model, Path(args.output), options, costs)
     m = result.manifest
     total = sum(e["bytes"] for files in m["artifacts"].values() for e in files)
-    print(f"bundle {result.path}: {m['model']['name']}, {len(m['layers'])} layers, {len(m['cuts'])} cuts, "
-          f"{len(m['segments'])} segments; mobile {args.mobile}, server {args.server}; "
+    print(f"bundle {result.path}: {m['model']['name']}, {len(m['layers'])} layers, {len(m['cuts'])} cuts "
+          f"({m['identity']['options']['partitioner']}), {len(m['segments'])} segments; mobile {args.mobile}, server {args.server}; "
           f"{human_bytes(total)} of artifacts; built in "
           + ", ".join(f"{k} {v:.1f} s" for k, v in result.build_seconds.items())
           + (f" of builds, {m['build']['workers']} at a time" if m["build"].get("workers", 1) > 1 else ""))
@@ -117,10 +117,11 @@ def verify(args) -> int:
 
 
 def _add_partitioner(p) -> None:
-    p.add_argument("--partitioner", metavar="NAME", help="which layer boundaries are candidate cuts: fused-layers (default) keeps a pointwise "
-                        "layer (activation, batch norm, bias) with the layer before it, as a compiler fuses them; "
-                        "upload-envelope keeps of those only the cuts that upload less than every cut before "
-                        "them (no other can win while the server is no slower than the device); "
+    p.add_argument("--partitioner", metavar="NAME", help="which layer boundaries are candidate cuts: upload-envelope (default) keeps, of "
+                        "fused-layers' cuts, only those that upload or download less than every cut before them "
+                        "(no other can win while the server is no slower than the device); fused-layers keeps a "
+                        "pointwise layer (activation, batch norm, bias) with the layer before it, as a compiler "
+                        "fuses them, and cuts everywhere else; "
                         "layer-boundaries cuts after every layer")
 
 

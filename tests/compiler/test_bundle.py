@@ -28,7 +28,7 @@ def bundle_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bundle")
     onnx.save(residual_with_shape_arithmetic(), root / "residual.onnx")
-    compile_model(root / "residual.onnx", root / "out", CompileOptions("x86-host", "x86-host", SHAPES, progress=False))
+    compile_model(root / "residual.onnx", root / "out", CompileOptions("x86-host", "x86-host", SHAPES, progress=False, partitioner="fused-layers"))
     return root
 
 
@@ -74,15 +74,15 @@ def test_existing_output_is_refused_without_force_and_replaced_with_it(bundle_di
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     with pytest.raises(OutputError, match="not a bundle"):
-        compile_model(bundle_dir / "residual.onnx", out, CompileOptions("x86-host", "x86-host", SHAPES, force=True, progress=False))
+        compile_model(bundle_dir / "residual.onnx", out, CompileOptions("x86-host", "x86-host", SHAPES, force=True, progress=False, partitioner="fused-layers"))
     with pytest.raises(OutputError, match="already exists"):
-        compile_model(bundle_dir / "residual.onnx", out, CompileOptions("x86-host", "x86-host", SHAPES, progress=False))
+        compile_model(bundle_dir / "residual.onnx", out, CompileOptions("x86-host", "x86-host", SHAPES, progress=False, partitioner="fused-layers"))
     assert (out / "keep.txt").read_text() == "user data"
 
 
 def test_tar_bundle(bundle_dir, tmp_path):
     out = tmp_path / "residual.tar"
-    compile_model(bundle_dir / "residual.onnx", out, CompileOptions("x86-host", "x86-host", SHAPES, as_tar=True, progress=False))
+    compile_model(bundle_dir / "residual.onnx", out, CompileOptions("x86-host", "x86-host", SHAPES, as_tar=True, progress=False, partitioner="fused-layers"))
     with tarfile.open(out) as tar:
         names = tar.getnames()
     assert "manifest.json" in names and sum(n.endswith(".so") for n in names) == 4
@@ -102,7 +102,7 @@ def test_failed_build_leaves_nothing_behind(bundle_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(build_pool, "build_graph", build_then_fail)  # one job at a time: builds in this process
     with pytest.raises(pipeline.NeurosurgeonError, match="segment 2"):
         compile_model(bundle_dir / "residual.onnx", tmp_path / "b",
-                      CompileOptions("x86-host", "x86-host", SHAPES, progress=False, jobs=1))
+                      CompileOptions("x86-host", "x86-host", SHAPES, progress=False, partitioner="fused-layers", jobs=1))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -111,7 +111,7 @@ def test_builds_run_side_by_side_and_a_failure_stops_them(bundle_dir, tmp_path):
     as its one-line error once the running builds have ended, and nothing more starts."""
     import dataclasses
 
-    frozen, _graph, plan = analyse(bundle_dir / "residual.onnx", SHAPES)
+    frozen, _graph, plan = analyse(bundle_dir / "residual.onnx", SHAPES, "fused-layers")
     good, broken = get_preset("x86-host"), dataclasses.replace(get_preset("x86-host"), cxx="false")
     jobs = [build_pool.BuildJob(s.model, s.inputs, good, tmp_path / f"seg{s.index}.so", f"segment {s.index}")
             for s in plan.segments]
@@ -135,7 +135,7 @@ def test_builds_run_side_by_side_and_a_failure_stops_them(bundle_dir, tmp_path):
 def test_jobs_must_be_positive(bundle_dir, tmp_path):
     with pytest.raises(pipeline.NeurosurgeonError, match="--jobs must be at least 1, got 0"):
         compile_model(bundle_dir / "residual.onnx", tmp_path / "b",
-                      CompileOptions("x86-host", "x86-host", SHAPES, progress=False, jobs=0))
+                      CompileOptions("x86-host", "x86-host", SHAPES, progress=False, partitioner="fused-layers", jobs=0))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -207,7 +207,7 @@ def test_a_script_without_a_main_guard_compiles_once(bundle_dir, tmp_path):
     script.write_text(
         "from neurosurgeon.api import CompileOptions, compile\n"
         f"compile({str(bundle_dir / 'residual.onnx')!r}, {str(tmp_path / 'b')!r}, "
-        f"CompileOptions('x86-host', 'x86-host', {SHAPES!r}, progress=False, jobs=2))\n"
+        f"CompileOptions('x86-host', 'x86-host', {SHAPES!r}, progress=False, jobs=2, partitioner='fused-layers'))\n"
         "print('compiled')\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

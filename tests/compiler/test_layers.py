@@ -72,7 +72,7 @@ def test_fused_layers_drop_only_boundaries_inside_a_pointwise_epilogue(name):
     cutting after it, or, before a residual add, more (both its operands)."""
     model = zoo.build(name, input_size=64 if zoo.own_input_size(name) else None, width=0.25)
     _, graph, every = analyse(model, partitioner=get_partitioner("layer-boundaries"))
-    _, _, fused = analyse(model)
+    _, _, fused = analyse(model, partitioner="fused-layers")
     assert fused.partitioner == "fused-layers"
     kept = [c.layer_boundary for c in fused.cuts]
     dropped = sorted(set(range(len(graph.layers) + 1)) - set(kept))
@@ -105,9 +105,9 @@ def test_an_unknown_partitioner_is_refused_by_name(tmp_path, capsys):
 
 
 def test_dag_cuts_cross_several_tensors():
-    _, _, resnet = analyse(zoo.build("resnet18", input_size=32, width=0.25))
+    _, _, resnet = analyse(zoo.build("resnet18", input_size=32, width=0.25), partitioner="fused-layers")
     assert max(len(c.crossing) for c in resnet.cuts) == 2  # the skip connection and the block's branch
-    _, graph, inception = analyse(zoo.build("inception", input_size=64, width=0.25))
+    _, graph, inception = analyse(zoo.build("inception", input_size=64, width=0.25), partitioner="fused-layers")
     widest = max(inception.cuts, key=lambda c: len(c.crossing))
     assert len(widest.crossing) >= 4  # inside an inception module, its branches
     assert widest.upload_bytes == sum(t.nbytes for t in widest.crossing)
@@ -138,7 +138,7 @@ def test_upload_envelope_drops_only_cuts_no_planner_would_choose(name):
 
     size = zoo.min_input_size(name)
     model = zoo.build(name, input_size=size and max(size, 64), width=0.25)
-    frozen, graph, fused = analyse(model)
+    frozen, graph, fused = analyse(model, partitioner="fused-layers")
     kept = get_partitioner("upload-envelope").boundaries(graph)
     bounds = [c.layer_boundary for c in fused.cuts]
     assert set(kept) <= set(bounds) and kept[0] == 0 and kept[-1] == len(graph.layers)

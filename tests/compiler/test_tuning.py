@@ -43,7 +43,7 @@ def conv_net(channels: list[int], size: int = 16, seed: int = 0, name: str = "co
 def test_workloads_are_deduplicated_across_segments(kernels, conv_part):
     # conv1 and conv2 have the same shape (8 -> 8 channels): one workload, called by two segments.
     # With GEMMs offloaded to BLAS, what TVM generates (and tuning tunes) for a conv is its im2col.
-    _, _, plan = analyse(conv_net([8, 8, 8]), name="convnet")
+    _, _, plan = analyse(conv_net([8, 8, 8]), partitioner="fused-layers", name="convnet")
     workloads = segment_workloads(plan, "x86-host", kernels)
     assert not [w for w in workloads if "conv2d" in w.name and kernels == "blas"]
     convs = [w for w in workloads if conv_part in w.name]

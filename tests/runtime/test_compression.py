@@ -104,7 +104,7 @@ def test_planner_prices_a_coded_upload_and_codes_only_where_it_pays():
 def alexnet(tmp_path_factory):
     root = tmp_path_factory.mktemp("compression")
     zoo.save(zoo.build("alexnet", input_size=64, width=0.25), root / "alexnet.onnx")
-    compile_model(root / "alexnet.onnx", root / "bundle", CompileOptions("x86-host", "x86-host", progress=False))
+    compile_model(root / "alexnet.onnx", root / "bundle", CompileOptions("x86-host", "x86-host", progress=False, partitioner="fused-layers"))
     bundle = Bundle(root / "bundle")
     feeds = random_inputs(bundle.inputs, seed=3)
     with start_server(bundle.path) as server:

@@ -41,7 +41,7 @@ def repository(tmp_path_factory):
     root = tmp_path_factory.mktemp("repository")
     models = {"lenet": zoo.build("lenet", width=0.25), "chk": zoo.build("chk", width=0.25)}
     for name, model in models.items():
-        compile_model(model, root / name, CompileOptions("x86-host", "x86-host", progress=False), name=name)
+        compile_model(model, root / name, CompileOptions("x86-host", "x86-host", progress=False, partitioner="fused-layers"), name=name)
     shutil.copytree(root / "lenet", root / "broken")
     artifact = next((root / "broken" / "artifacts" / "x86-host").iterdir())
     artifact.write_bytes(artifact.read_bytes()[:-16] + bytes(16))

@@ -42,7 +42,7 @@ class Compiled:
     def __init__(self, tmp_path_factory, name: str, **shape):
         model = zoo.build(name, **shape)
         self.path = tmp_path_factory.mktemp(name) / f"{name}.bundle"
-        compile_model(model, self.path, CompileOptions("x86-host", "x86-host", progress=False))
+        compile_model(model, self.path, CompileOptions("x86-host", "x86-host", progress=False, partitioner="fused-layers"))
         self.bundle = Bundle(self.path)
         self.feeds = random_inputs(self.bundle.inputs)
         self.reference = reference_outputs(model, self.feeds)

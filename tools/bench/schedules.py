@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ...compiler.analysis import analyse
-from ...compiler.partition import UploadEnvelopePartitioner, get_partitioner
+from ...compiler.partition import FusedLayersPartitioner, UploadEnvelopePartitioner
 from ...runtime.planner import NETWORKS, PLANNERS, Budgets, Conditions, MinCutPlanner, SegmentCosts, make_planner
 from ...runtime.progress import Progress
 from ...runtime.schedule import TensorGraph
@@ -72,11 +72,12 @@ SERVERS = {
 
 
 @functools.lru_cache(maxsize=None)
-def _case(name: str, partitioner: str | None = None):
+def _case(name: str, partitioner: str = FusedLayersPartitioner.name):
     """(graph, per-segment FLOPs, per-segment bytes moved) of a zoo model at the papers' size, its segments
-    cut by `partitioner` (None: the default); analysed once per run (the table, the pruning check and the
-    decision times all read it)."""
-    frozen, graph, plan = analyse(zoo.build(name), name=name, partitioner=get_partitioner(partitioner))
+    cut by `partitioner` (by default at every boundary a compiler does not fuse: the most room for the
+    planners, and what upload-envelope prunes); analysed once per run (the table, the pruning check and
+    the decision times all read it)."""
+    frozen, graph, plan = analyse(zoo.build(name), name=name, partitioner=partitioner)
     tensors = TensorGraph.from_segments(frozen.inputs, [(s.inputs, s.outputs) for s in plan.segments], frozen.outputs)
     layers = graph.layers
     flops = [[layers[i].flops for i in range(*s.layers)] for s in plan.segments]
