@@ -25,8 +25,8 @@ LOAD_MODEL_FILE = "server-load.json"  # the server's fitted load model, beside t
 LOAD_MODEL_FORMAT = JsonFormat("neurosurgeon-server-load", 1, "neurosurgeon server load model", BundleError,
                                hint="fit it again with `neurosurgeon profile --bundle DIR --server-load`")
 
-__all__ = ["LOAD_MODEL_FILE", "LOAD_MODEL_FORMAT", "Bundle", "SegmentExecutor", "elf_machine", "fetch", "load_artifact",
-           "release_file_pages", "sha256_file"]
+__all__ = ["LOAD_MODEL_FILE", "LOAD_MODEL_FORMAT", "Bundle", "SegmentExecutor", "SharedModules", "elf_machine", "fetch",
+           "load_artifact", "release_file_pages", "sha256_file"]
 
 
 class Bundle:
@@ -78,11 +78,39 @@ class Bundle:
         return self.path / entry.file, entry.sha256
 
 
+class SharedModules:
+    """Loaded artifacts that several VMs share: each thread that runs segments needs a VM of its own (a
+    VM keeps its call's state), but VMs made from one loaded module share its constants, the weights
+    (a second load of ResNet-18's third segment held 36 MiB more; a second VM of the same module
+    nothing). A server's workers share one (runtime/workers.py). Thread-safe."""
+
+    def __init__(self):
+        import threading
+
+        self._modules: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def load(self, path: Path):
+        import tvm
+
+        key = os.path.realpath(path)
+        with self._lock:
+            if key not in self._modules:
+                self._modules[key] = tvm.runtime.load_module(key)
+                release_file_pages(Path(key))
+            return self._modules[key]
+
+    def __len__(self) -> int:
+        """How many artifacts are loaded."""
+        return len(self._modules)
+
+
 def load_artifact(path: Path, device, sha256: str | None = None, what: str = "artifact",
-                  listed_in: str = "the manifest", arity: int | None = None):
-    """The `main` function of an exported artifact in a TVM VM on `device`. With `sha256`, the file is
-    checked first (loading a shared object runs its code); the runtime's external kernels are
-    registered, since CPU artifacts call them."""
+                  listed_in: str = "the manifest", arity: int | None = None, modules: SharedModules | None = None):
+    """The `main` function of an exported artifact in a TVM VM on `device`, made from the module that
+    `modules` holds for it where given (loaded there on first use), else from a load of its own. With
+    `sha256`, the file is checked first (loading a shared object runs its code); the runtime's
+    external kernels are registered, since CPU artifacts call them."""
     import tvm
     import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode (TVM_USE_RUNTIME_LIB=1)
 
@@ -96,10 +124,12 @@ def load_artifact(path: Path, device, sha256: str | None = None, what: str = "ar
                               "refusing to load a modified artifact")
     kernels.register()
     try:
-        vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(path)), device)
+        module = modules.load(path) if modules is not None else tvm.runtime.load_module(str(path))
+        vm = tvm.runtime.vm.VirtualMachine(module, device)
     except tvm.error.TVMError as err:
         raise BundleError(f"{path}: {what} does not load: {first_line(err)}") from None
-    release_file_pages(path)
+    if modules is None:
+        release_file_pages(path)
     if arity is not None and vm._get_function_arity("main") != arity:
         raise BundleError(f"{path}: {what} takes {vm._get_function_arity('main')} tensors, {listed_in} says {arity}")
     return vm["main"]
@@ -140,11 +170,13 @@ class SegmentExecutor:
     """Runs one side's segments in-process. Artifacts are checked against the manifest's sha256
     before they are loaded (loading a shared object runs its code) and loaded once, on first use."""
 
-    def __init__(self, bundle: Bundle, side: str, batch: int = 1, threads: int | None = None):
+    def __init__(self, bundle: Bundle, side: str, batch: int = 1, threads: int | None = None,
+                 modules: SharedModules | None = None):
         """`batch` above 1: the server side's artifacts built for that batch size (compile --server-batch),
         whose tensors have that first dimension. `threads` (default NEUROSURGEON_THREADS, else every core
         this process may use) are shared between TVM's pool and the BLAS (runtime/threads.py) for the
-        segments this thread runs: the thread that constructs the executor is the one that runs them."""
+        segments this thread runs: the thread that constructs the executor is the one that runs them.
+        `modules`: loaded artifacts shared with other executors of the bundle (each keeps its own VMs)."""
         import tvm
         import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode (TVM_USE_RUNTIME_LIB=1)
 
@@ -171,6 +203,7 @@ class SegmentExecutor:
         entries = [self._entry(i) for i in range(len(bundle.segments))]
         bundle.check_files(entries, f"{side} artifact")
         self._functions: dict[int, object] = {}
+        self._modules = modules
 
     def _entry(self, segment: int):
         try:
@@ -187,7 +220,8 @@ class SegmentExecutor:
             what = f"artifact for segment {segment}" + (f" at batch {self.batch}" if self.batch > 1 else "")
             self._functions[segment] = load_artifact(self.bundle.path / self._entry(segment).file, self.device, None,
                                                      what, "the manifest",
-                                                     arity=len(self.bundle.segments[segment].inputs))
+                                                     arity=len(self.bundle.segments[segment].inputs),
+                                                     modules=self._modules)
         return self._functions[segment]
 
     def load_all(self, segments=None) -> None:

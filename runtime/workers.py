@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import kernels
-from .bundle import Bundle, SegmentExecutor, fetch
+from .bundle import Bundle, SegmentExecutor, SharedModules, fetch
 from .estimators import MedianWindow
 from .threads import requested_threads
 
@@ -166,6 +166,7 @@ class WorkerPool:
         self._pending = 0  # submitted and not finished
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
+        self.modules = SharedModules()  # the workers' VMs share each artifact's weights
         ready: list[Future] = []
         for index in range(workers):
             started = Future()
@@ -206,7 +207,8 @@ class WorkerPool:
     def _run(self, index: int, started: Future) -> None:
         try:
             kernels.pad_rows_here(self.batching is not None)  # a request's answer, alone or batched, the same
-            executors = {b: SegmentExecutor(self.bundle, "server", b, threads=self.threads_per_worker)
+            executors = {b: SegmentExecutor(self.bundle, "server", b, threads=self.threads_per_worker,
+                                            modules=self.modules)
                          for b in (self.batching.sizes if self.batching else (1,))}
             for executor in executors.values():
                 executor.load_all()

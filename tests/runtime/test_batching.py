@@ -72,6 +72,30 @@ def test_a_batch_answers_each_request_as_it_is_answered_alone(lenet, segments_fr
         batched.close()
 
 
+def test_workers_share_each_loaded_artifact_and_answer_at_once_as_one_does_alone(lenet):
+    """Two workers make their VMs from one loaded module per artifact (the weights once in memory, at
+    every batch size), and running at the same time they answer as one worker alone does."""
+    path, model = lenet
+    one = ServedBundle(path, ServeOptions(workers=1, batching=False))
+    two = ServedBundle(path, ServeOptions(workers=2, max_queue_delay_s=0.0))
+    try:
+        server_artifacts = len(two.bundle.segments) * len(two.bundle.manifest.batch_sizes)
+        assert two.pool.workers == 2 and len(two.pool.modules) == server_artifacts  # not twice that
+        cut = two.models["lenet-cut00"]
+        wanted = [t.name for t in cut.outputs]
+        feeds = [random_inputs(two.bundle.inputs, seed=s) for s in range(4)]
+        expected = [one.pool.submit(one.job(cut, f, wanted)).result().outputs for f in feeds]
+        for _ in range(5):  # both workers busy at once, each running its own VMs of the shared modules
+            futures = [two.pool.submit(two.job(cut, f, wanted)) for f in feeds * 2]
+            for got, want in zip((f.result().outputs for f in futures), expected * 2):
+                np.testing.assert_array_equal(got[wanted[0]], want[wanted[0]])
+        np.testing.assert_allclose(expected[0][wanted[0]], reference_outputs(model, feeds[0])[wanted[0]],
+                                   rtol=1e-4, atol=1e-5)
+    finally:
+        one.close()
+        two.close()
+
+
 def test_concurrent_clients_are_batched_over_http_and_metrics_count_the_batches(lenet):
     path, model = lenet
     bundle = Bundle(path)
