@@ -9,6 +9,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,6 @@ class SharedModules:
     nothing). A server's workers share one (runtime/workers.py). Thread-safe."""
 
     def __init__(self):
-        import threading
-
         self._modules: dict[str, object] = {}
         self._lock = threading.Lock()
 

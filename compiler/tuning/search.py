@@ -56,6 +56,7 @@ class TuneOptions:
     whole_model: bool = False  # also the unsplit model's workloads (for a monolithic build to compare against)
     kernels: str = DEFAULT_KERNELS  # CPU targets: the kernel choice the bundles will be compiled with
     rpc: str | None = None  # HOST:PORT of a board running runtime/rpc_server.py: time candidates there
+    partitioner: str | None = None  # the candidate cuts the bundles will be compiled with (None: the default)
     progress: bool = True
 
 
@@ -123,7 +124,7 @@ def tune(model: str | Path | onnx.ModelProto, options: TuneOptions, name: str | 
     # refuse a wrong folder before any work
     info = open_info(out_dir, preset, where.measured, options.kernels, where.measured_on, where.unmeasured_reason)
 
-    frozen, _graph, plan = analyse(model, options.input_shapes, name=name)
+    frozen, _graph, plan = analyse(model, options.input_shapes, options.partitioner, name=name)
     graphs = [(f"segment {s.index}", s.model, s.inputs) for s in plan.segments]
     if options.whole_model:
         graphs.append(("whole model", frozen.model, frozen.inputs))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_input_shape", "add_model", "input_shapes", "preset_help"]
+__all__ = ["add_input_shape", "add_model", "add_partitioner", "input_shapes", "preset_help"]
 
 
 def add_input_shape(parser: argparse.ArgumentParser) -> None:
@@ -31,3 +31,12 @@ def preset_help(side: str | None = None) -> str:
     from ..targets import preset_names
 
     return ", ".join(preset_names(side))
+
+
+def add_partitioner(p) -> None:
+    p.add_argument("--partitioner", metavar="NAME", help="which layer boundaries are candidate cuts: upload-envelope (default) keeps, of "
+                        "fused-layers' cuts, only those that upload or download less than every cut before them "
+                        "(no other can win while the server is no slower than the device); fused-layers keeps a "
+                        "pointwise layer (activation, batch norm, bias) with the layer before it, as a compiler "
+                        "fuses them, and cuts everywhere else; "
+                        "layer-boundaries cuts after every layer")

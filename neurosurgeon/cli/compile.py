@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_model, input_shapes, preset_help
+from .common import add_model, add_partitioner, input_shapes, preset_help
 
 __all__ = ["register"]
 
@@ -17,7 +17,7 @@ def register(verbs) -> None:
     p = verbs.add_parser("inspect", help="print the layer table and candidate cuts of a model")
     add_model(p)
     p.add_argument("--plot", metavar="PNG", help="draw per-layer output size and FLOPs to this file")
-    _add_partitioner(p)
+    add_partitioner(p)
     p.set_defaults(run=inspect)
 
     p = verbs.add_parser("compile", help="compile a model into a partitioned bundle")
@@ -46,7 +46,7 @@ def register(verbs) -> None:
                    help="CPU builds: tvm (default) generates every kernel, convolutions and fully connected layers "
                         "as register-tiled kernels on TVM's thread pool; blas hands them (as im2col + GEMM) to the "
                         "BLAS numpy ships, which the runtime calls; naive is TVM's default pipeline")
-    _add_partitioner(p)
+    add_partitioner(p)
     p.set_defaults(run=compile_bundle)
 
     p = verbs.add_parser("keygen", help="make an Ed25519 key pair to sign bundles with (KEY.pem and KEY.pub.pem)")
@@ -114,15 +114,6 @@ def verify(args) -> int:
     checks = verify_bundle(args.bundle, args.model, rtol=args.rtol, atol=args.atol)
     print(check_table(checks))
     return 0 if all(c.ok for c in checks) else 1
-
-
-def _add_partitioner(p) -> None:
-    p.add_argument("--partitioner", metavar="NAME", help="which layer boundaries are candidate cuts: upload-envelope (default) keeps, of "
-                        "fused-layers' cuts, only those that upload or download less than every cut before them "
-                        "(no other can win while the server is no slower than the device); fused-layers keeps a "
-                        "pointwise layer (activation, batch norm, bias) with the layer before it, as a compiler "
-                        "fuses them, and cuts everywhere else; "
-                        "layer-boundaries cuts after every layer")
 
 
 def _sizes(text: str) -> tuple[int, ...]:

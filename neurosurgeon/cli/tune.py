@@ -3,7 +3,7 @@ applies; run it again to resume, or with another model to add that model's new w
 
 from __future__ import annotations
 
-from .common import add_model, input_shapes, preset_help
+from .common import add_model, add_partitioner, input_shapes, preset_help
 
 __all__ = ["register"]
 
@@ -30,6 +30,7 @@ def register(verbs) -> None:
                         "without measurement and the folder and bundles say so")
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default=DEFAULT_KERNELS,
                    help=f"CPU targets: the kernel choice the bundles will be compiled with (default {DEFAULT_KERNELS})")
+    add_partitioner(p)  # the bundles' segments, whose workloads are tuned
     p.add_argument("--quiet", action="store_true", help="no progress")
     p.set_defaults(run=tune)
 
@@ -39,7 +40,8 @@ def tune(args) -> int:
 
     options = api.TuneOptions(args.target, args.output, args.budget, input_shapes=input_shapes(args),
                               trials_per_task=args.trials_per_task, whole_model=args.whole_model,
-                              kernels=args.kernels, rpc=args.rpc, progress=not args.quiet)
+                              kernels=args.kernels, rpc=args.rpc, partitioner=args.partitioner,
+                              progress=not args.quiet)
     report = api.tune(args.model, options)
     print(report.summary())
     if not report.measured:

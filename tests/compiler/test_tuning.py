@@ -133,10 +133,11 @@ def test_tune_then_compile_applies_and_reuses(tmp_path):
 @pytest.mark.slow
 def test_budget_stops_between_tasks_and_a_rerun_resumes(tmp_path):
     # 25 workloads with the convolutions as im2col + BLAS (their im2col, bias + ReLU and the pool are
-    # tuned; tiled convolutions would leave the pool alone), a second or two each at 4 trials
+    # tuned; tiled convolutions would leave the pool alone) in fused-layers' segments (the default's
+    # upload envelope makes longer segments: 10), a second or two each at 4 trials
     model = conv_net([4, 8, 12, 16, 20, 24, 28, 32])
     folder = tmp_path / "t"
-    options = dict(trials_per_task=4, kernels="blas", progress=False)
+    options = dict(trials_per_task=4, kernels="blas", partitioner="fused-layers", progress=False)
     # The budget counts from the start, analysis and the default schedules included. A budget that
     # leaves no time for a task tunes none, but keeps the default schedules it timed.
     setup = tune(model, TuneOptions("x86-host", folder, budget_s=0.1, **options), name="convnet")
