@@ -144,6 +144,24 @@ def test_bandwidth_estimate_follows_the_link():
     assert estimator.up_mbps == pytest.approx(1.0, rel=0.1)
 
 
+def test_bandwidth_estimate_rises_on_a_link_faster_than_its_prior():
+    """Transfers far faster than the estimates predict (602 KB in 4 ms: a LAN, or loopback) raise the
+    bandwidth to at least what they show; before, each only shortened the round trip and a Wi-Fi-seeded
+    estimate stayed at Wi-Fi's rate for ever."""
+    estimator = NetworkEstimator(NETWORKS["wifi"])
+    for _ in range(30):
+        estimator.observe_transfer(602_112, 4_000, 0.004)
+    assert estimator.rtt_s <= 0.0045
+    assert estimator.up_mbps > 1000  # 602 KB in 4 ms is 1.2 Gbps at least
+    assert estimator.down_mbps == NETWORKS["wifi"].down_mbps  # 4 KB says nothing of the downlink
+    for _ in range(60):  # then the link slows to 3G-like: the estimate follows it down (0.7x a request at first)
+        estimator.observe_rtt(0.1)
+        estimator.observe_transfer(500_000, 20_000, 0.1 + 500_000 * 8 / 1e6 + 20_000 * 8 / 2e6)
+    # to 1.8 Mbps, not 1.0: one exchange's time is split between the directions in the ratio of the
+    # estimates, and the fast transfers had taught the uplink only
+    assert 1.0 <= estimator.up_mbps < 2.0
+
+
 def test_server_load_report_goes_stale():
     load = ServerLoadEstimator(stale_after_s=10)
     load.update({"queue_length": 4, "busy_fraction": 1.0, "mean_service_s": 0.05}, now=100.0)

@@ -179,9 +179,9 @@ class Devices:
         self.runtimes = []
         for i in range(n):
             case = cases[names[i % len(names)]]
-            # Unshaped, the link is loopback, where coding never pays (the link estimator keeps the named
-            # network's bandwidth there: README, Known limits): the devices send raw, and the machine's cores
-            # go to the server, as the device's work (SimulatedMobile) does not take them.
+            # Unshaped, the link is loopback, where coding never pays: the devices send raw from the first
+            # request (not only once they have learnt the link), and the machine's cores go to the server, as
+            # the device's work (SimulatedMobile) does not take them.
             runtime = MobileRuntime(case.bundle, server.url, network=network, shape_link=shaped, deadline_s=60.0,
                                     costs=case.costs, compression="auto" if shaped else "off",
                                     executor=SimulatedMobile(case.bundle, case.tensors, case.costs.mobile_s))
