@@ -243,8 +243,7 @@ class SegmentExecutor:
                 result = function(*args)
             except tvm.error.TVMError as err:
                 raise BundleError(f"{self.bundle.path}: {self.side} segment {index} failed: {first_line(err)}") from None
-            values = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
-            for t, value in zip(spec.outputs, values):
+            for t, value in zip(spec.outputs, results(result)):
                 env[t.name] = value
         return env
 
@@ -273,3 +272,10 @@ def elf_machine(path: Path) -> str:
 
 def fetch(value) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+def results(result) -> list:
+    """A compiled function's result as a list: one tensor, or a tuple of them."""
+    import tvm
+
+    return [result] if isinstance(result, tvm.runtime.Tensor) else list(result)

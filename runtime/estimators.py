@@ -76,20 +76,21 @@ class NetworkEstimator:
         predicted = predicted_up + predicted_down
         if predicted <= 0:
             return
-        if transfer_s <= 0.05 * predicted:  # faster than the estimates allow
+        fast = transfer_s <= 0.05 * predicted  # faster than the estimates allow
+        if fast:
             self.observe_rtt(network_s)
-            floor_s = max(network_s, 1e-6)
-            if up_bytes >= MIN_BANDWIDTH_SAMPLE_BYTES:
-                self.up_mbps = ewma(self.up_mbps, max(self.up_mbps, up_bytes * 8 / floor_s / 1e6), self.alpha)
-            if down_bytes >= MIN_BANDWIDTH_SAMPLE_BYTES:
-                self.down_mbps = ewma(self.down_mbps, max(self.down_mbps, down_bytes * 8 / floor_s / 1e6), self.alpha)
-            return
-        scale = transfer_s / predicted
-        if up_bytes >= MIN_BANDWIDTH_SAMPLE_BYTES:
-            self.up_mbps = ewma(self.up_mbps, self.up_mbps / scale, self.alpha)
-        if down_bytes >= MIN_BANDWIDTH_SAMPLE_BYTES:
-            self.down_mbps = ewma(self.down_mbps, self.down_mbps / scale, self.alpha)
-        self.samples += 1
+        else:
+            self.samples += 1
+        window_s = max(network_s, 1e-6)
+
+        def estimate(mbps: float, nbytes: int) -> float:
+            if nbytes < MIN_BANDWIDTH_SAMPLE_BYTES:
+                return mbps
+            measured = max(mbps, nbytes * 8 / window_s / 1e6) if fast else mbps * predicted / transfer_s
+            return ewma(mbps, measured, self.alpha)
+
+        self.up_mbps = estimate(self.up_mbps, up_bytes)
+        self.down_mbps = estimate(self.down_mbps, down_bytes)
 
 
 class ServerLoadEstimator:

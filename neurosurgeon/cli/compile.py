@@ -64,10 +64,9 @@ def register(verbs) -> None:
 
 def inspect(args) -> int:
     from ..api import analyse
-    from ..compiler.partition import get_partitioner
     from ..compiler.report import cut_table, layer_table, plot_layers
 
-    frozen, graph, plan = analyse(args.model, input_shapes(args), get_partitioner(args.partitioner))
+    frozen, graph, plan = analyse(args.model, input_shapes(args), args.partitioner)
     print(layer_table(frozen, graph))
     print()
     print(cut_table(plan))
@@ -78,13 +77,12 @@ def inspect(args) -> int:
 
 def compile_bundle(args) -> int:
     from .. import api
-    from ..compiler.partition import get_partitioner
     from ..compiler.report import human_bytes
 
     options = api.CompileOptions(mobile=args.mobile, server=args.server, input_shapes=input_shapes(args),
                                  as_tar=args.tar, force=args.force, progress=not args.quiet, tuning=args.tuning,
                                  kernels=args.kernels, planner=args.planner, sign_key=args.sign_key,
-                                 server_batch=args.server_batch, partitioner=get_partitioner(args.partitioner),
+                                 server_batch=args.server_batch, partitioner=args.partitioner,
                                  jobs=args.jobs)
     costs = api.CostAnnotation(mobile_model=args.mobile_cost, server_model=args.server_cost,
                                mobile_power=args.mobile_power, measure=not args.no_measure)

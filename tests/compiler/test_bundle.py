@@ -8,7 +8,6 @@ import pytest
 
 from neurosurgeon.compiler import build_pool, pipeline
 from neurosurgeon.compiler.analysis import analyse
-from neurosurgeon.compiler.partition import get_partitioner
 from neurosurgeon.compiler.build import BuildError
 from neurosurgeon.targets import get_preset
 from neurosurgeon.compiler.bundle import OutputError
@@ -51,7 +50,7 @@ def test_manifest_describes_model_cuts_segments_and_files(bundle_dir):
     assert [s["layer_names"] for s in manifest["segments"]][:2] == [["conv1", "relu1"], ["conv2", "add"]]
     # the cut after conv2, which fused-layers drops, would cross both the residual branch and conv2's output
     _, _, every = analyse(bundle_dir / "residual.onnx", {"x": (1, 3, 8, 8)},
-                          partitioner=get_partitioner("layer-boundaries"))
+                          partitioner="layer-boundaries")
     crossing = {c.after_layer: [t.name for t in c.crossing] for c in every.cuts}
     assert crossing["conv2"] == ["r1", "c2"]
     files = manifest["artifacts"]["x86-host"]

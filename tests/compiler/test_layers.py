@@ -48,7 +48,7 @@ def test_configuration_and_flops_are_the_papers_variables(alexnet):
 def test_cuts_cover_both_ends_and_are_never_duplicates(name, partitioner):
     size = zoo.min_input_size(name)
     frozen, graph, plan = analyse(zoo.build(name, input_size=size and max(size, 32), width=0.25),
-                                  partitioner=get_partitioner(partitioner))
+                                  partitioner=partitioner)
     cuts = plan.cuts
     assert len(cuts) == len(plan.segments) + 1 and plan.partitioner == partitioner
     assert cuts[0].layer_boundary == 0 and cuts[-1].layer_boundary == len(graph.layers)
@@ -71,7 +71,7 @@ def test_fused_layers_drop_only_boundaries_inside_a_pointwise_epilogue(name):
     layer that alone reads the layer before it, so cutting there would upload exactly the bytes of
     cutting after it, or, before a residual add, more (both its operands)."""
     model = zoo.build(name, input_size=64 if zoo.own_input_size(name) else None, width=0.25)
-    _, graph, every = analyse(model, partitioner=get_partitioner("layer-boundaries"))
+    _, graph, every = analyse(model, partitioner="layer-boundaries")
     _, _, fused = analyse(model, partitioner="fused-layers")
     assert fused.partitioner == "fused-layers"
     kept = [c.layer_boundary for c in fused.cuts]

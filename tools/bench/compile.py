@@ -15,7 +15,6 @@ from pathlib import Path
 from ...compiler.analysis import analyse
 from ...compiler.build import build_graph
 from ...compiler.build_pool import BuildJob, build_all, start_workers, workers_for
-from ...compiler.partition import get_partitioner
 from ...compiler.report import human_bytes
 from ...runtime.progress import Progress
 from ...targets import get_preset
@@ -27,7 +26,7 @@ __all__ = ["bench_compile", "compile_table", "measure"]
 def measure(name: str, target: str, input_size: int | None, workdir: Path, partitioner: str | None = None,
             workers: int | None = None) -> dict:
     frozen, graph, plan = analyse(zoo.build(name, input_size=input_size), name=name,
-                                  partitioner=get_partitioner(partitioner))
+                                  partitioner=partitioner)
     preset = get_preset(target)
     weights = sum(frozen.tensors[i.name].nbytes for i in frozen.graph.initializer)
 

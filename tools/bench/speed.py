@@ -319,15 +319,14 @@ def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, mono_pa
     the monolithic build without had charged it to cutting)."""
     import tvm
 
-    from ...compiler.partition import get_partitioner
     from ...compiler.pipeline import CompileOptions, compile_model
-    from ...runtime.bundle import Bundle, SegmentExecutor, fetch
+    from ...runtime.bundle import Bundle, SegmentExecutor, fetch, results
     from ..verify import run_cut
 
     compile_model(model, workdir / "bundle", CompileOptions(options.target, options.target, options.input_shapes,
                                                             tuning=options.tuning, kernels=options.kernels,
                                                             progress=options.progress,
-                                                            partitioner=get_partitioner(options.partitioner)),
+                                                            partitioner=options.partitioner),
                   name=name)
     bundle = Bundle(workdir / "bundle")
     mobile, server = (SegmentExecutor(bundle, side, threads=threads) for side in ("mobile", "server"))
@@ -336,7 +335,7 @@ def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, mono_pa
 
     def monolithic():  # as a request runs it, like a cut: numpy inputs in, numpy outputs out
         result = main(*(tvm.runtime.tensor(feeds[t.name]) for t in bundle.inputs))
-        return [fetch(v) for v in ([result] if isinstance(result, tvm.runtime.Tensor) else result)]
+        return [fetch(v) for v in results(result)]
 
     mono = _Timed("monolithic", monolithic)
     candidates = [_Timed(f"cut {k}", lambda k=k: run_cut(bundle, mobile, server, k, feeds)) for k in range(len(bundle.cuts))]
