@@ -177,8 +177,11 @@ class _TiledProducts(_Products):
 
     fuses_epilogues = True
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, tiles=None):
+        from .tiled_kernels import TileChoices
+
         self.lanes = lanes
+        self.tiles = tiles if tiles is not None else TileChoices()  # tuning's choices, and what was asked
 
     @staticmethod
     def _call(builder, kernel, name: str, args, epilogue, out_shape):
@@ -202,21 +205,18 @@ class _TiledProducts(_Products):
     def conv2d(self, builder, data, kernel, geometry, out_shape, epilogue=()):
         from tvm import relax
 
-        from .tiled_kernels import direct_conv2d, pointwise_conv2d
+        from .tiled_kernels import conv_kernel
 
-        strides, padding, dilation = geometry
         data_shape = _static_shape(data)
-        steps = tuple(step for step, _ in epilogue)
-        if kernel.shape[2:] == (1, 1) and strides == (1, 1) and not any(padding):
+        choice = self.tiles.for_conv(data_shape, kernel.shape, *geometry)
+        kind, tiled = conv_kernel(data_shape, kernel, *geometry, self.lanes, tuple(step for step, _ in epilogue), choice)
+        if kind == "pointwise":
             batch, channels, height, width = data_shape
-            tiled = pointwise_conv2d(data_shape, kernel, self.lanes, steps)
-            if tiled is not None:
-                flat_shape = (batch, kernel.shape[0], height * width)
-                flat = builder.emit(relax.op.reshape(data, (batch, channels, height * width)))
-                product = builder.emit(self._call(builder, tiled, "conv2d_pointwise", [flat], epilogue, flat_shape))
-                return relax.op.reshape(product, out_shape)
-        tiled = direct_conv2d(data_shape, kernel, strides, padding, dilation, self.lanes, steps)
-        return None if tiled is None else self._call(builder, tiled, "conv2d_direct", [data], epilogue, out_shape)
+            flat_shape = (batch, kernel.shape[0], height * width)
+            flat = builder.emit(relax.op.reshape(data, (batch, channels, height * width)))
+            product = builder.emit(self._call(builder, tiled, "conv2d_pointwise", [flat], epilogue, flat_shape))
+            return relax.op.reshape(product, out_shape)
+        return self._call(builder, tiled, "conv2d_direct", [data], epilogue, out_shape)
 
     def matmul(self, builder, lhs, weight, lhs_shape, out_shape, epilogue=()):
         from tvm import relax
@@ -540,9 +540,10 @@ def reshape_views():
     return _call_tir_pass("NeurosurgeonReshapeViews", rewrite)
 
 
-def tiled_products(target):
-    """Step 1 with `--kernels tvm`: products as register-tiled TIR kernels for `target`'s vectors."""
-    return lower_products(_TiledProducts(vector_lanes(target)))
+def tiled_products(target, tiles=None):
+    """Step 1 with `--kernels tvm`: products as register-tiled TIR kernels for `target`'s vectors, with
+    the tile choices of `tiles` (a tiled_kernels.TileChoices; None: the defaults)."""
+    return lower_products(_TiledProducts(vector_lanes(target), tiles))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -837,8 +838,9 @@ def cpu_tir_pipeline() -> str:
     return CPU_TIR_PIPELINE
 
 
-def cpu_phases(target, kernels: str = DEFAULT_KERNELS) -> tuple[list, list, list]:
-    """(passes up to fused TIR functions, passes after scheduling, lowering) for a CPU target."""
+def cpu_phases(target, kernels: str = DEFAULT_KERNELS, tiles=None) -> tuple[list, list, list]:
+    """(passes up to fused TIR functions, passes after scheduling, lowering) for a CPU target; `tiles`:
+    the tiled products' choices (`tiled_products`)."""
     import importlib
 
     backend = importlib.import_module("tvm.relax.backend.cpu_generic.pipeline")
@@ -852,7 +854,7 @@ def cpu_phases(target, kernels: str = DEFAULT_KERNELS) -> tuple[list, list, list
     if kernels == "blas":
         first.append(offload_gemm())
     elif kernels == "tvm":
-        first += [clamps_as_ops(), tiled_products(target)]
+        first += [clamps_as_ops(), tiled_products(target, tiles)]
     views = [reshape_views()] if kernels != "naive" else []
     return (first + backend.library_dispatch_passes(target) + legalize[:fused], legalize[fused:],
             views + backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
@@ -883,7 +885,8 @@ def count_externs(mod) -> int:
                if isinstance(binding.value, relax.Call) and binding.value.op.same_as(call_dps_packed))
 
 
-def cpu_pipeline(target, kernels: str = DEFAULT_KERNELS, apply_database: bool = False, stats: dict | None = None):
+def cpu_pipeline(target, kernels: str = DEFAULT_KERNELS, apply_database: bool = False, stats: dict | None = None,
+                 tiles=None):
     """A relax_pipeline for tvm.compile: phases above, with MetaSchedule's current database applied
     first (if asked) and our rule for every function it has no record for. `stats`, if given, gets
     `count_kernels`'s counts and "externs" (BLAS calls) of the build."""
@@ -893,7 +896,7 @@ def cpu_pipeline(target, kernels: str = DEFAULT_KERNELS, apply_database: bool = 
 
     if kernels not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, not {kernels!r}")
-    fusion, after, lower = cpu_phases(target, kernels)
+    fusion, after, lower = cpu_phases(target, kernels, tiles)
 
     @tvm.transform.module_pass(opt_level=0, name="NeurosurgeonCPUPipeline")
     def pipeline(mod, _ctx):

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EPILOGUE_STEPS", "TILED", "direct_conv2d", "dense", "is_tiled", "padded_bias", "pointwise_conv2d",
-           "vector_registers"]
+__all__ = ["EPILOGUE_STEPS", "TILED", "TileChoices", "conv_kernel", "conv_key", "conv_variants", "direct_conv2d", "dense", "is_tiled",
+           "padded_bias", "pointwise_conv2d", "vector_registers"]
 
 
 def vector_registers(lanes: int) -> int:
@@ -184,6 +184,88 @@ def _tile_reduction(sch, acc: str, out: str, parallel: int, reductions: int, til
     return block
 
 
+def conv_key(data_shape, weight_shape, strides, padding, dilation) -> str:
+    """A convolution's geometry as a tuning folder names it (its tile choice depends on nothing else),
+    e.g. "conv2d 1x64x56x56 w64x64x3x3 s1x1 p1x1x1x1 d1x1"."""
+    def dims(values):
+        return "x".join(str(int(v)) for v in values)
+
+    return (f"conv2d {dims(data_shape)} w{dims(weight_shape)} s{dims(strides)} p{dims(padding)} "
+            f"d{dims(dilation)}")
+
+
+def conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes: int) -> list[dict]:
+    """The tile choices tuning times for a convolution: {} (the default, first), then the direct
+    kernel with one or two vectors of output channels, row tiles of up to 7, 8 or 14 columns and the
+    tasks by rows or by channel blocks x rows (`direct_conv2d`'s `block`, `tile`, `rows_outer`). A
+    1x1 convolution the pointwise kernel takes by default also gets the direct ones. Every choice
+    sums each output in the same order: the results are the same bits."""
+    oh, ow = _conv_output(data_shape, weight_shape, strides, padding, dilation)
+    padded = _whole_vectors(weight_shape[0], lanes)
+    default = None if _takes_pointwise(weight_shape, strides, padding) else _direct_default(
+        data_shape, weight_shape, strides, padding, dilation, lanes)
+    variants = [{}]
+    for block in (b for b in (lanes, 2 * lanes) if padded % b == 0):
+        for tile in sorted({_row_tile(ow, most) for most in (7, 8, 14)}):
+            if -(-block // lanes) * tile > vector_registers(lanes) // 2:  # accumulators; the rest: weights, broadcasts
+                continue
+            variants += [choice for rows_outer in (True, False)
+                         if (choice := {"block": block, "tile": tile, "rows_outer": rows_outer}) != default]
+    return variants
+
+
+def _conv_output(data_shape, weight_shape, strides, padding, dilation) -> tuple[int, int]:
+    (_, _, height, width), (_, _, kh, kw) = data_shape, weight_shape
+    top, left, bottom, right = padding
+    return ((height + top + bottom - dilation[0] * (kh - 1) - 1) // strides[0] + 1,
+            (width + left + right - dilation[1] * (kw - 1) - 1) // strides[1] + 1)
+
+
+def _takes_pointwise(weight_shape, strides, padding) -> bool:
+    """Whether the default for this convolution is the pointwise kernel (where its tiles fit)."""
+    return tuple(weight_shape[2:]) == (1, 1) and tuple(strides) == (1, 1) and not any(padding)
+
+
+def _direct_default(data_shape, weight_shape, strides, padding, dilation, lanes: int) -> dict:
+    """`direct_conv2d`'s own choice: `_conv_tile`'s tile; tasks by rows where the packed weights are no
+    larger than the input (see there)."""
+    (_, channels, height, width), (out_channels, _, kh, kw) = data_shape, weight_shape
+    oh, ow = _conv_output(data_shape, weight_shape, strides, padding, dilation)
+    padded = _whole_vectors(out_channels, lanes)
+    block, tile = _conv_tile(padded, ow, lanes)
+    return {"block": block, "tile": tile,
+            "rows_outer": oh >= 8 and padded * channels * kh * kw <= channels * height * width}
+
+
+class TileChoices:
+    """Tile choices per convolution (`conv_key` -> a `conv_variants` entry), as tuning chose them, and
+    the convolutions a build asked about (`asked`: key -> (data shape, weight shape, strides,
+    padding, dilation)), which is how tuning finds the convolutions of a model."""
+
+    def __init__(self, choices: dict | None = None):
+        self.choices = dict(choices or {})
+        self.asked: dict[str, tuple] = {}
+
+    def for_conv(self, data_shape, weight_shape, strides, padding, dilation) -> dict:
+        key = conv_key(data_shape, weight_shape, strides, padding, dilation)
+        self.asked.setdefault(key, (tuple(data_shape), tuple(weight_shape), tuple(strides), tuple(padding),
+                                    tuple(dilation)))
+        return self.choices.get(key, {})
+
+
+def conv_kernel(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int, epilogue=(),
+                choice: dict | None = None):
+    """(kind, (PrimFunc, packed weight)) of a convolution as `choice` (a `conv_variants` entry; None or
+    {}: the default) builds it: kind "pointwise" (its data and output flattened to [N, C, H*W]) or
+    "direct"."""
+    choice = choice or {}
+    if not choice and _takes_pointwise(weight.shape, strides, padding):
+        tiled = pointwise_conv2d(data_shape, weight, lanes, epilogue)
+        if tiled is not None:
+            return "pointwise", tiled
+    return "direct", direct_conv2d(data_shape, weight, strides, padding, dilation, lanes, epilogue, **choice)
+
+
 def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int, epilogue=(),
                   block: int | None = None, tile: int | None = None, unroll_window: bool | None = None,
                   rows_outer: bool | None = None):
@@ -210,8 +292,8 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     oh = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
     ow = (width + left + right - dw * (kw - 1) - 1) // sw + 1
     padded = _whole_vectors(out_channels, lanes)
-    chosen = _conv_tile(padded, ow, lanes)
-    block, tile = block or chosen[0], tile or chosen[1]
+    default = _direct_default(data_shape, weight.shape, strides, padding, dilation, lanes)
+    block, tile = block or default["block"], tile or default["tile"]
     data = te.placeholder((batch, channels, height, width), "float32", name="data")
     packed = te.placeholder((padded // block, channels, kh, kw, block), "float32", name="weight")
     if any(padding):
@@ -226,8 +308,7 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     rc = te.reduce_axis((0, channels), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
-    if rows_outer is None:
-        rows_outer = oh >= 8 and padded * channels * kh * kw <= channels * height * width
+    rows_outer = default["rows_outer"] if rows_outer is None else rows_outer
 
     def at(n, o, y, x, v):  # acc's axes: (n, y, o, ...) for tasks by rows, else (n, o, y, ...)
         return (n, y, o, x, v) if rows_outer else (n, o, y, x, v)

@@ -1,5 +1,6 @@
 """Tuning as a build step: MetaSchedule over the distinct workloads (fused TIR functions) of a model's
-segments, kept in a tuning folder per target preset that `compile --tuning DIR` applies.
+segments, and the tiles of its tiled convolutions, kept in a tuning folder per target preset that
+`compile --tuning DIR` applies.
 
     report = tune("alexnet.onnx", TuneOptions("x86-host", "x86-host.tuning", budget_s=600))
     compile_model("alexnet.onnx", "b/", CompileOptions("x86-host", "x86-host", tuning="x86-host.tuning"))
@@ -8,7 +9,9 @@ segments, kept in a tuning folder per target preset that `compile --tuning DIR` 
 - folder.py: the tuning folder's format (MetaSchedule's JSON database plus tuning.json);
 - measure.py: the in-process builder, and the runners that time candidates here, on a board
   through TVM RPC, or not at all;
-- search.py: `tune()`, rounds of random then evolutionary search within a budget, resumable;
+- search.py: `tune()`: first the tiled convolutions' tiles (compiler/tiled_kernels.py `conv_variants`,
+  each choice timed, the fastest recorded in tuning.json), then rounds of random then evolutionary
+  search within a budget, resumable;
 - tuned_build.py: the build pipeline with the folder's schedules applied (`compile_tuned`).
 """
 

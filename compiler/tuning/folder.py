@@ -1,12 +1,14 @@
 """The tuning folder: MetaSchedule's JSON database (database_workload.json, database_tuning_record.json,
 its own names, so its tools read the folder too) and tuning.json (target, TVM version, whether
-times were measured and where, trials and seconds per task, the runs). Every file is rewritten
+times were measured and where, trials and seconds per task, the runs, and "tiles": the tiled
+convolutions' chosen tiles with their times). Every file is rewritten
 atomically, so an interrupted run never leaves a torn folder behind."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from pathlib import Path
 
 from ...runtime.errors import NeurosurgeonError
@@ -15,7 +17,7 @@ from ...targets import Preset
 from ..kernels import DEFAULT_KERNELS
 
 __all__ = ["INFO", "RECORD_FILE", "TUNING_FORMAT", "TuningError", "WORKLOAD_FILE", "database", "database_sha256",
-           "open_info", "paths", "read_tuning_info", "tuning_identity", "write_info"]
+           "open_info", "paths", "read_tuning_info", "tile_choices", "tuning_identity", "write_info"]
 
 
 class TuningError(NeurosurgeonError):
@@ -69,11 +71,19 @@ def database_sha256(tuning_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
+def tile_choices(info: dict) -> dict:
+    """The tiled convolutions' chosen tiles in a tuning.json (`conv_key` -> choice; {} where none were timed)."""
+    return {key: entry["choice"] for key, entry in info.get("tiles", {}).items()}
+
+
 def tuning_identity(tuning_dir: str | Path) -> dict:
-    """What a bundle's manifest records about the tuning it was compiled with."""
+    """What a bundle's manifest records about the tuning it was compiled with: the database's digest and
+    the tile choices' (both decide the code)."""
     info = read_tuning_info(tuning_dir)
+    tiles = json.dumps(tile_choices(info), sort_keys=True).encode()
     return {"dir": Path(tuning_dir).resolve().name, "preset": info["preset"],
-            "database_sha256": database_sha256(tuning_dir), "measured": info["measured"],
+            "database_sha256": database_sha256(tuning_dir), "tiles_sha256": hashlib.sha256(tiles).hexdigest(),
+            "measured": info["measured"],
             "measured_on": info.get("measured_on"), "unmeasured_reason": info.get("unmeasured_reason")}
 
 

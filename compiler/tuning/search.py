@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ...runtime.progress import Progress
@@ -34,6 +35,7 @@ from .folder import TuningError, open_info, paths, write_info
 from .measure import (RemoteBoard, count_cpus_without_psutil, environment_variable, load_tensor_intrinsics,
                       make_builder_and_runner, parse_rpc_address, tuning_target)
 from .workloads import Workload, extract_workloads
+from ..tiled_kernels import TileChoices
 from ..kernels import DEFAULT_KERNELS
 
 __all__ = ["DEFAULT_TRIALS", "TuneOptions", "TuneReport", "tune"]
@@ -74,6 +76,8 @@ class TuneReport:
     complete: bool
     measured_on: str | None = None  # "here", "rpc://HOST:PORT", or None
     unmeasured_reason: str | None = None
+    convolutions: int = 0  # distinct tiled convolutions of the model (their tiles are chosen by timing)
+    tiles_chosen: int = 0  # of them, how many have a timed choice in the folder
 
     def summary(self) -> str:
         if self.measured:
@@ -81,8 +85,9 @@ class TuneReport:
         else:
             how = f"NOT measured ({self.unmeasured_reason or 'no board here'}: random valid schedules)"
         state = "complete" if self.complete else f"{self.remaining} tasks left (run again to resume)"
+        tiles = f"tiles timed for {self.tiles_chosen} of {self.convolutions} convolutions; " if self.convolutions else ""
         return (f"{self.out_dir}: {self.preset}, {self.tasks} workloads: {self.tuned} tuned ({self.trials} trials), "
-                f"{self.skipped} already in the database; {state}; {self.seconds:.0f} s; {how}")
+                f"{self.skipped} already in the database; {tiles}{state}; {self.seconds:.0f} s; {how}")
 
 
 
@@ -128,7 +133,8 @@ def tune(model: str | Path | onnx.ModelProto, options: TuneOptions, name: str | 
     graphs = [(f"segment {s.index}", s.model, s.inputs) for s in plan.segments]
     if options.whole_model:
         graphs.append(("whole model", frozen.model, frozen.inputs))
-    workloads = extract_workloads(graphs, preset, options.kernels)
+    tiles = TileChoices()
+    workloads = extract_workloads(graphs, preset, options.kernels, tiles)
     run = {"model": frozen.name, "model_sha256": frozen.sha256, "started_unix": int(time.time()),
            "trials_per_task": trials, "budget_s": options.budget_s, "tasks": len(workloads),
            "measured_on": where.measured_on}
@@ -143,25 +149,27 @@ def tune(model: str | Path | onnx.ModelProto, options: TuneOptions, name: str | 
     write_info(out_dir, info)
 
     progress = Progress(0, f"tuning {preset.name}", unit="task", enabled=options.progress)
-    search = _Search(preset, options, where, workloads, info, run, trials, started, progress)
+    search = _Search(preset, options, where, workloads, tiles.asked, info, run, trials, started, progress)
     try:
         search.run()
     finally:
         progress.close()
     remaining = search.remaining()
     seconds = time.perf_counter() - started
+    chosen = sum(1 for key in tiles.asked if key in info.get("tiles", {}))
+    remaining += len(tiles.asked) - chosen if search.times_tiles else 0
     run.update(seconds=round(seconds, 1), tuned=len(search.tuned), trials=search.trials_run, remaining=remaining)
     write_info(out_dir, info)
     return TuneReport(out_dir, preset.name, where.measured, len(workloads), len(search.tuned), search.skipped,
                       remaining, search.trials_run, seconds, remaining == 0, where.measured_on,
-                      where.unmeasured_reason)
+                      where.unmeasured_reason, len(tiles.asked), chosen)
 
 
 class _Search:
     """The rounds of one tuning run over `workloads`, recorded in `info` (tuning.json) as they go."""
 
     def __init__(self, preset: Preset, options: TuneOptions, where: _Measurement, workloads: list[Workload],
-                 info: dict, run: dict, trials: int, started: float, progress: Progress):
+                 convolutions: dict, info: dict, run: dict, trials: int, started: float, progress: Progress):
         from tvm.s_tir import meta_schedule as ms
 
         load_tensor_intrinsics(preset)
@@ -170,6 +178,9 @@ class _Search:
         self.workloads, self.info, self.run_record, self.started, self.progress = workloads, info, run, started, progress
         self.out_dir = Path(options.out_dir)
         self.measured = where.measured
+        self.convolutions = convolutions  # the tiled ones: TileChoices.asked
+        # Tiles are chosen by timing alone: where candidates are not timed, the defaults stay.
+        self.times_tiles = self.measured and preset.device != "cuda" and options.kernels == "tvm"
         workload_file, record_file = paths(self.out_dir)
         self.database = ms.database.JSONDatabase(str(workload_file), str(record_file), allow_missing=True)
         self.target = tuning_target(preset, self.measured, cores_here() if where.measured_on == "here" else None)
@@ -210,12 +221,59 @@ class _Search:
         if self.measured and self.preset.device != "cuda" and self.options.kernels != "naive":
             _commit_default_schedules(self.workloads, self.info, self.database, self.builder, self.runner, self.target)
             write_info(self.out_dir, self.info)
+        if self.times_tiles and not self._choose_tiles():
+            return
         with _quiet_meta_schedule(), tempfile.TemporaryDirectory(prefix="neurosurgeon-tune-") as logs:
             # One more pass at the last goal: as refined tasks get faster, a task left at its first
             # round's trials can grow past REFINE_SHARE of the total and become worth refining.
             for number, goal in enumerate(self.rounds + self.rounds[-1:]):
                 if not self._round(number, goal, logs):
                     return
+
+    def _choose_tiles(self) -> bool:
+        """Time every tile choice of each tiled convolution not yet in the folder (compiler/tiled_kernels.py
+        `conv_variants`: the products' tiles are made where the kernels are, out of MetaSchedule's reach)
+        and record the fastest in tuning.json's "tiles", which a tuned build applies. The heaviest
+        convolutions first; False once the budget is spent. They come before the MetaSchedule tasks:
+        in the zoo's convolutional nets the products take most of the time."""
+        import tvm
+
+        from ..kernels import vector_lanes
+        from ..tiled_kernels import conv_kernel, conv_variants
+
+        ms, lanes = self.ms, vector_lanes(self.target)
+        chosen = self.info.setdefault("tiles", {})
+        todo = sorted(((key, spec) for key, spec in self.convolutions.items() if key not in chosen),
+                      key=lambda item: -_conv_flops(*item[1][:2]))
+        self.progress.grow(len(todo))
+        for key, (data_shape, weight_shape, strides, padding, dilation) in todo:
+            variants = conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes)
+            if time.perf_counter() - self.started + len(variants) * _PRIOR_TRIAL_S > self.options.budget_s:
+                return False
+            weight = np.zeros(weight_shape, np.float32)  # the runner times on random arguments, the weights too
+            mods = [tvm.IRModule({"main": conv_kernel(data_shape, weight, strides, padding, dilation, lanes, (),
+                                                      choice)[1][0].with_attr("global_symbol", "main")})
+                    for choice in variants]
+            built = self.builder.build([ms.builder.BuilderInput(mod, self.target) for mod in mods])
+            timed, inputs = [], []
+            for choice, mod, result in zip(variants, mods, built):
+                if not result.error_msg:
+                    timed.append(choice)
+                    inputs.append(ms.runner.RunnerInput(result.artifact_path, self.target.kind.name,
+                                                        ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+            seconds = []
+            for choice, future in zip(timed, self.runner.run(inputs)):
+                result = future.result()
+                if not result.error_msg and result.run_secs:
+                    seconds.append((mean_seconds(result.run_secs), choice))
+            if seconds:
+                best_s, best = min(seconds, key=lambda pair: pair[0])  # the default, listed first, wins a tie
+                default_s = next((s for s, choice in seconds if not choice), None)
+                chosen[key] = {"choice": best, "us": round(best_s * 1e6, 2), "variants": len(seconds),
+                               "default_us": None if default_s is None else round(default_s * 1e6, 2)}
+                write_info(self.out_dir, self.info)
+            self.progress.update(note=f"tiles of {key}")
+        return True
 
     def _round(self, number: int, goal: int, logs: str) -> bool:
         """Give every task that needs it `goal` trials; False once the budget is spent."""
@@ -270,6 +328,11 @@ class _Search:
         entry["seconds"] = round(entry["seconds"] + seconds, 2)
         self.run_record["seconds"] = round(time.perf_counter() - self.started, 1)
         write_info(self.out_dir, self.info)
+
+
+def _conv_flops(data_shape, weight_shape) -> float:
+    """A convolution's multiply-adds, up to its output's size (strides make it smaller): for ordering."""
+    return float(np.prod(data_shape[2:])) * float(np.prod(weight_shape))
 
 
 def _commit_default_schedules(workloads: list[Workload], info: dict, database, builder, runner, target) -> int:

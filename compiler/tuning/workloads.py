@@ -33,9 +33,10 @@ class Workload:
 
 
 def extract_workloads(graphs: list[tuple[str, onnx.ModelProto, list]], preset: Preset,
-                      kernels: str = DEFAULT_KERNELS) -> list[Workload]:
+                      kernels: str = DEFAULT_KERNELS, tiles=None) -> list[Workload]:
     """The distinct fused TIR functions that building `graphs` ((label, model, inputs) each) for
-    `preset` produces, deduplicated by structural hash, with their call counts summed."""
+    `preset` produces, deduplicated by structural hash, with their call counts summed. `tiles` (a
+    TileChoices), if given, learns the tiled convolutions the builds make (its `asked`)."""
     import tvm
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
@@ -45,7 +46,7 @@ def extract_workloads(graphs: list[tuple[str, onnx.ModelProto, list]], preset: P
     for label, model, inputs in graphs:
         mod = import_graph(model, inputs, label)
         with target:
-            mod = tvm.transform.Sequential(fusion_passes(target, kernels))(mod)
+            mod = tvm.transform.Sequential(fusion_passes(target, kernels, tiles))(mod)
         for task in ms.relax_integration.extract_tasks(mod, target):
             func_mod = task.dispatched[0]
             if _tiled(func_mod):

@@ -15,9 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 from neurosurgeon.cli import main
 from neurosurgeon.compiler.analysis import analyse
 from neurosurgeon.compiler.pipeline import CompileOptions, compile_model  # no cost stage: these bundles only run
+from neurosurgeon.compiler.tiled_kernels import conv_key, conv_variants
 from neurosurgeon.compiler.tuning import TuneOptions, TuningError, read_tuning_info, segment_workloads, tune
 from neurosurgeon.runtime.errors import NeurosurgeonError
-from neurosurgeon.tools.verify import verify_bundle
+from neurosurgeon.runtime.bundle import Bundle, SegmentExecutor
+from neurosurgeon.tools.verify import run_cut, verify_bundle
 
 
 def conv_net(channels: list[int], size: int = 16, seed: int = 0, name: str = "convnet") -> onnx.ModelProto:
@@ -60,6 +62,46 @@ def test_tiled_convolutions_are_not_tuning_tasks():
     workloads = segment_workloads(plan, "x86-host")
     assert workloads and not [w for w in workloads if "conv2d" in w.name]
     assert len({w.key for w in workloads}) == len(workloads)
+
+
+def test_each_convolutions_tiles_are_timed_and_a_tuned_build_applies_them_bit_for_bit(tmp_path):
+    # The tiled convolutions' tiles are made where the kernels are, out of MetaSchedule's reach:
+    # tuning times every choice (tiled_kernels.conv_variants) of each and records the fastest, which a
+    # tuned build applies. Every choice sums each output in the same order: the answers are the same bits.
+    model = conv_net([16, 32])
+    folder = tmp_path / "x86-host.tuning"
+    report = tune(model, TuneOptions("x86-host", folder, budget_s=300, trials_per_task=1, progress=False), name="convnet")
+    assert report.measured and report.complete and (report.convolutions, report.tiles_chosen) == (2, 2)
+    assert "tiles timed for 2 of 2 convolutions" in report.summary()
+    specs = [((1, 3, 16, 16), (16, 3, 3, 3)), ((1, 16, 16, 16), (32, 16, 3, 3))]
+    geometry = ((1, 1), (1, 1, 1, 1), (1, 1))
+    info = read_tuning_info(folder)
+    assert set(info["tiles"]) == {conv_key(data, weight, *geometry) for data, weight in specs}
+    for data, weight in specs:
+        entry = info["tiles"][conv_key(data, weight, *geometry)]
+        variants = conv_variants(data, weight, *geometry, lanes=16)
+        assert entry["choice"] in variants and entry["variants"] == len(variants) >= 3
+        assert 0 < entry["us"] <= entry["default_us"]
+
+    def build_and_run(tiles: dict, out):
+        info["tiles"] = {key: {**entry, "choice": tiles} for key, entry in info["tiles"].items()}
+        (folder / "tuning.json").write_text(json.dumps(info))
+        compile_model(model, out, CompileOptions("x86-host", "x86-host", tuning=folder, progress=False), name="convnet")
+        bundle = Bundle(out)
+        mobile, server = (SegmentExecutor(bundle, side) for side in ("mobile", "server"))
+        x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
+        return [run_cut(bundle, mobile, server, cut, {"x": x})[0]["y"] for cut in range(len(bundle.cuts))]
+
+    chosen = build_and_run({}, tmp_path / "defaults")
+    forced = build_and_run({"block": 16, "tile": 8, "rows_outer": False}, tmp_path / "forced")
+    differ = [p.name for p in (tmp_path / "defaults/artifacts/x86-host").iterdir()
+              if p.read_bytes() != (tmp_path / "forced/artifacts/x86-host" / p.name).read_bytes()]
+    assert differ  # the choice reached the code, and the manifests say which choices they were built with
+    identities = [json.loads((tmp_path / name / "manifest.json").read_text())["identity"] for name in ("defaults", "forced")]
+    assert identities[0]["options"]["tuning"]["tiles_sha256"] != identities[1]["options"]["tuning"]["tiles_sha256"]
+    assert identities[0]["bundle_id"] != identities[1]["bundle_id"]
+    assert all(np.array_equal(a, b) for a, b in zip(chosen, forced, strict=True))
+    assert all(c.ok for c in verify_bundle(tmp_path / "forced", model))
 
 
 def test_bad_arguments_leave_nothing_on_disk(tmp_path):
