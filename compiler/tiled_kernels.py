@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EPILOGUE_STEPS", "TILED", "TileChoices", "conv_kernel", "conv_key", "conv_variants", "direct_conv2d", "dense", "is_tiled",
-           "padded_bias", "pointwise_conv2d", "vector_registers"]
+__all__ = ["EPILOGUE_STEPS", "TILE_KNOBS", "TILED", "TileChoices", "conv_kernel", "conv_key", "conv_variants",
+           "direct_conv2d", "dense", "is_tiled", "padded_bias", "pointwise_conv2d", "vector_registers"]
+
+TILE_KNOBS = ("block", "tile", "rows_outer")  # what a tile choice sets (`direct_conv2d`'s arguments)
 
 
 def vector_registers(lanes: int) -> int:

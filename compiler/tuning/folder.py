@@ -71,16 +71,23 @@ def database_sha256(tuning_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def tile_choices(info: dict) -> dict:
-    """The tiled convolutions' chosen tiles in a tuning.json (`conv_key` -> choice; {} where none were timed)."""
-    return {key: entry["choice"] for key, entry in info.get("tiles", {}).items()}
+def tile_choices(info: dict, tuning_dir: str | Path) -> dict:
+    """The tiled convolutions' chosen tiles in a folder's tuning.json `info` (`conv_key` -> choice; {}
+    where none were timed)."""
+    from ..tiled_kernels import TILE_KNOBS
+
+    choices = {key: entry.get("choice") for key, entry in info.get("tiles", {}).items()}
+    for key, choice in choices.items():
+        if not isinstance(choice, dict) or set(choice) - set(TILE_KNOBS):
+            raise TuningError(f"{Path(tuning_dir) / INFO}: tiles of {key!r}: expected a choice of {', '.join(TILE_KNOBS)}, got {choice!r}")
+    return choices
 
 
 def tuning_identity(tuning_dir: str | Path) -> dict:
     """What a bundle's manifest records about the tuning it was compiled with: the database's digest and
     the tile choices' (both decide the code)."""
     info = read_tuning_info(tuning_dir)
-    tiles = json.dumps(tile_choices(info), sort_keys=True).encode()
+    tiles = json.dumps(tile_choices(info, tuning_dir), sort_keys=True).encode()
     return {"dir": Path(tuning_dir).resolve().name, "preset": info["preset"],
             "database_sha256": database_sha256(tuning_dir), "tiles_sha256": hashlib.sha256(tiles).hexdigest(),
             "measured": info["measured"],

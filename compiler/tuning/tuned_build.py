@@ -79,7 +79,7 @@ def compile_tuned(mod, preset: Preset, tuning_dir: str | Path, kernels: str = DE
 
             return compile_cuda(mod, target, pipeline=tuned_pipeline(target, stats=stats))
         with target:
-            tiles = TileChoices(tile_choices(info))
+            tiles = TileChoices(tile_choices(info, tuning_dir))
             return tvm.compile(mod, target=target, relax_pipeline=tuned_pipeline(target, kernels, stats, tiles),
                                tir_pipeline=cpu_tir_pipeline())
 

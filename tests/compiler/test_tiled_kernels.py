@@ -84,6 +84,30 @@ def test_direct_convolution_equals_numpy(batch, channels, size, out_channels, ke
                                [x], want.shape))
 
 
+@pytest.mark.parametrize("data_shape, weight_shape, strides, padding", [
+    ((1, 16, 8, 8), (32, 16, 1, 1), (1, 1), (0, 0, 0, 0)),  # the pointwise kernel by default
+    ((1, 8, 15, 15), (40, 8, 3, 3), (2, 2), (1, 1, 1, 1)),  # channels padded to whole vectors, a partial row tile
+])
+def test_every_tile_choice_tuning_times_gives_the_defaults_bits(data_shape, weight_shape, strides, padding):
+    # Tuning picks among these by time alone (compiler/tuning/search.py): each must compute the same
+    # sums in the same order, whatever its tiles, tasks or kernel.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(data_shape).astype(np.float32)
+    w = rng.standard_normal(weight_shape).astype(np.float32)
+    variants = tiled_kernels.conv_variants(data_shape, weight_shape, strides, padding, (1, 1), LANES)
+    assert variants[0] == {} and len(variants) >= 4 and all(set(v) == set(tiled_kernels.TILE_KNOBS) for v in variants[1:])
+    outputs = []
+    for choice in variants:
+        kind, kernel = tiled_kernels.conv_kernel(data_shape, w, strides, padding, (1, 1), LANES, (), choice)
+        out_shape = _conv_reference(x, w, strides, padding, (1, 1)).shape
+        flat = kind == "pointwise"
+        data = x.reshape(*data_shape[:2], -1) if flat else x
+        outputs.append(_run(kernel, [data], (*out_shape[:2], out_shape[2] * out_shape[3]) if flat else out_shape)
+                       .reshape(out_shape))
+    np.testing.assert_allclose(outputs[0], _conv_reference(x, w, strides, padding, (1, 1)), rtol=1e-4, atol=1e-4)
+    assert all(np.array_equal(out, outputs[0]) for out in outputs[1:])
+
+
 def test_a_sample_gets_the_same_bits_alone_and_in_a_batch():
     # The server batches requests: every output is one sum in one order whatever the batch.
     rng = np.random.default_rng(1)

@@ -102,6 +102,13 @@ def test_each_convolutions_tiles_are_timed_and_a_tuned_build_applies_them_bit_fo
     assert identities[0]["bundle_id"] != identities[1]["bundle_id"]
     assert all(np.array_equal(a, b) for a, b in zip(chosen, forced, strict=True))
     assert all(c.ok for c in verify_bundle(tmp_path / "forced", model))
+    # a hand-edited choice that names no knob is refused in a line, and no bundle is left behind
+    info["tiles"][next(iter(info["tiles"]))]["choice"] = {"blocks": 16}
+    (folder / "tuning.json").write_text(json.dumps(info))
+    with pytest.raises(TuningError, match=r"tuning.json: tiles of 'conv2d .*: expected a choice of block, tile, rows_outer"):
+        compile_model(model, tmp_path / "bad", CompileOptions("x86-host", "x86-host", tuning=folder, progress=False),
+                      name="convnet")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bad_arguments_leave_nothing_on_disk(tmp_path):
