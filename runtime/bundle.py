@@ -27,7 +27,7 @@ LOAD_MODEL_FORMAT = JsonFormat("neurosurgeon-server-load", 1, "neurosurgeon serv
                                hint="fit it again with `neurosurgeon profile --bundle DIR --server-load`")
 
 __all__ = ["LOAD_MODEL_FILE", "LOAD_MODEL_FORMAT", "Bundle", "SegmentExecutor", "SharedModules", "elf_machine", "fetch",
-           "load_artifact", "release_file_pages", "sha256_file"]
+           "load_artifact", "release_file_pages", "results", "sha256_file"]
 
 
 class Bundle:
