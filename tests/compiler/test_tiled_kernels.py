@@ -108,6 +108,28 @@ def test_every_tile_choice_tuning_times_gives_the_defaults_bits(data_shape, weig
     assert all(np.array_equal(out, outputs[0]) for out in outputs[1:])
 
 
+@pytest.mark.parametrize("data_shape, strides, padding", [
+    ((1, 32, 15, 15), (1, 1), (1, 1, 1, 1)),  # a partial tile of columns (15 = 2 x 7 + 1)
+    ((2, 48, 14, 14), (2, 2), (1, 1, 1, 1)),  # a batch, stride 2 (MobileNetV2's)
+    ((1, 16, 9, 9), (2, 2), (0, 0, 1, 1)),    # padding on one side only (TensorFlow's SAME)
+])
+def test_depthwise_convolution_in_nchwc_equals_numpy(data_shape, strides, padding):
+    rng = np.random.default_rng(7)
+    n, c, h, w = data_shape
+    x = rng.standard_normal(data_shape).astype(np.float32)
+    weight = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    kernel = tiled_kernels.depthwise_conv2d_nchwc(data_shape, weight, strides, padding, LANES, EPILOGUE)
+    blocked = x.reshape(n, c // LANES, LANES, h, w).transpose(0, 1, 3, 4, 2)
+    per_channel = np.concatenate([_conv_reference(x[:, i:i + 1], weight[i:i + 1], strides, padding, (1, 1))
+                                  for i in range(c)], axis=1)
+    expected = _epilogue_reference(per_channel, bias, 1)
+    oh, ow = expected.shape[2:]
+    out = _run(kernel, [blocked, bias], (n, c // LANES, oh, ow, LANES))
+    np.testing.assert_allclose(out.transpose(0, 1, 4, 2, 3).reshape(expected.shape), expected, rtol=1e-4, atol=1e-4)
+    assert tiled_kernels.depthwise_conv2d_nchwc((1, 20, 8, 8), weight[:20], strides, padding, LANES) is None
+
+
 def test_a_sample_gets_the_same_bits_alone_and_in_a_batch():
     # The server batches requests: every output is one sum in one order whatever the batch.
     rng = np.random.default_rng(1)
