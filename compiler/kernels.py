@@ -14,6 +14,11 @@ single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
      call `neurosurgeon.sgemm` that the runtime serves from numpy's BLAS (runtime/kernels.py). A 1x1
      stride-1 convolution needs no im2col: its input already is the GEMM operand.
    Constant weights are packed / reshaped / transposed here, at compile time.
+   With the tiled kernels, a depthwise convolution between two products (MobileNetV2's inverted
+   residual block: expand, depthwise, project) is a layout island (`_layout_islands`): inside it the
+   tensors are NCHW{lanes}c, the expanding convolution writing it a vector of channels at a time,
+   the depthwise kernel (tiled_kernels.depthwise_conv2d_nchwc) reading its input in place with the
+   padding as a condition, the projecting one reading it; what leaves the block stays NCHW.
 2. TVM's CPU backend passes: legalize, fold constants, fuse (bias + relu + the next layer's
    padding or pooling into one loop nest), as tvm.compile's generic CPU pipeline does not.
 3. `ParallelLoops`, a schedule rule of ours for every fused function MetaSchedule has no record
@@ -121,6 +126,8 @@ class _Products:
     follow the product (`_epilogue_chains`) as (step, bias or None) pairs and apply them before
     the write-back."""
 
+    blocked_lanes = 0  # the vector width of the layout islands these kernels build (0: none)
+
     fuses_epilogues = False
 
     def conv2d(self, builder, data, kernel: np.ndarray, geometry, out_shape, epilogue=()):
@@ -180,7 +187,7 @@ class _TiledProducts(_Products):
     def __init__(self, lanes: int, tiles=None):
         from .tiled_kernels import TileChoices
 
-        self.lanes = lanes
+        self.lanes = self.blocked_lanes = lanes
         self.tiles = tiles if tiles is not None else TileChoices()  # tuning's choices, and what was asked
 
     @staticmethod
@@ -202,13 +209,30 @@ class _TiledProducts(_Products):
         gvar = builder.add_func(func, name)
         return relax.call_tir(gvar, [*args, relax.const(packed), *operands], relax.TensorType(tuple(out_shape), "float32"))
 
-    def conv2d(self, builder, data, kernel, geometry, out_shape, epilogue=()):
+    def depthwise(self, builder, data, kernel, geometry, data_shape, out_shape, epilogue=()):
+        """A layout island's depthwise convolution: NCHW{lanes}c in and out."""
+        from .tiled_kernels import depthwise_conv2d_nchwc
+
+        strides, padding, _ = geometry
+        tiled = depthwise_conv2d_nchwc(data_shape, kernel, strides, padding, self.lanes,
+                                       tuple(step for step, _ in epilogue))
+        n, c, oh, ow = out_shape
+        return self._call(builder, tiled, "depthwise_nchwc", [data], epilogue, (n, c // self.lanes, oh, ow, self.lanes))
+
+    def conv2d(self, builder, data, kernel, geometry, out_shape, epilogue=(), data_shape=None, blocked_in=False,
+               blocked_out=False):
         from tvm import relax
 
-        from .tiled_kernels import conv_kernel
+        from .tiled_kernels import conv_kernel, direct_conv2d
 
-        data_shape = _static_shape(data)
+        data_shape = data_shape or _static_shape(data)
         choice = self.tiles.for_conv(data_shape, kernel.shape, *geometry)
+        if blocked_in or blocked_out:  # a layout island's (see _layout_islands)
+            tiled = direct_conv2d(data_shape, kernel, *geometry, self.lanes, tuple(step for step, _ in epilogue),
+                                  **choice, blocked_in=blocked_in, blocked_out=blocked_out)
+            n, c, oh, ow = out_shape
+            shape = (n, c // self.lanes, oh, ow, self.lanes) if blocked_out else out_shape
+            return self._call(builder, tiled, "conv2d_direct", [data], epilogue, shape)
         kind, tiled = conv_kernel(data_shape, kernel, *geometry, self.lanes, tuple(step for step, _ in epilogue), choice)
         if kind == "pointwise":
             batch, channels, height, width = data_shape
@@ -272,13 +296,10 @@ def _epilogue_step(binding, var, channels: int, out_shape, constant):
     return None
 
 
-def _epilogue_chains(func, constant) -> dict:
-    """{last var: ([product binding, step bindings...], [(step, operand)...])} for every product
-    (conv2d, matmul) of `func` followed by elementwise steps (`_epilogue_step`), each result used
-    only by the next step."""
+def _use_counts(func):
+    """How many times each var of `func` is used (a collections.Counter)."""
     import collections
 
-    import tvm
     from tvm import relax
 
     @relax.expr_functor.visitor
@@ -295,6 +316,69 @@ def _epilogue_chains(func, constant) -> dict:
 
     uses = _Uses()
     uses.visit_expr(func)
+    return uses.count
+
+
+def _layout_islands(func, chains, lanes: int, constant) -> tuple[set, set, set]:
+    """(expanding, depthwise, projecting) head vars of `func`'s layout islands: a depthwise convolution
+    (groups = channels, whole vectors of them, no dilation) whose input is the result, used only there,
+    of a convolution with groups=1 and whose result is used only by a 1x1 stride-1 unpadded convolution
+    with groups=1. Inside an island the tensors are NCHW{lanes}c (`tiled_kernels.depthwise_conv2d_nchwc`):
+    the expanding convolution writes it, the projecting one reads it; what leaves the island is NCHW."""
+    import tvm
+    from tvm import relax
+
+    conv = tvm.ir.Op.get("relax.nn.conv2d")
+    uses = _use_counts(func)
+    bindings = [b for block in func.body.blocks for b in block.bindings
+                if isinstance(b, relax.VarBinding) and isinstance(b.value, relax.Call) and b.value.op.same_as(conv)]
+    last_of = {chain[0].var: last for last, (chain, _) in chains.items()}
+    steps_of = {chain[0].var: steps for chain, steps in chains.values()}
+    result = {b.var: last_of.get(b.var, b.var) for b in bindings}
+    head_by_result = {result[b.var]: b for b in bindings}
+    user = {}
+    for b in bindings:
+        if isinstance(b.value.args[0], relax.Var):
+            user.setdefault(b.value.args[0], b)
+
+    def plain(b, groups_one: bool, residual_ok: bool = False) -> bool:
+        attrs = b.value.attrs
+        weight = constant(b.value.args[1])
+        return (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW" and attrs.out_layout == "NCHW"
+                and weight is not None and weight.dtype == np.float32 and (int(attrs.groups) == 1) == groups_one
+                and _static_shape(b.value.args[0]) is not None and _static_shape(b.var) is not None
+                and (residual_ok or not any(step[0] == "residual" for step, _ in steps_of.get(b.var, ()))))
+
+    expanding, depthwise, projecting = set(), set(), set()
+    for d in bindings:
+        attrs = d.value.attrs
+        if not plain(d, groups_one=False):
+            continue
+        channels = _static_shape(d.value.args[0])[1]
+        if (int(attrs.groups) != channels or channels % lanes or any(int(v) != 1 for v in attrs.dilation)
+                or constant(d.value.args[1]).shape[:2] != (channels, 1)):
+            continue
+        source, made = d.value.args[0], result[d.var]
+        e, p = head_by_result.get(source), user.get(made)
+        if (e is None or uses[source] != 1 or not plain(e, groups_one=True) or e.var in depthwise
+                or p is None or uses[made] != 1 or not plain(p, groups_one=True, residual_ok=True)
+                or constant(p.value.args[1]).shape[2:] != (1, 1) or any(int(v) != 1 for v in p.value.attrs.strides)
+                or any(int(v) for v in p.value.attrs.padding)):
+            continue
+        expanding.add(e.var)
+        depthwise.add(d.var)
+        projecting.add(p.var)
+    return expanding, depthwise, projecting
+
+
+def _epilogue_chains(func, constant) -> dict:
+    """{last var: ([product binding, step bindings...], [(step, operand)...])} for every product
+    (conv2d, matmul) of `func` followed by elementwise steps (`_epilogue_step`), each result used
+    only by the next step."""
+    import tvm
+    from tvm import relax
+
+    uses = _use_counts(func)
     chains, claimed = {}, set()
     for block in func.body.blocks:
         bindings = list(block.bindings)
@@ -314,7 +398,7 @@ def _epilogue_chains(func, constant) -> dict:
                 continue
             channels = out_shape[1] if call.op.name == "relax.nn.conv2d" else out_shape[-1]
             chain, steps, var = [binding], [], binding.var
-            while uses.count[var] == 1 and isinstance(var, relax.DataflowVar) and var in user:
+            while uses[var] == 1 and isinstance(var, relax.DataflowVar) and var in user:
                 if user[var].var in claimed:  # the add of two products' results: taken by the first
                     break
                 step = _epilogue_step(user[var], var, channels, out_shape, constant)
@@ -343,10 +427,17 @@ def lower_products(products: _Products):
             self.matmul = tvm.ir.Op.get("relax.matmul")
             self.chains = {}  # the function's epilogue chains (_epilogue_chains), by their last var
             self.inside = set()  # the vars a chain computes before its last
+            self.islands = (set(), set(), set())  # _layout_islands' expanding, depthwise, projecting heads
 
         def visit_var_binding_(self, binding):
             if binding.var in self.inside:
                 return  # emitted with its chain's last binding
+            head, steps = self.chains[binding.var] if binding.var in self.chains else ([binding], [])
+            if head[0].var in set().union(*self.islands):
+                steps = [(step, self.visit_expr(operand) if step[0] == "residual" else operand) for step, operand in steps]
+                # its type changes (NCHW{lanes}c inside the island): a new var, which the island's next uses
+                self.set_var_remap(binding.var, self.builder_.emit(self._island(head[0], steps)))
+                return None
             if binding.var not in self.chains:
                 return super().visit_var_binding_(binding)
             chain, steps = self.chains[binding.var]
@@ -372,6 +463,19 @@ def lower_products(products: _Products):
             elif call.op.same_as(self.matmul):
                 rewritten = self._matmul(call)
             return call if rewritten is None else rewritten
+
+        def _island(self, head, epilogue):
+            """A layout island's convolution (`_layout_islands`), its epilogue applied."""
+            call = head.value
+            expanding, depthwise, projecting = self.islands
+            geometry = (tuple(int(s) for s in call.attrs.strides), tuple(int(p) for p in call.attrs.padding),
+                        tuple(int(d) for d in call.attrs.dilation))
+            data, kernel = self.visit_expr(call.args[0]), _constant(self, call.args[1])
+            data_shape, out_shape = _static_shape(call.args[0]), _static_shape(head.var)
+            if head.var in depthwise:
+                return products.depthwise(self.builder_, data, kernel, geometry, data_shape, out_shape, epilogue)
+            return products.conv2d(self.builder_, data, kernel, geometry, out_shape, epilogue, data_shape=data_shape,
+                                   blocked_in=head.var in projecting, blocked_out=head.var in expanding)
 
         def _conv2d(self, call, epilogue=()):
             attrs = call.attrs
@@ -416,6 +520,9 @@ def lower_products(products: _Products):
                 if products.fuses_epilogues:
                     rewriter.chains = _epilogue_chains(func, lambda expr: _constant(rewriter, expr))
                     rewriter.inside = {link.var for chain, _ in rewriter.chains.values() for link in chain[:-1]}
+                if products.blocked_lanes:
+                    rewriter.islands = _layout_islands(func, rewriter.chains, products.blocked_lanes,
+                                                       lambda expr: _constant(rewriter, expr))
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
         return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
 

@@ -271,7 +271,7 @@ def conv_kernel(data_shape, weight: np.ndarray, strides, padding, dilation, lane
 
 def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int, epilogue=(),
                   block: int | None = None, tile: int | None = None, unroll_window: bool | None = None,
-                  rows_outer: bool | None = None):
+                  rows_outer: bool | None = None, blocked_in: bool = False, blocked_out: bool = False):
     """(PrimFunc(data, packed weight, *epilogue inputs, out), packed weight) for an NCHW/OIHW
     float32 convolution with groups=1. Output channels that do not fill whole vectors (LeNet's 20 and
     50) get zero weights up to the next vector, and the padding's outputs are never written; an
@@ -284,7 +284,12 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     thread reads the rows that the kernel before it wrote in its own cache and writes those the
     next one reads there; else blocks of output channels x rows, each thread reading a share of the
     weights (`rows_outer` chooses; Intel Xeon, two threads: ResNet-18 28.6 -> 26.6 ms, MobileNetV2
-    11.0 -> 10.4; one thread unchanged)."""
+    11.0 -> 10.4; one thread unchanged).
+
+    `blocked_in` / `blocked_out`: the data / the output in NCHW{lanes}c ([N, C/lanes, H, W, lanes], a
+    layout island's inside: see `depthwise_conv2d_nchwc`); a blocked output is written a vector of
+    channels at a time (no transpose). A blocked input takes no padding, a blocked output no
+    residual add, and both need whole vectors of channels."""
     from tvm import s_tir, te, tirx
 
     batch, channels, height, width = data_shape
@@ -297,9 +302,17 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     padded = _whole_vectors(out_channels, lanes)
     default = _direct_default(data_shape, weight.shape, strides, padding, dilation, lanes)
     block, tile = block or default["block"], tile or default["tile"]
-    data = te.placeholder((batch, channels, height, width), "float32", name="data")
+    if (blocked_in and (channels % lanes or any(padding))) or (blocked_out and (
+            out_channels % lanes or any(step[0] == "residual" for step in epilogue))):
+        raise ValueError("a blocked layout needs whole vectors of channels, no padding in, no residual out")
+    if blocked_in:
+        data = te.placeholder((batch, channels // lanes, height, width, lanes), "float32", name="data")
+    else:
+        data = te.placeholder((batch, channels, height, width), "float32", name="data")
     packed = te.placeholder((padded // block, channels, kh, kw, block), "float32", name="weight")
-    if any(padding):
+    if blocked_in:
+        source = _Blocked(data, lanes)
+    elif any(padding):
         source = te.compute(
             (batch, channels, height + top + bottom, width + left + right),
             lambda n, c, i, j: tirx.if_then_else(
@@ -326,12 +339,18 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
         acc = te.compute(acc.shape, lambda *i: _apply_epilogue(acc[i], in_registers, extra, at(*i)[1] * block + i[-1]),
                          name="epilogue")
     late = extra[sum(1 for step in in_registers if step[0] == "bias"):]
-    out = te.compute((batch, out_channels, oh, ow),
-                     lambda n, o, y, x: _apply_epilogue(acc[at(n, o // block, y, x, o % block)], as_written, late, o,
-                                                        (n, o, y, x)), name="out")
+    if blocked_out:
+        out = te.compute((batch, out_channels // lanes, oh, ow, lanes),
+                         lambda n, b, y, x, v: acc[at(n, (b * lanes + v) // block, y, x, (b * lanes + v) % block)],
+                         name="out")
+    else:
+        out = te.compute((batch, out_channels, oh, ow),
+                         lambda n, o, y, x: _apply_epilogue(acc[at(n, o // block, y, x, o % block)], as_written, late, o,
+                                                            (n, o, y, x)), name="out")
     sch = s_tir.Schedule(te.create_prim_func([data, packed, *extra, out]))
     update = _tile_reduction(sch, "acc", "out", parallel=2 if rows_outer else 3, serial=1 if rows_outer else 0,
-                             reductions=3, tile=tile, in_registers="epilogue" if in_registers else None)
+                             reductions=3, tile=tile, in_registers="epilogue" if in_registers else None,
+                             vector_store=blocked_out)
     if unroll_window if unroll_window is not None else (channels <= 4 and kw >= 5):
         # an image's first layer: the window's loop is most of the reduction (ResNet-18's 7x7 over 3
         # channels, AMD EPYC, 148 -> 191-207 GFLOP/s unrolled)
@@ -346,6 +365,17 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     weight = np.pad(weight, ((0, padded - out_channels), (0, 0), (0, 0), (0, 0)))
     weights = weight.reshape(padded // block, block, channels, kh, kw).transpose(0, 2, 3, 4, 1)
     return _finish(sch), np.ascontiguousarray(weights)
+
+
+class _Blocked:
+    """An NCHW{lanes}c placeholder indexed as NCHW: `source[n, c, i, j]`."""
+
+    def __init__(self, data, lanes: int):
+        self.data, self.lanes = data, lanes
+
+    def __getitem__(self, index):
+        n, c, i, j = index
+        return self.data[n, c // self.lanes, i, j, c % self.lanes]
 
 
 def pointwise_conv2d(data_shape, weight: np.ndarray, lanes: int, epilogue=()):

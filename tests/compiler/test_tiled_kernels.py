@@ -130,6 +130,28 @@ def test_depthwise_convolution_in_nchwc_equals_numpy(data_shape, strides, paddin
     assert tiled_kernels.depthwise_conv2d_nchwc((1, 20, 8, 8), weight[:20], strides, padding, LANES) is None
 
 
+@pytest.mark.parametrize("kernel, padding, blocked_in, blocked_out", [
+    (1, (0, 0, 0, 0), False, True),   # an expanding 1x1 writing a layout island's inside
+    (3, (1, 1, 1, 1), False, True),   # a first 3x3 layer writing it
+    (1, (0, 0, 0, 0), True, False),   # a projecting 1x1 reading it
+])
+def test_direct_convolution_reads_and_writes_nchwc_as_asked(kernel, padding, blocked_in, blocked_out):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 32, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((48, 32, kernel, kernel)).astype(np.float32)
+    bias = rng.standard_normal(48).astype(np.float32)
+    expected = _epilogue_reference(_conv_reference(x, w, (1, 1), padding, (1, 1)), bias, 1)
+
+    def blocked(a):
+        n, c, h, w_ = a.shape
+        return a.reshape(n, c // LANES, LANES, h, w_).transpose(0, 1, 3, 4, 2)
+
+    kernel_ = tiled_kernels.direct_conv2d(x.shape, w, (1, 1), padding, (1, 1), LANES, EPILOGUE,
+                                          blocked_in=blocked_in, blocked_out=blocked_out)
+    out = _run(kernel_, [blocked(x) if blocked_in else x, bias], blocked(expected).shape if blocked_out else expected.shape)
+    np.testing.assert_allclose(out, blocked(expected) if blocked_out else expected, rtol=1e-4, atol=1e-4)
+
+
 def test_a_sample_gets_the_same_bits_alone_and_in_a_batch():
     # The server batches requests: every output is one sum in one order whatever the batch.
     rng = np.random.default_rng(1)
@@ -281,3 +303,27 @@ def test_a_skip_connections_add_is_applied_in_the_products_kernel(tmp_path):
     built, kernels = _build_run_and_trace(tmp_path, nodes, init, "skips", (1, 32, 8, 8), (1, 16, 8, 8))
     assert built.stats["tiled"] == 4
     assert len(kernels) == 4 and not any("add" in s or "relu" in s for s in kernels), kernels
+
+
+def test_an_inverted_residual_block_runs_its_depthwise_convolution_in_nchwc(tmp_path):
+    """MobileNetV2's block: expand (1x1, ReLU6), depthwise 3x3 (ReLU6), project (1x1), residual add.
+    Inside it the tensors are NCHW16c (a layout island): the expanding convolution writes it, the
+    depthwise one works in it, the projecting one reads it and adds the block's input as it writes NCHW;
+    where the depthwise convolution's neighbours do not fit (its result used twice), it stays NCHW."""
+    rng = np.random.default_rng(8)
+    shapes = (("we", (64, 16, 1, 1)), ("be", (64,)), ("wd", (64, 1, 3, 3)), ("bd", (64,)), ("wp", (16, 64, 1, 1)),
+              ("bp", (16,)))
+    init = [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name) for name, shape in shapes]
+    init += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", 0.0), ("hi", 6.0))]
+    nodes = [helper.make_node("Conv", ["x", "we", "be"], ["e"]), helper.make_node("Clip", ["e", "lo", "hi"], ["e6"]),
+             helper.make_node("Conv", ["e6", "wd", "bd"], ["d"], group=64, pads=[1] * 4),
+             helper.make_node("Clip", ["d", "lo", "hi"], ["d6"]),
+             helper.make_node("Conv", ["d6", "wp", "bp"], ["p"]), helper.make_node("Add", ["p", "x"], ["y"])]
+    _, kernels = _build_run_and_trace(tmp_path, nodes, init, "block", (1, 16, 14, 14), (1, 16, 14, 14))
+    assert len(kernels) == 3 and "depthwise_nchwc" in kernels[1], kernels
+    # the depthwise result also leaves the block: no island, the NCHW kernels as before
+    nodes[-1] = helper.make_node("Add", ["p", "x"], ["s"])
+    nodes += [helper.make_node("ReduceMean", ["d6"], ["m"], keepdims=1, axes=[1]),
+              helper.make_node("Add", ["s", "m"], ["y"])]
+    _, kernels = _build_run_and_trace(tmp_path, nodes, init, "leaks", (1, 16, 14, 14), (1, 16, 14, 14))
+    assert not any("nchwc" in s for s in kernels), kernels
