@@ -360,7 +360,7 @@ def _layout_islands(func, chains, lanes: int, constant) -> tuple[set, set, set]:
             continue
         source, made = d.value.args[0], result[d.var]
         e, p = head_by_result.get(source), user.get(made)
-        if (e is None or uses[source] != 1 or not plain(e, groups_one=True) or e.var in depthwise
+        if (e is None or uses[source] != 1 or not plain(e, groups_one=True)
                 or p is None or uses[made] != 1 or not plain(p, groups_one=True, residual_ok=True)
                 or constant(p.value.args[1]).shape[2:] != (1, 1) or any(int(v) != 1 for v in p.value.attrs.strides)
                 or any(int(v) for v in p.value.attrs.padding)):
