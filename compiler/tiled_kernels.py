@@ -203,7 +203,7 @@ def conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes: i
     tasks by rows or by channel blocks x rows (`direct_conv2d`'s `block`, `tile`, `rows_outer`). A
     1x1 convolution the pointwise kernel takes by default also gets the direct ones. Every choice
     sums each output in the same order: the results are the same bits."""
-    oh, ow = _conv_output(data_shape, weight_shape, strides, padding, dilation)
+    _, ow = _conv_output(data_shape, weight_shape, strides, padding, dilation)
     padded = _whole_vectors(weight_shape[0], lanes)
     default = None if _takes_pointwise(weight_shape, strides, padding) else _direct_default(
         data_shape, weight_shape, strides, padding, dilation, lanes)
@@ -297,8 +297,7 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     sh, sw = strides
     top, left, bottom, right = padding
     dh, dw = dilation
-    oh = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    ow = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = _conv_output(data_shape, weight.shape, strides, padding, dilation)
     padded = _whole_vectors(out_channels, lanes)
     default = _direct_default(data_shape, weight.shape, strides, padding, dilation, lanes)
     block, tile = block or default["block"], tile or default["tile"]
@@ -446,9 +445,8 @@ def depthwise_conv2d_nchwc(data_shape, weight: np.ndarray, strides, padding, lan
     if channels % lanes or weight.shape[0] != channels or weight.shape[1] != 1:
         return None
     sh, sw = strides
-    top, left, bottom, right = padding
-    oh = (height + top + bottom - kh) // sh + 1
-    ow = (width + left + right - kw) // sw + 1
+    top, left, _, _ = padding
+    oh, ow = _conv_output(data_shape, weight.shape, strides, padding, (1, 1))
     blocks = channels // lanes
     tile = min(tile, ow)
     data = te.placeholder((batch, blocks, height, width, lanes), "float32", name="data")
