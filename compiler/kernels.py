@@ -14,11 +14,11 @@ single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
      call `neurosurgeon.sgemm` that the runtime serves from numpy's BLAS (runtime/kernels.py). A 1x1
      stride-1 convolution needs no im2col: its input already is the GEMM operand.
    Constant weights are packed / reshaped / transposed here, at compile time.
-   With the tiled kernels, a depthwise convolution between two products (MobileNetV2's inverted
-   residual block: expand, depthwise, project) is a layout island (`_layout_islands`): inside it the
-   tensors are NCHW{lanes}c, the expanding convolution writing it a vector of channels at a time,
-   the depthwise kernel (tiled_kernels.depthwise_conv2d_nchwc) reading its input in place with the
-   padding as a condition, the projecting one reading it; what leaves the block stays NCHW.
+   With the tiled kernels, every tensor that only convolutions read (as data or as the residual
+   they add) is NCHW{lanes}c (`_blocked_layout`): the convolution before it writes it a vector of
+   channels at a time, the ones after it read it in place, and a depthwise convolution computes in
+   it (tiled_kernels.depthwise_conv2d_nchwc, the padding a condition); what anything else reads
+   stays NCHW, so no tensor is converted between layouts.
 2. TVM's CPU backend passes: legalize, fold constants, fuse (bias + relu + the next layer's
    padding or pooling into one loop nest), as tvm.compile's generic CPU pipeline does not.
 3. `ParallelLoops`, a schedule rule of ours for every fused function MetaSchedule has no record
@@ -126,7 +126,7 @@ class _Products:
     follow the product (`_epilogue_chains`) as (step, bias or None) pairs and apply them before
     the write-back."""
 
-    blocked_lanes = 0  # the vector width of the layout islands these kernels build (0: none)
+    blocked_lanes = 0  # the vector width of the NCHW{lanes}c layout these kernels compute in (0: none)
 
     fuses_epilogues = False
 
@@ -191,9 +191,10 @@ class _TiledProducts(_Products):
         self.tiles = tiles if tiles is not None else TileChoices()  # tuning's choices, and what was asked
 
     @staticmethod
-    def _call(builder, kernel, name: str, args, epilogue, out_shape):
+    def _call(builder, kernel, name: str, args, epilogue, out_shape, flat: bool = True):
         """The call of `kernel` on `args`, its packed weight and the epilogue's operands in order: the
-        biases (constants) and the residuals (tensors of `out_shape`, reshaped to it here)."""
+        biases (constants) and the residuals (reshaped to `out_shape` where the kernel's output is
+        `flat`: a reshape of the convolution's or matmul's)."""
         from tvm import relax
 
         from .tiled_kernels import padded_bias
@@ -202,7 +203,7 @@ class _TiledProducts(_Products):
         def operand_of(step, operand):
             if step[0] == "bias":
                 return relax.const(padded_bias(operand, packed))
-            return operand if _static_shape(operand) == tuple(out_shape) else builder.emit(
+            return operand if not flat or _static_shape(operand) == tuple(out_shape) else builder.emit(
                 relax.op.reshape(operand, tuple(out_shape)))
 
         operands = [operand_of(step, operand) for step, operand in epilogue if step[0] in ("bias", "residual")]
@@ -210,29 +211,31 @@ class _TiledProducts(_Products):
         return relax.call_tir(gvar, [*args, relax.const(packed), *operands], relax.TensorType(tuple(out_shape), "float32"))
 
     def depthwise(self, builder, data, kernel, geometry, data_shape, out_shape, epilogue=()):
-        """A layout island's depthwise convolution: NCHW{lanes}c in and out."""
+        """A depthwise convolution in NCHW{lanes}c, in and out (`_blocked_layout`)."""
         from .tiled_kernels import depthwise_conv2d_nchwc
 
         strides, padding, _ = geometry
         tiled = depthwise_conv2d_nchwc(data_shape, kernel, strides, padding, self.lanes,
                                        tuple(step for step, _ in epilogue))
         n, c, oh, ow = out_shape
-        return self._call(builder, tiled, "depthwise_nchwc", [data], epilogue, (n, c // self.lanes, oh, ow, self.lanes))
+        return self._call(builder, tiled, "depthwise_nchwc", [data], epilogue, (n, c // self.lanes, oh, ow, self.lanes),
+                          flat=False)
 
     def conv2d(self, builder, data, kernel, geometry, out_shape, epilogue=(), data_shape=None, blocked_in=False,
-               blocked_out=False):
+               blocked_out=False, blocked_residual=False):
         from tvm import relax
 
         from .tiled_kernels import conv_kernel, direct_conv2d
 
         data_shape = data_shape or _static_shape(data)
         choice = self.tiles.for_conv(data_shape, kernel.shape, *geometry)
-        if blocked_in or blocked_out:  # a layout island's (see _layout_islands)
+        if blocked_in or blocked_out or blocked_residual:  # see _blocked_layout
             tiled = direct_conv2d(data_shape, kernel, *geometry, self.lanes, tuple(step for step, _ in epilogue),
-                                  **choice, blocked_in=blocked_in, blocked_out=blocked_out)
+                                  **choice, blocked_in=blocked_in, blocked_out=blocked_out,
+                                  blocked_residual=blocked_residual)
             n, c, oh, ow = out_shape
             shape = (n, c // self.lanes, oh, ow, self.lanes) if blocked_out else out_shape
-            return self._call(builder, tiled, "conv2d_direct", [data], epilogue, shape)
+            return self._call(builder, tiled, "conv2d_direct", [data], epilogue, shape, flat=False)
         kind, tiled = conv_kernel(data_shape, kernel, *geometry, self.lanes, tuple(step for step, _ in epilogue), choice)
         if kind == "pointwise":
             batch, channels, height, width = data_shape
@@ -319,56 +322,60 @@ def _use_counts(func):
     return uses.count
 
 
-def _layout_islands(func, chains, lanes: int, constant) -> tuple[set, set, set]:
-    """(expanding, depthwise, projecting) head vars of `func`'s layout islands: a depthwise convolution
-    (groups = channels, whole vectors of them, no dilation) whose input is the result, used only there,
-    of a convolution with groups=1 and whose result is used only by a 1x1 stride-1 unpadded convolution
-    with groups=1. Inside an island the tensors are NCHW{lanes}c (`tiled_kernels.depthwise_conv2d_nchwc`):
-    the expanding convolution writes it, the projecting one reads it; what leaves the island is NCHW."""
+def _blocked_layout(func, chains, lanes: int, constant) -> tuple[set, set]:
+    """(the vars of `func` held in NCHW{lanes}c, the depthwise convolutions computed in it).
+
+    A convolution's result (its epilogue chain's last var) is blocked where the convolution can write
+    it so (`tiled_kernels.direct_conv2d`: groups=1, whole vectors of output channels; or a depthwise
+    one, `tiled_kernels.depthwise_conv2d_nchwc`) and every use of it can read it so: the data of a
+    convolution with groups=1 and whole vectors of input channels, the data of a depthwise
+    convolution computed blocked, or the operand of a convolution's residual add. A depthwise
+    convolution is computed blocked where its data and its result both are (else TVM's own, in
+    NCHW); dropping one makes its data and result NCHW, so the sets shrink to a fixed point. What
+    anything else reads (pooling, a reshape, a segment's output) stays NCHW, and so do the
+    function's inputs: ResNet-18 computes in NCHW16c from its first block's second convolution to
+    its last block's; MobileNetV2 wherever its channels fill whole vectors (all but 24)."""
+    import collections
+
     import tvm
     from tvm import relax
 
     conv = tvm.ir.Op.get("relax.nn.conv2d")
     uses = _use_counts(func)
-    bindings = [b for block in func.body.blocks for b in block.bindings
-                if isinstance(b, relax.VarBinding) and isinstance(b.value, relax.Call) and b.value.op.same_as(conv)]
     last_of = {chain[0].var: last for last, (chain, _) in chains.items()}
-    steps_of = {chain[0].var: steps for chain, steps in chains.values()}
-    result = {b.var: last_of.get(b.var, b.var) for b in bindings}
-    head_by_result = {result[b.var]: b for b in bindings}
-    user = {}
-    for b in bindings:
-        if isinstance(b.value.args[0], relax.Var):
-            user.setdefault(b.value.args[0], b)
+    residuals_of = {chain[0].var: [operand for step, operand in steps if step[0] == "residual"]
+                    for chain, steps in chains.values()}
 
-    def plain(b, groups_one: bool, residual_ok: bool = False) -> bool:
-        attrs = b.value.attrs
-        weight = constant(b.value.args[1])
+    def plain(b) -> bool:
+        attrs, weight = b.value.attrs, constant(b.value.args[1])
         return (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW" and attrs.out_layout == "NCHW"
-                and weight is not None and weight.dtype == np.float32 and (int(attrs.groups) == 1) == groups_one
-                and _static_shape(b.value.args[0]) is not None and _static_shape(b.var) is not None
-                and (residual_ok or not any(step[0] == "residual" for step, _ in steps_of.get(b.var, ()))))
+                and weight is not None and weight.dtype == np.float32 and str(b.value.args[0].ty.dtype) == "float32"
+                and _static_shape(b.value.args[0]) is not None and _static_shape(b.var) is not None)
 
-    expanding, depthwise, projecting = set(), set(), set()
-    for d in bindings:
-        attrs = d.value.attrs
-        if not plain(d, groups_one=False):
-            continue
-        channels = _static_shape(d.value.args[0])[1]
-        if (int(attrs.groups) != channels or channels % lanes or any(int(v) != 1 for v in attrs.dilation)
-                or constant(d.value.args[1]).shape[:2] != (channels, 1)):
-            continue
-        source, made = d.value.args[0], result[d.var]
-        e, p = head_by_result.get(source), user.get(made)
-        if (e is None or uses[source] != 1 or not plain(e, groups_one=True)
-                or p is None or uses[made] != 1 or not plain(p, groups_one=True, residual_ok=True)
-                or constant(p.value.args[1]).shape[2:] != (1, 1) or any(int(v) != 1 for v in p.value.attrs.strides)
-                or any(int(v) for v in p.value.attrs.padding)):
-            continue
-        expanding.add(e.var)
-        depthwise.add(d.var)
-        projecting.add(p.var)
-    return expanding, depthwise, projecting
+    dense, depthwise = [], set()
+    for b in (b for block in func.body.blocks for b in block.bindings if isinstance(b, relax.VarBinding)
+              and isinstance(b.value, relax.Call) and b.value.op.same_as(conv) and plain(b)):
+        attrs, channels = b.value.attrs, _static_shape(b.value.args[0])[1]
+        if int(attrs.groups) == 1:
+            dense.append(b)
+        elif (int(attrs.groups) == channels and channels % lanes == 0 and all(int(v) == 1 for v in attrs.dilation)
+              and constant(b.value.args[1]).shape[:2] == (channels, 1) and not residuals_of.get(b.var)):
+            depthwise.add(b)
+    result = {b.var: last_of.get(b.var, b.var) for b in [*dense, *depthwise]}
+    blocked = {result[b.var] for b in dense if _static_shape(b.var)[1] % lanes == 0}
+    blocked |= {result[d.var] for d in depthwise}
+    while True:
+        readers = collections.Counter(d.value.args[0] for d in depthwise)
+        for b in dense:
+            if _static_shape(b.value.args[0])[1] % lanes == 0:
+                readers[b.value.args[0]] += 1
+            readers.update(residuals_of.get(b.var, ()))
+        kept = {var for var in blocked if readers[var] == uses[var]}
+        dropped = {d for d in depthwise if d.value.args[0] not in kept or result[d.var] not in kept}
+        if kept == blocked and not dropped:
+            return blocked, {d.var for d in depthwise}
+        depthwise -= dropped
+        blocked = kept - {result[d.var] for d in dropped}
 
 
 def _epilogue_chains(func, constant) -> dict:
@@ -427,22 +434,29 @@ def lower_products(products: _Products):
             self.matmul = tvm.ir.Op.get("relax.matmul")
             self.chains = {}  # the function's epilogue chains (_epilogue_chains), by their last var
             self.inside = set()  # the vars a chain computes before its last
-            self.islands = (set(), set(), set())  # _layout_islands' expanding, depthwise, projecting heads
+            self.blocked, self.depthwise = set(), set()  # _blocked_layout's
 
         def visit_var_binding_(self, binding):
             if binding.var in self.inside:
                 return  # emitted with its chain's last binding
-            head, steps = self.chains[binding.var] if binding.var in self.chains else ([binding], [])
-            if head[0].var in set().union(*self.islands):
+            chain, steps = self.chains[binding.var] if binding.var in self.chains else ([binding], [])
+            head = chain[0]
+            is_conv = isinstance(head.value, relax.Call) and head.value.op.same_as(self.conv2d)
+            layouts = is_conv and {"blocked_in": head.value.args[0] in self.blocked, "blocked_out": binding.var in self.blocked,
+                       "blocked_residual": any(step[0] == "residual" and operand in self.blocked
+                                               for step, operand in steps)}
+            if head.var in self.depthwise or (layouts and any(layouts.values())):
                 steps = [(step, self.visit_expr(operand) if step[0] == "residual" else operand) for step, operand in steps]
-                # its type changes (NCHW{lanes}c inside the island): a new var, which the island's next uses
-                self.set_var_remap(binding.var, self.builder_.emit(self._island(head[0], steps)))
+                call = self._blocked_conv2d(head, steps, **layouts)
+                if layouts["blocked_out"]:  # its type changes: a new var, which its uses take
+                    self.set_var_remap(binding.var, self.builder_.emit(call))
+                else:
+                    self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
                 return None
             if binding.var not in self.chains:
                 return super().visit_var_binding_(binding)
-            chain, steps = self.chains[binding.var]
             steps = [(step, self.visit_expr(operand) if step[0] == "residual" else operand) for step, operand in steps]
-            head = chain[0].value
+            head = head.value
             call = self.builder_.normalize(relax.Call(head.op, [self.visit_expr(a) for a in head.args], head.attrs,
                                                       head.ty_args))
             fused = self._conv2d(call, steps) if head.op.same_as(self.conv2d) else self._matmul(call, steps)
@@ -464,18 +478,17 @@ def lower_products(products: _Products):
                 rewritten = self._matmul(call)
             return call if rewritten is None else rewritten
 
-        def _island(self, head, epilogue):
-            """A layout island's convolution (`_layout_islands`), its epilogue applied."""
+        def _blocked_conv2d(self, head, epilogue, **layouts):
+            """A convolution that reads, writes or adds NCHW{lanes}c (`_blocked_layout`), its epilogue applied."""
             call = head.value
-            expanding, depthwise, projecting = self.islands
             geometry = (tuple(int(s) for s in call.attrs.strides), tuple(int(p) for p in call.attrs.padding),
                         tuple(int(d) for d in call.attrs.dilation))
             data, kernel = self.visit_expr(call.args[0]), _constant(self, call.args[1])
             data_shape, out_shape = _static_shape(call.args[0]), _static_shape(head.var)
-            if head.var in depthwise:
+            if head.var in self.depthwise:
                 return products.depthwise(self.builder_, data, kernel, geometry, data_shape, out_shape, epilogue)
             return products.conv2d(self.builder_, data, kernel, geometry, out_shape, epilogue, data_shape=data_shape,
-                                   blocked_in=head.var in projecting, blocked_out=head.var in expanding)
+                                   **layouts)
 
         def _conv2d(self, call, epilogue=()):
             attrs = call.attrs
@@ -521,8 +534,8 @@ def lower_products(products: _Products):
                     rewriter.chains = _epilogue_chains(func, lambda expr: _constant(rewriter, expr))
                     rewriter.inside = {link.var for chain, _ in rewriter.chains.values() for link in chain[:-1]}
                 if products.blocked_lanes:
-                    rewriter.islands = _layout_islands(func, rewriter.chains, products.blocked_lanes,
-                                                       lambda expr: _constant(rewriter, expr))
+                    rewriter.blocked, rewriter.depthwise = _blocked_layout(func, rewriter.chains, products.blocked_lanes,
+                                                                           lambda expr: _constant(rewriter, expr))
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
         return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
 

@@ -271,7 +271,8 @@ def conv_kernel(data_shape, weight: np.ndarray, strides, padding, dilation, lane
 
 def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int, epilogue=(),
                   block: int | None = None, tile: int | None = None, unroll_window: bool | None = None,
-                  rows_outer: bool | None = None, blocked_in: bool = False, blocked_out: bool = False):
+                  rows_outer: bool | None = None, blocked_in: bool = False, blocked_out: bool = False,
+                  blocked_residual: bool = False):
     """(PrimFunc(data, packed weight, *epilogue inputs, out), packed weight) for an NCHW/OIHW
     float32 convolution with groups=1. Output channels that do not fill whole vectors (LeNet's 20 and
     50) get zero weights up to the next vector, and the padding's outputs are never written; an
@@ -286,10 +287,10 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     weights (`rows_outer` chooses; Intel Xeon, two threads: ResNet-18 28.6 -> 26.6 ms, MobileNetV2
     11.0 -> 10.4; one thread unchanged).
 
-    `blocked_in` / `blocked_out`: the data / the output in NCHW{lanes}c ([N, C/lanes, H, W, lanes], a
-    layout island's inside: see `depthwise_conv2d_nchwc`); a blocked output is written a vector of
-    channels at a time (no transpose). A blocked input takes no padding, a blocked output no
-    residual add, and both need whole vectors of channels."""
+    `blocked_in` / `blocked_out` / `blocked_residual`: the data / the output / the residual add's
+    operand in NCHW{lanes}c ([N, C/lanes, H, W, lanes]: see `compiler/kernels.py` `_blocked_layout`),
+    each with whole vectors of channels; a blocked output is written a vector of channels at a time
+    (no transpose)."""
     from tvm import s_tir, te, tirx
 
     batch, channels, height, width = data_shape
@@ -301,25 +302,22 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     padded = _whole_vectors(out_channels, lanes)
     default = _direct_default(data_shape, weight.shape, strides, padding, dilation, lanes)
     block, tile = block or default["block"], tile or default["tile"]
-    if (blocked_in and (channels % lanes or any(padding))) or (blocked_out and (
-            out_channels % lanes or any(step[0] == "residual" for step in epilogue))):
-        raise ValueError("a blocked layout needs whole vectors of channels, no padding in, no residual out")
-    if blocked_in:
-        data = te.placeholder((batch, channels // lanes, height, width, lanes), "float32", name="data")
-    else:
-        data = te.placeholder((batch, channels, height, width), "float32", name="data")
+    if (blocked_in and channels % lanes) or ((blocked_out or blocked_residual) and out_channels % lanes):
+        raise ValueError("a blocked layout needs whole vectors of channels")
+    blocks_in = (channels // lanes, lanes) if blocked_in else (channels,)
+    data = te.placeholder((batch, blocks_in[0], height, width, *blocks_in[1:]), "float32", name="data")
     packed = te.placeholder((padded // block, channels, kh, kw, block), "float32", name="weight")
-    if blocked_in:
-        source = _Blocked(data, lanes)
-    elif any(padding):
+    if any(padding):
+        inside = lambda i, j: tirx.all(i >= top, i < height + top, j >= left, j < width + left)  # noqa: E731
         source = te.compute(
-            (batch, channels, height + top + bottom, width + left + right),
-            lambda n, c, i, j: tirx.if_then_else(
-                tirx.all(i >= top, i < height + top, j >= left, j < width + left),
-                data[n, c, i - top, j - left], tirx.const(0.0, "float32")),
+            (batch, blocks_in[0], height + top + bottom, width + left + right, *blocks_in[1:]),
+            lambda n, c, i, j, *v: tirx.if_then_else(inside(i, j), data[(n, c, i - top, j - left, *v)],
+                                                     tirx.const(0.0, "float32")),
             name="pad")
     else:
         source = data
+    if blocked_in:
+        source = _Blocked(source, lanes)
     rc = te.reduce_axis((0, channels), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -332,20 +330,27 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
         return te.sum(source[n, rc, y * sh + ry * dh, x * sw + rx * dw] * packed[o, rc, ry, rx, v], axis=[rc, ry, rx])
 
     acc = te.compute(at(batch, padded // block, oh, ow, block), lambda *i: reduce(*at(*i)), name="acc")
-    extra = _epilogue_inputs(epilogue, padded, (batch, out_channels, oh, ow))
+
+    def element(blocked: bool, n, c, y, x):  # of channel c at (y, x), NCHW or NCHW{lanes}c
+        return (n, c // lanes, y, x, c % lanes) if blocked else (n, c, y, x)
+
+    residual_shape = (batch, out_channels // lanes, oh, ow, lanes) if blocked_residual else (batch, out_channels, oh, ow)
+    extra = _epilogue_inputs(epilogue, padded, residual_shape)
     in_registers, as_written = _split_at_residual(epilogue)
     if in_registers:  # on the tile in registers, a vector of channels at a time (the write-back is a transpose)
         acc = te.compute(acc.shape, lambda *i: _apply_epilogue(acc[i], in_registers, extra, at(*i)[1] * block + i[-1]),
                          name="epilogue")
     late = extra[sum(1 for step in in_registers if step[0] == "bias"):]
+
+    def written(n, o, y, x):  # output channel o's element at (y, x), the epilogue's late steps applied
+        return _apply_epilogue(acc[at(n, o // block, y, x, o % block)], as_written, late, o,
+                               element(blocked_residual, n, o, y, x))
+
     if blocked_out:
         out = te.compute((batch, out_channels // lanes, oh, ow, lanes),
-                         lambda n, b, y, x, v: acc[at(n, (b * lanes + v) // block, y, x, (b * lanes + v) % block)],
-                         name="out")
+                         lambda n, b, y, x, v: written(n, b * lanes + v, y, x), name="out")
     else:
-        out = te.compute((batch, out_channels, oh, ow),
-                         lambda n, o, y, x: _apply_epilogue(acc[at(n, o // block, y, x, o % block)], as_written, late, o,
-                                                            (n, o, y, x)), name="out")
+        out = te.compute((batch, out_channels, oh, ow), written, name="out")
     sch = s_tir.Schedule(te.create_prim_func([data, packed, *extra, out]))
     update = _tile_reduction(sch, "acc", "out", parallel=2 if rows_outer else 3, serial=1 if rows_outer else 0,
                              reductions=3, tile=tile, in_registers="epilogue" if in_registers else None,
@@ -436,8 +441,9 @@ def depthwise_conv2d_nchwc(data_shape, weight: np.ndarray, strides, padding, lan
     Alone on the Intel Xeon VM (rocketlake), MobileNetV2's 17 depthwise 3x3 convolutions with bias and
     ReLU6: 1.36 ms on one thread against 3.13 for the NCHW build (the row the vector, each plane
     copied with its border first), 0.67 against 1.65 on two (docs/bench-speed.txt). The layout is for
-    a block of kernels that all work in it (the layout island: the expanding convolution writes it,
-    the projecting one reads it); converting around one kernel would cost two passes over memory."""
+    kernels that all work in it (compiler/kernels.py `_blocked_layout`: the convolution before it
+    writes it, those after it read it); converting around one kernel would cost two passes over
+    memory."""
     from tvm import s_tir, te, tirx
 
     batch, channels, height, width = data_shape

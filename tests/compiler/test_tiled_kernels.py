@@ -24,7 +24,8 @@ def _run(kernel, inputs, out_shape):
     import tvm
 
     func, packed = kernel
-    inputs = [inputs[0], *(tiled_kernels.padded_bias(b, packed) for b in inputs[1:])]  # as compiler/kernels.py does
+    # the biases padded as compiler/kernels.py pads them, residuals as they are
+    inputs = [inputs[0], *(tiled_kernels.padded_bias(b, packed) if b.ndim == 1 else b for b in inputs[1:])]
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                       target=get_preset("x86-host").tvm_target())
     out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
@@ -130,26 +131,35 @@ def test_depthwise_convolution_in_nchwc_equals_numpy(data_shape, strides, paddin
     assert tiled_kernels.depthwise_conv2d_nchwc((1, 20, 8, 8), weight[:20], strides, padding, LANES) is None
 
 
-@pytest.mark.parametrize("kernel, padding, blocked_in, blocked_out", [
-    (1, (0, 0, 0, 0), False, True),   # an expanding 1x1 writing a layout island's inside
-    (3, (1, 1, 1, 1), False, True),   # a first 3x3 layer writing it
-    (1, (0, 0, 0, 0), True, False),   # a projecting 1x1 reading it
+@pytest.mark.parametrize("kernel, stride, padding, blocked_in, blocked_out, blocked_residual", [
+    (1, 1, (0, 0, 0, 0), False, True, False),  # an expanding 1x1 writing NCHW16c
+    (3, 1, (1, 1, 1, 1), False, True, False),  # a first 3x3 layer writing it
+    (1, 1, (0, 0, 0, 0), True, False, False),  # a projecting 1x1 reading it
+    (3, 1, (1, 1, 1, 1), True, True, True),  # inside ResNet: padding a blocked input, adding a blocked residual
+    (3, 1, (1, 1, 1, 1), True, True, False),  # its first block: the residual (the pooling's output) NCHW
+    (3, 1, (1, 1, 1, 1), True, False, True),  # its last block: writing NCHW for the pooling
+    (1, 2, (0, 0, 0, 0), True, True, False),  # a downsampling 1x1, stride 2
 ])
-def test_direct_convolution_reads_and_writes_nchwc_as_asked(kernel, padding, blocked_in, blocked_out):
+def test_direct_convolution_reads_and_writes_nchwc_as_asked(kernel, stride, padding, blocked_in, blocked_out,
+                                                            blocked_residual):
     rng = np.random.default_rng(9)
     x = rng.standard_normal((1, 32, 10, 10)).astype(np.float32)
     w = rng.standard_normal((48, 32, kernel, kernel)).astype(np.float32)
     bias = rng.standard_normal(48).astype(np.float32)
-    expected = _epilogue_reference(_conv_reference(x, w, (1, 1), padding, (1, 1)), bias, 1)
+    product = _conv_reference(x, w, (stride, stride), padding, (1, 1))
+    residual = rng.standard_normal(product.shape).astype(np.float32)
+    expected = np.maximum(product + bias.reshape(-1, 1, 1) + residual, 0.0)  # ResNet's: bias, residual, ReLU
 
-    def blocked(a):
+    def blocked(a, really=True):
         n, c, h, w_ = a.shape
-        return a.reshape(n, c // LANES, LANES, h, w_).transpose(0, 1, 3, 4, 2)
+        return a.reshape(n, c // LANES, LANES, h, w_).transpose(0, 1, 3, 4, 2) if really else a
 
-    kernel_ = tiled_kernels.direct_conv2d(x.shape, w, (1, 1), padding, (1, 1), LANES, EPILOGUE,
-                                          blocked_in=blocked_in, blocked_out=blocked_out)
-    out = _run(kernel_, [blocked(x) if blocked_in else x, bias], blocked(expected).shape if blocked_out else expected.shape)
-    np.testing.assert_allclose(out, blocked(expected) if blocked_out else expected, rtol=1e-4, atol=1e-4)
+    kernel_ = tiled_kernels.direct_conv2d(x.shape, w, (stride, stride), padding, (1, 1), LANES,
+                                          (("bias",), ("residual",), ("relu",)), blocked_in=blocked_in,
+                                          blocked_out=blocked_out, blocked_residual=blocked_residual)
+    inputs = [blocked(x, blocked_in), bias, blocked(residual, blocked_residual)]
+    out = _run(kernel_, inputs, blocked(expected, blocked_out).shape)
+    np.testing.assert_allclose(out, blocked(expected, blocked_out), rtol=1e-4, atol=1e-4)
 
 
 def test_a_sample_gets_the_same_bits_alone_and_in_a_batch():
@@ -253,8 +263,9 @@ def test_clip_after_a_product_is_applied_in_its_kernel():
     assert not [k for k in kernels if "maximum" in k or "minimum" in k], kernels
 
 
-def _build_run_and_trace(tmp_path, nodes, init, name, in_shape, out_shape):
-    """Build the graph x -> y, run it on noise against onnxruntime; (the build, the kernels it called)."""
+def _build_run_and_trace(tmp_path, nodes, init, name, in_shape, out_shape, with_shapes=False):
+    """Build the graph x -> y, run it on noise against onnxruntime; (the build, the kernels it called,
+    or with_shapes, (kernel, the shape it wrote) pairs)."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
@@ -265,12 +276,14 @@ def _build_run_and_trace(tmp_path, nodes, init, name, in_shape, out_shape):
                         name)
     vm = VirtualMachine(tvm.runtime.load_module(str(tmp_path / f"{name}.so")), tvm.cpu(0))
     called = []
-    vm.set_instrument(lambda func, symbol, before, *_: called.append(str(symbol)) if before else None)
+    vm.set_instrument(lambda func, symbol, before, ret, *args: called.append(
+        (str(symbol), tuple(getattr(args[-1], "shape", ()) if args else ()))) if before else None)
     x = np.random.default_rng(7).standard_normal(in_shape).astype(np.float32)
     ours = vm["main"](tvm.runtime.tensor(x)).numpy()
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
-    return built, [s for s in called if not s.startswith("vm.builtin")]
+    kernels = [(s, shape) for s, shape in called if not s.startswith("vm.builtin")]
+    return built, [s for s, _ in kernels] if not with_shapes else kernels
 
 
 def test_a_graph_ending_in_a_1x1_convolution_returns_a_view_not_a_copy(tmp_path):
@@ -278,7 +291,7 @@ def test_a_graph_ending_in_a_1x1_convolution_returns_a_view_not_a_copy(tmp_path)
     was the graph's (a segment's) output, since TVM makes views only inside dataflow blocks."""
     rng = np.random.default_rng(5)
     init = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
-            for name, shape in (("w1", (32, 3, 3, 3)), ("w2", (16, 32, 1, 1)), ("b2", (16,)))]
+            for name, shape in (("w1", (24, 3, 3, 3)), ("w2", (16, 24, 1, 1)), ("b2", (16,)))]  # 24: NCHW
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1] * 4), helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2", "b2"], ["y"])]
     _, kernels = _build_run_and_trace(tmp_path, nodes, init, "ends_1x1", (1, 3, 16, 16), (1, 16, 16, 16))
@@ -327,3 +340,39 @@ def test_an_inverted_residual_block_runs_its_depthwise_convolution_in_nchwc(tmp_
               helper.make_node("Add", ["s", "m"], ["y"])]
     _, kernels = _build_run_and_trace(tmp_path, nodes, init, "leaks", (1, 16, 14, 14), (1, 16, 14, 14))
     assert not any("nchwc" in s for s in kernels), kernels
+
+
+def test_a_residual_network_computes_in_nchwc_between_its_pooling_layers(tmp_path):
+    """ResNet's shape: a stem and a pooling (NCHW), two blocks, a downsampling block (3x3 stride 2 with
+    a 1x1 stride-2 shortcut), a global pooling. Every tensor that only convolutions read, as data or as
+    the residual they add, is NCHW16c, so nothing converts between layouts: the first block's second
+    convolution adds the pooling's NCHW output and writes NCHW16c, the last one adds NCHW16c and
+    writes NCHW for the pooling."""
+    rng = np.random.default_rng(10)
+    shapes = [("w0", (16, 3, 3, 3))] + [(f"w{i}", (16, 16, 3, 3)) for i in "abcd"] + [
+        ("we", (32, 16, 3, 3)), ("wf", (32, 32, 3, 3)), ("wg", (32, 16, 1, 1))]
+    init = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name) for name, shape in shapes]
+    init += [numpy_helper.from_array((rng.standard_normal(shape[0]) * 0.1).astype(np.float32), "b" + name[1:])
+             for name, shape in shapes]
+
+    def conv(name, data, out, stride=1):
+        pads = [0] * 4 if name == "g" else [1] * 4
+        return helper.make_node("Conv", [data, "w" + name, "b" + name], [out], pads=pads, strides=[stride] * 2)
+
+    def relu(data, out):
+        return helper.make_node("Relu", [data], [out])
+
+    nodes = [conv("0", "x", "c0"), relu("c0", "r0"),
+             helper.make_node("MaxPool", ["r0"], ["p"], kernel_shape=[3, 3], pads=[1] * 4),
+             conv("a", "p", "ca"), relu("ca", "ra"), conv("b", "ra", "cb"), helper.make_node("Add", ["cb", "p"], ["sb"]),
+             relu("sb", "r1"),
+             conv("c", "r1", "cc"), relu("cc", "rc"), conv("d", "rc", "cd"), helper.make_node("Add", ["cd", "r1"], ["sd"]),
+             relu("sd", "r2"),
+             conv("e", "r2", "ce", 2), relu("ce", "re"), conv("f", "re", "cf"), conv("g", "r2", "cg", 2),
+             helper.make_node("Add", ["cf", "cg"], ["sf"]), relu("sf", "r3"),
+             helper.make_node("GlobalAveragePool", ["r3"], ["y"])]
+    _, kernels = _build_run_and_trace(tmp_path, nodes, init, "resnet", (1, 3, 16, 16), (1, 32, 1, 1), with_shapes=True)
+    convolutions = [shape for name, shape in kernels if "conv2d" in name]
+    assert len(convolutions) == 8, kernels
+    assert [len(shape) for shape in convolutions].count(5) == 6, kernels  # all but the stem's and the last
+    assert len(kernels) == 10, kernels  # and the two poolings: no layout transforms
