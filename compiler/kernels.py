@@ -191,7 +191,7 @@ class _TiledProducts(_Products):
         self.tiles = tiles if tiles is not None else TileChoices()  # tuning's choices, and what was asked
 
     @staticmethod
-    def _call(builder, kernel, name: str, args, epilogue, out_shape, flat: bool = True):
+    def _call(builder, kernel, name: str, args, epilogue, out_shape, flat: bool = False):
         """The call of `kernel` on `args`, its packed weight and the epilogue's operands in order: the
         biases (constants) and the residuals (reshaped to `out_shape` where the kernel's output is
         `flat`: a reshape of the convolution's or matmul's)."""
@@ -218,32 +218,29 @@ class _TiledProducts(_Products):
         tiled = depthwise_conv2d_nchwc(data_shape, kernel, strides, padding, self.lanes,
                                        tuple(step for step, _ in epilogue))
         n, c, oh, ow = out_shape
-        return self._call(builder, tiled, "depthwise_nchwc", [data], epilogue, (n, c // self.lanes, oh, ow, self.lanes),
-                          flat=False)
+        return self._call(builder, tiled, "depthwise_nchwc", [data], epilogue, (n, c // self.lanes, oh, ow, self.lanes))
 
-    def conv2d(self, builder, data, kernel, geometry, out_shape, epilogue=(), data_shape=None, blocked_in=False,
-               blocked_out=False, blocked_residual=False):
+    def conv2d(self, builder, data, kernel, geometry, out_shape, epilogue=(), data_shape=None, **layouts):
+        """`layouts`: which of the data, the output and the residual are NCHW{lanes}c (`_blocked_layout`:
+        blocked_in, blocked_out, blocked_residual)."""
         from tvm import relax
 
-        from .tiled_kernels import conv_kernel, direct_conv2d
+        from .tiled_kernels import conv_kernel
 
         data_shape = data_shape or _static_shape(data)
         choice = self.tiles.for_conv(data_shape, kernel.shape, *geometry)
-        if blocked_in or blocked_out or blocked_residual:  # see _blocked_layout
-            tiled = direct_conv2d(data_shape, kernel, *geometry, self.lanes, tuple(step for step, _ in epilogue),
-                                  **choice, blocked_in=blocked_in, blocked_out=blocked_out,
-                                  blocked_residual=blocked_residual)
-            n, c, oh, ow = out_shape
-            shape = (n, c // self.lanes, oh, ow, self.lanes) if blocked_out else out_shape
-            return self._call(builder, tiled, "conv2d_direct", [data], epilogue, shape, flat=False)
-        kind, tiled = conv_kernel(data_shape, kernel, *geometry, self.lanes, tuple(step for step, _ in epilogue), choice)
+        kind, tiled = conv_kernel(data_shape, kernel, *geometry, self.lanes, tuple(step for step, _ in epilogue), choice,
+                                  **layouts)
         if kind == "pointwise":
             batch, channels, height, width = data_shape
             flat_shape = (batch, kernel.shape[0], height * width)
             flat = builder.emit(relax.op.reshape(data, (batch, channels, height * width)))
-            product = builder.emit(self._call(builder, tiled, "conv2d_pointwise", [flat], epilogue, flat_shape))
+            product = builder.emit(self._call(builder, tiled, "conv2d_pointwise", [flat], epilogue, flat_shape,
+                                              flat=True))
             return relax.op.reshape(product, out_shape)
-        return self._call(builder, tiled, "conv2d_direct", [data], epilogue, out_shape)
+        n, c, oh, ow = out_shape
+        shape = (n, c // self.lanes, oh, ow, self.lanes) if layouts.get("blocked_out") else out_shape
+        return self._call(builder, tiled, "conv2d_direct", [data], epilogue, shape)
 
     def matmul(self, builder, lhs, weight, lhs_shape, out_shape, epilogue=()):
         from tvm import relax
@@ -256,7 +253,7 @@ class _TiledProducts(_Products):
             return None
         flat_shape = (rows, weight.shape[1])
         flat = lhs if len(lhs_shape) == 2 else builder.emit(relax.op.reshape(lhs, (rows, lhs_shape[-1])))
-        product = self._call(builder, tiled, "dense", [flat], epilogue, flat_shape)
+        product = self._call(builder, tiled, "dense", [flat], epilogue, flat_shape, flat=True)
         return product if len(out_shape) == 2 else relax.op.reshape(builder.emit(product), out_shape)
 
 
@@ -322,70 +319,80 @@ def _use_counts(func):
     return uses.count
 
 
-def _blocked_layout(func, chains, lanes: int, constant) -> tuple[set, set]:
-    """(the vars of `func` held in NCHW{lanes}c, the depthwise convolutions computed in it).
+def _blocked_layout(func, uses, chains, lanes: int, constant) -> tuple[set, set]:
+    """(the vars of `func` held in NCHW{lanes}c, the bindings computed in it that follow their data's
+    layout: depthwise convolutions and max poolings); `uses`: `_use_counts(func)`, `chains`:
+    `_epilogue_chains`'.
 
     A convolution's result (its epilogue chain's last var) is blocked where the convolution can write
-    it so (`tiled_kernels.direct_conv2d`: groups=1, whole vectors of output channels; or a depthwise
-    one, `tiled_kernels.depthwise_conv2d_nchwc`) and every use of it can read it so: the data of a
-    convolution with groups=1 and whole vectors of input channels, the data of a depthwise
-    convolution computed blocked, or the operand of a convolution's residual add. A depthwise
-    convolution is computed blocked where its data and its result both are (else TVM's own, in
-    NCHW); dropping one makes its data and result NCHW, so the sets shrink to a fixed point. What
-    anything else reads (pooling, a reshape, a segment's output) stays NCHW, and so do the
-    function's inputs: ResNet-18 computes in NCHW16c from its first block's second convolution to
-    its last block's; MobileNetV2 wherever its channels fill whole vectors (all but 24)."""
+    it so (`tiled_kernels.direct_conv2d`: groups=1, whole vectors of output channels) and every use of
+    it can read it so: the data of a convolution with groups=1 and whole vectors of input channels,
+    the operand of a convolution's residual add, or the data of a follower computed blocked. A
+    follower (a depthwise convolution, `tiled_kernels.depthwise_conv2d_nchwc`, or a max pooling) is
+    computed blocked where its data and its result both are, else in NCHW as TVM builds it; dropping
+    one makes its data and result NCHW, so the sets shrink to a fixed point. What anything else reads
+    (an average pooling, a reshape, a segment's output) stays NCHW, and so do the function's inputs,
+    so that no tensor is converted between layouts: ResNet-18 computes in NCHW16c from its first
+    convolution to its last block's, VGG-16 from its first to its last pooling, MobileNetV2 wherever
+    its channels fill whole vectors (all but 24)."""
     import collections
 
     import tvm
     from tvm import relax
 
-    conv = tvm.ir.Op.get("relax.nn.conv2d")
-    uses = _use_counts(func)
+    conv, pool = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.nn.max_pool2d")
     last_of = {chain[0].var: last for last, (chain, _) in chains.items()}
     residuals_of = {chain[0].var: [operand for step, operand in steps if step[0] == "residual"]
                     for chain, steps in chains.values()}
 
+    def shaped(b) -> bool:
+        data = b.value.args[0]
+        return (isinstance(data, relax.Var) and str(data.ty.dtype) == "float32" and _static_shape(data) is not None
+                and len(_static_shape(data)) == 4 and _static_shape(b.var) is not None)
+
     def plain(b) -> bool:
         attrs, weight = b.value.attrs, constant(b.value.args[1])
         return (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW" and attrs.out_layout == "NCHW"
-                and weight is not None and weight.dtype == np.float32 and str(b.value.args[0].ty.dtype) == "float32"
-                and _static_shape(b.value.args[0]) is not None and _static_shape(b.var) is not None)
+                and weight is not None and weight.dtype == np.float32)
 
-    dense, depthwise = [], set()
+    dense, followers = [], set()
     for b in (b for block in func.body.blocks for b in block.bindings if isinstance(b, relax.VarBinding)
-              and isinstance(b.value, relax.Call) and b.value.op.same_as(conv) and plain(b)):
+              and isinstance(b.value, relax.Call) and shaped(b)):
         attrs, channels = b.value.attrs, _static_shape(b.value.args[0])[1]
-        if int(attrs.groups) == 1:
+        if b.value.op.same_as(pool):
+            if attrs.layout == "NCHW" and attrs.out_layout == "NCHW" and channels % lanes == 0:
+                followers.add(b)
+        elif not b.value.op.same_as(conv) or not plain(b):
+            continue
+        elif int(attrs.groups) == 1:
             dense.append(b)
         elif (int(attrs.groups) == channels and channels % lanes == 0 and all(int(v) == 1 for v in attrs.dilation)
               and constant(b.value.args[1]).shape[:2] == (channels, 1) and not residuals_of.get(b.var)):
-            depthwise.add(b)
-    result = {b.var: last_of.get(b.var, b.var) for b in [*dense, *depthwise]}
+            followers.add(b)
+    result = {b.var: last_of.get(b.var, b.var) for b in [*dense, *followers]}
     blocked = {result[b.var] for b in dense if _static_shape(b.var)[1] % lanes == 0}
-    blocked |= {result[d.var] for d in depthwise}
+    blocked |= {result[f.var] for f in followers}
     while True:
-        readers = collections.Counter(d.value.args[0] for d in depthwise)
+        readers = collections.Counter(f.value.args[0] for f in followers)
         for b in dense:
             if _static_shape(b.value.args[0])[1] % lanes == 0:
                 readers[b.value.args[0]] += 1
             readers.update(residuals_of.get(b.var, ()))
         kept = {var for var in blocked if readers[var] == uses[var]}
-        dropped = {d for d in depthwise if d.value.args[0] not in kept or result[d.var] not in kept}
+        dropped = {f for f in followers if f.value.args[0] not in kept or result[f.var] not in kept}
         if kept == blocked and not dropped:
-            return blocked, {d.var for d in depthwise}
-        depthwise -= dropped
-        blocked = kept - {result[d.var] for d in dropped}
+            return blocked, {f.var for f in followers}
+        followers -= dropped
+        blocked = kept - {result[f.var] for f in dropped}
 
 
-def _epilogue_chains(func, constant) -> dict:
+def _epilogue_chains(func, uses, constant) -> dict:
     """{last var: ([product binding, step bindings...], [(step, operand)...])} for every product
     (conv2d, matmul) of `func` followed by elementwise steps (`_epilogue_step`), each result used
-    only by the next step."""
+    only by the next step (`uses`: `_use_counts(func)`)."""
     import tvm
     from tvm import relax
 
-    uses = _use_counts(func)
     chains, claimed = {}, set()
     for block in func.body.blocks:
         bindings = list(block.bindings)
@@ -434,21 +441,16 @@ def lower_products(products: _Products):
             self.matmul = tvm.ir.Op.get("relax.matmul")
             self.chains = {}  # the function's epilogue chains (_epilogue_chains), by their last var
             self.inside = set()  # the vars a chain computes before its last
-            self.blocked, self.depthwise = set(), set()  # _blocked_layout's
+            self.blocked, self.followers = set(), set()  # _blocked_layout's
 
         def visit_var_binding_(self, binding):
             if binding.var in self.inside:
                 return  # emitted with its chain's last binding
             chain, steps = self.chains[binding.var] if binding.var in self.chains else ([binding], [])
-            head = chain[0]
-            is_conv = isinstance(head.value, relax.Call) and head.value.op.same_as(self.conv2d)
-            layouts = is_conv and {"blocked_in": head.value.args[0] in self.blocked, "blocked_out": binding.var in self.blocked,
-                       "blocked_residual": any(step[0] == "residual" and operand in self.blocked
-                                               for step, operand in steps)}
-            if head.var in self.depthwise or (layouts and any(layouts.values())):
-                steps = [(step, self.visit_expr(operand) if step[0] == "residual" else operand) for step, operand in steps]
-                call = self._blocked_conv2d(head, steps, **layouts)
-                if layouts["blocked_out"]:  # its type changes: a new var, which its uses take
+            layouts = self._layouts(chain[0], binding.var, steps)
+            if chain[0].var in self.followers or any(layouts.values()):
+                call = self._blocked(chain[0], steps, layouts)
+                if binding.var in self.blocked:  # its type changes: a new var, which its uses take
                     self.set_var_remap(binding.var, self.builder_.emit(call))
                 else:
                     self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))
@@ -456,7 +458,7 @@ def lower_products(products: _Products):
             if binding.var not in self.chains:
                 return super().visit_var_binding_(binding)
             steps = [(step, self.visit_expr(operand) if step[0] == "residual" else operand) for step, operand in steps]
-            head = head.value
+            head = chain[0].value
             call = self.builder_.normalize(relax.Call(head.op, [self.visit_expr(a) for a in head.args], head.attrs,
                                                       head.ty_args))
             fused = self._conv2d(call, steps) if head.op.same_as(self.conv2d) else self._matmul(call, steps)
@@ -478,16 +480,30 @@ def lower_products(products: _Products):
                 rewritten = self._matmul(call)
             return call if rewritten is None else rewritten
 
-        def _blocked_conv2d(self, head, epilogue, **layouts):
-            """A convolution that reads, writes or adds NCHW{lanes}c (`_blocked_layout`), its epilogue applied."""
-            call = head.value
+        def _layouts(self, head, last, steps) -> dict:
+            """Which of a convolution's data, result (`last`, its chain's) and residual are NCHW{lanes}c."""
+            if not (isinstance(head.value, relax.Call) and head.value.op.same_as(self.conv2d)):
+                return {}
+            return {"blocked_in": head.value.args[0] in self.blocked, "blocked_out": last in self.blocked,
+                    "blocked_residual": any(step[0] == "residual" and operand in self.blocked for step, operand in steps)}
+
+        def _blocked(self, head, steps, layouts):
+            """A chain that reads, writes or adds NCHW{lanes}c (`_blocked_layout`): a convolution, its
+            epilogue applied, or a max pooling in it."""
+            call, lanes = head.value, products.blocked_lanes
+            data = self.visit_expr(call.args[0])
+            if not call.op.same_as(self.conv2d):
+                attrs = call.attrs
+                return relax.op.nn.max_pool2d(data, attrs.pool_size, attrs.strides, attrs.padding, attrs.dilation,
+                                              attrs.ceil_mode, attrs.count_include_pad, f"NCHW{lanes}c",
+                                              f"NCHW{lanes}c")
+            steps = [(step, self.visit_expr(operand) if step[0] == "residual" else operand) for step, operand in steps]
             geometry = (tuple(int(s) for s in call.attrs.strides), tuple(int(p) for p in call.attrs.padding),
                         tuple(int(d) for d in call.attrs.dilation))
-            data, kernel = self.visit_expr(call.args[0]), _constant(self, call.args[1])
-            data_shape, out_shape = _static_shape(call.args[0]), _static_shape(head.var)
-            if head.var in self.depthwise:
-                return products.depthwise(self.builder_, data, kernel, geometry, data_shape, out_shape, epilogue)
-            return products.conv2d(self.builder_, data, kernel, geometry, out_shape, epilogue, data_shape=data_shape,
+            kernel, data_shape, out_shape = _constant(self, call.args[1]), _static_shape(call.args[0]), _static_shape(head.var)
+            if head.var in self.followers:
+                return products.depthwise(self.builder_, data, kernel, geometry, data_shape, out_shape, steps)
+            return products.conv2d(self.builder_, data, kernel, geometry, out_shape, steps, data_shape=data_shape,
                                    **layouts)
 
         def _conv2d(self, call, epilogue=()):
@@ -530,12 +546,13 @@ def lower_products(products: _Products):
         rewriter = _Lower(mod)
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
+                uses, constant = _use_counts(func), lambda expr: _constant(rewriter, expr)
                 if products.fuses_epilogues:
-                    rewriter.chains = _epilogue_chains(func, lambda expr: _constant(rewriter, expr))
+                    rewriter.chains = _epilogue_chains(func, uses, constant)
                     rewriter.inside = {link.var for chain, _ in rewriter.chains.values() for link in chain[:-1]}
                 if products.blocked_lanes:
-                    rewriter.blocked, rewriter.depthwise = _blocked_layout(func, rewriter.chains, products.blocked_lanes,
-                                                                           lambda expr: _constant(rewriter, expr))
+                    rewriter.blocked, rewriter.followers = _blocked_layout(func, uses, rewriter.chains,
+                                                                           products.blocked_lanes, constant)
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
         return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
 

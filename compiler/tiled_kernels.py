@@ -257,16 +257,16 @@ class TileChoices:
 
 
 def conv_kernel(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int, epilogue=(),
-                choice: dict | None = None):
+                choice: dict | None = None, **layouts):
     """(kind, (PrimFunc, packed weight)) of a convolution as `choice` (a `conv_variants` entry; None or
-    {}: the default) builds it: kind "pointwise" (its data and output flattened to [N, C, H*W]) or
-    "direct"."""
+    {}: the default) builds it: kind "pointwise" (its data and output flattened to [N, C, H*W], NCHW
+    only) or "direct" (`layouts`: `direct_conv2d`'s blocked_in, blocked_out, blocked_residual)."""
     choice = choice or {}
-    if not choice and _takes_pointwise(weight.shape, strides, padding):
+    if not choice and not any(layouts.values()) and _takes_pointwise(weight.shape, strides, padding):
         tiled = pointwise_conv2d(data_shape, weight, lanes, epilogue)
         if tiled is not None:
             return "pointwise", tiled
-    return "direct", direct_conv2d(data_shape, weight, strides, padding, dilation, lanes, epilogue, **choice)
+    return "direct", direct_conv2d(data_shape, weight, strides, padding, dilation, lanes, epilogue, **choice, **layouts)
 
 
 def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int, epilogue=(),
