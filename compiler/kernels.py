@@ -228,7 +228,7 @@ class _TiledProducts(_Products):
         from .tiled_kernels import conv_kernel
 
         data_shape = data_shape or _static_shape(data)
-        choice = self.tiles.for_conv(data_shape, kernel.shape, *geometry)
+        choice = self.tiles.for_conv(data_shape, kernel.shape, *geometry, **layouts)
         kind, tiled = conv_kernel(data_shape, kernel, *geometry, self.lanes, tuple(step for step, _ in epilogue), choice,
                                   **layouts)
         if kind == "pointwise":
@@ -321,8 +321,8 @@ def _use_counts(func):
 
 def _blocked_layout(func, uses, chains, lanes: int, constant) -> tuple[set, set]:
     """(the vars of `func` held in NCHW{lanes}c, the bindings computed in it that follow their data's
-    layout: depthwise convolutions and max poolings); `uses`: `_use_counts(func)`, `chains`:
-    `_epilogue_chains`'.
+    layout: depthwise convolutions and max poolings). `uses`: `_use_counts(func)`; `chains`: its
+    `_epilogue_chains`.
 
     A convolution's result (its epilogue chain's last var) is blocked where the convolution can write
     it so (`tiled_kernels.direct_conv2d`: groups=1, whole vectors of output channels) and every use of
@@ -333,8 +333,8 @@ def _blocked_layout(func, uses, chains, lanes: int, constant) -> tuple[set, set]
     one makes its data and result NCHW, so the sets shrink to a fixed point. What anything else reads
     (an average pooling, a reshape, a segment's output) stays NCHW, and so do the function's inputs,
     so that no tensor is converted between layouts: ResNet-18 computes in NCHW16c from its first
-    convolution to its last block's, VGG-16 from its first to its last pooling, MobileNetV2 wherever
-    its channels fill whole vectors (all but 24)."""
+    convolution to its last block's, VGG-16 and AlexNet from their first convolution to the one
+    before their last pooling, MobileNetV2 wherever its channels fill whole vectors (all but 24)."""
     import collections
 
     import tvm

@@ -197,15 +197,16 @@ def conv_key(data_shape, weight_shape, strides, padding, dilation) -> str:
             f"d{dims(dilation)}")
 
 
-def conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes: int) -> list[dict]:
+def conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes: int, **layouts) -> list[dict]:
     """The tile choices tuning times for a convolution: {} (the default, first), then the direct
     kernel with one or two vectors of output channels, row tiles of up to 7, 8 or 14 columns and the
     tasks by rows or by channel blocks x rows (`direct_conv2d`'s `block`, `tile`, `rows_outer`). A
-    1x1 convolution the pointwise kernel takes by default also gets the direct ones. Every choice
-    sums each output in the same order: the results are the same bits."""
+    1x1 convolution the pointwise kernel takes by default (in NCHW: no `layouts`) also gets the
+    direct ones. Every choice sums each output in the same order: the results are the same bits."""
     _, ow = _conv_output(data_shape, weight_shape, strides, padding, dilation)
     padded = _whole_vectors(weight_shape[0], lanes)
-    default = None if _takes_pointwise(weight_shape, strides, padding) else _direct_default(
+    pointwise = not any(layouts.values()) and _takes_pointwise(weight_shape, strides, padding)
+    default = None if pointwise else _direct_default(
         data_shape, weight_shape, strides, padding, dilation, lanes)
     variants = [{}]
     for block in (b for b in (lanes, 2 * lanes) if padded % b == 0):
@@ -243,16 +244,18 @@ def _direct_default(data_shape, weight_shape, strides, padding, dilation, lanes:
 class TileChoices:
     """Tile choices per convolution (`conv_key` -> a `conv_variants` entry), as tuning chose them, and
     the convolutions a build asked about (`asked`: key -> (data shape, weight shape, strides,
-    padding, dilation)), which is how tuning finds the convolutions of a model."""
+    padding, dilation, layouts), the layouts those of the first one asked: `direct_conv2d`'s
+    blocked_in, blocked_out, blocked_residual), which is how tuning finds the convolutions of a model
+    and the layouts to time their tiles in."""
 
     def __init__(self, choices: dict | None = None):
         self.choices = dict(choices or {})
         self.asked: dict[str, tuple] = {}
 
-    def for_conv(self, data_shape, weight_shape, strides, padding, dilation) -> dict:
+    def for_conv(self, data_shape, weight_shape, strides, padding, dilation, **layouts) -> dict:
         key = conv_key(data_shape, weight_shape, strides, padding, dilation)
         self.asked.setdefault(key, (tuple(data_shape), tuple(weight_shape), tuple(strides), tuple(padding),
-                                    tuple(dilation)))
+                                    tuple(dilation), layouts))
         return self.choices.get(key, {})
 
 

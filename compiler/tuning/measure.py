@@ -2,7 +2,9 @@
 target that does not run here is timed on, through TVM RPC.
 
 - The builder compiles candidates in this process (MetaSchedule's own starts fresh workers that
-  spend 40 s importing TVM's tensor intrinsics and time out).
+  spend 40 s importing TVM's tensor intrinsics and time out), each first in a forked child with a
+  deadline (`within_deadline`): LLVM never finishes some candidates (one of AlexNet's LRN poolings
+  held a whole tuning run for over 13 minutes), and those are dropped as invalid.
 - The runner times them here (targets that run on this machine), on a board through RPC (each
   candidate exported with the preset's cross compiler, uploaded, loaded and timed there: the
   board runs runtime/rpc_server.py, runtime only), or reports a constant where nothing can time
@@ -16,6 +18,8 @@ import importlib
 import importlib.util
 import itertools
 import os
+import select
+import signal
 import sys
 import tempfile
 import time
@@ -26,8 +30,11 @@ from ...runtime.threads import cores_here
 from ...targets import Preset
 from .folder import TuningError
 
-__all__ = ["RemoteBoard", "count_cpus_without_psutil", "environment_variable", "load_tensor_intrinsics",
-           "make_builder_and_runner", "parse_rpc_address", "tuning_target"]
+__all__ = ["CANDIDATE_BUILD_S", "RemoteBoard", "count_cpus_without_psutil", "environment_variable",
+           "load_tensor_intrinsics", "make_builder_and_runner", "parse_rpc_address", "tuning_target",
+           "within_deadline"]
+
+CANDIDATE_BUILD_S = 60.0  # a candidate's compile takes 0.1-3 s (nvcc included); longer means it never ends
 
 
 def load_tensor_intrinsics(preset: Preset) -> None:
@@ -134,6 +141,53 @@ class RemoteBoard:
         return self.session.cuda(0) if self.preset.device == "cuda" else self.session.cpu(0)
 
 
+def within_deadline(items, build, seconds: float):
+    """Yield (item, None) for each of `items` that `build(item)` finishes (or fails) within `seconds`
+    in a forked child, (item, why not) for one that does not, in order. The child builds one item
+    ahead of the caller, who builds it again in its own process, with what it learnt of the
+    candidate's validity, while the child goes on: compiled code cannot cross processes, and a
+    build stuck in LLVM cannot be interrupted except by ending its process. A child that hangs is
+    killed and the next one takes the rest."""
+    items = list(items)
+    start = 0
+    while start < len(items):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: build, report each, never return into the caller's code
+            os.close(read)
+            try:
+                for index in range(start, len(items)):
+                    try:
+                        build(items[index])
+                    except BaseException:  # noqa: BLE001 - an invalid candidate: the caller's build says why
+                        pass
+                    os.write(write, f"{index}\n".encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        pending = b""
+        try:
+            while start < len(items):
+                ready, _, _ = select.select([read], [], [], seconds)
+                chunk = os.read(read, 4096) if ready else b""
+                if not chunk:  # the deadline passed, or the child died on this item
+                    why = (f"its compile took over {seconds:.0f} s" if not ready
+                           else "its compile ended the process that ran it")
+                    yield items[start], why
+                    start += 1
+                    break
+                pending += chunk
+                *done, pending = pending.split(b"\n")
+                for _ in done:
+                    yield items[start], None
+                    start += 1
+        finally:
+            os.close(read)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
 def make_builder_and_runner(measured: bool, device: str, remote: RemoteBoard | None = None):
     """A builder that compiles candidates in this process (MetaSchedule's own builder starts fresh
     workers that spend 40 s importing TVM's intrinsics and time out), and a runner that times them
@@ -163,11 +217,17 @@ def make_builder_and_runner(measured: bool, device: str, remote: RemoteBoard | N
         def build(self, build_inputs):
             started = time.perf_counter()
             results = []
-            for item in build_inputs:
+
+            def compile_candidate(item):
+                mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
+                with _candidate_codegen(device, measured, remote, item.target):
+                    return tvm.tirx.build(mod, target=item.target, pipeline=pipeline(item.target))
+
+            for item, stuck in within_deadline(build_inputs, compile_candidate, CANDIDATE_BUILD_S):
                 try:
-                    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
-                    with _candidate_codegen(device, measured, remote, item.target):
-                        module = tvm.tirx.build(mod, target=item.target, pipeline=pipeline(item.target))
+                    if stuck:
+                        raise TimeoutError(stuck)
+                    module = compile_candidate(item)
                 except Exception as err:  # an invalid candidate: MetaSchedule drops it
                     results.append(ms.builder.BuilderResult(None, f"{type(err).__name__}: {err}"))
                     continue

@@ -246,14 +246,14 @@ class _Search:
         todo = sorted(((key, spec) for key, spec in self.convolutions.items() if key not in chosen),
                       key=lambda item: -_conv_flops(*item[1][:2]))
         self.progress.grow(len(todo))
-        for key, (data_shape, weight_shape, strides, padding, dilation) in todo:
-            variants = conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes)
+        for key, (data_shape, weight_shape, strides, padding, dilation, layouts) in todo:
+            variants = conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes, **layouts)
             if time.perf_counter() - self.started + len(variants) * _PRIOR_TRIAL_S > self.options.budget_s:
                 return False
             weight = np.zeros(weight_shape, np.float32)  # the runner times on random arguments, the weights too
             mods = [tvm.IRModule({"main": conv_kernel(data_shape, weight, strides, padding, dilation, lanes, (),
-                                                      choice)[1][0].with_attr("global_symbol", "main")})
-                    for choice in variants]
+                                                      choice, **layouts)[1][0].with_attr("global_symbol", "main")})
+                    for choice in variants]  # in the layouts the build computes it in
             built = self.builder.build([ms.builder.BuilderInput(mod, self.target) for mod in mods])
             timed, inputs = [], []
             for choice, mod, result in zip(variants, mods, built):

@@ -273,3 +273,30 @@ def test_cuda_workloads_are_tuned_and_the_tuned_build_carries_device_code(tmp_pa
     assert counts["tuned"] == counts["kernels"] > 0
     for entry in result.manifest["artifacts"]["cuda-sm80"]:
         assert device_code_archs(result.path / entry["file"]) == {"sm_80"}
+
+
+def test_a_candidate_whose_compile_never_ends_is_dropped_and_the_others_still_build():
+    # LLVM never finished one candidate of AlexNet's LRN pooling, and the whole tuning run waited on
+    # it: each candidate is first built in a forked child with a deadline (measure.within_deadline).
+    import os
+    import signal
+    import time
+
+    from neurosurgeon.compiler.tuning.measure import within_deadline
+
+    def build(item):
+        if item == "hangs":
+            time.sleep(3600)
+        if item == "crashes":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if item == "invalid":
+            raise ValueError("an invalid candidate: the caller's own build reports it")
+        return item
+
+    items = ["a", "hangs", "b", "invalid", "crashes", "c"]
+    started = time.perf_counter()
+    verdicts = list(within_deadline(items, build, seconds=2.0))
+    assert time.perf_counter() - started < 10
+    assert [item for item, _ in verdicts] == items
+    assert {item: why for item, why in verdicts if why} == {
+        "hangs": "its compile took over 2 s", "crashes": "its compile ended the process that ran it"}
