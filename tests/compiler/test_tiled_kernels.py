@@ -320,9 +320,10 @@ def test_a_skip_connections_add_is_applied_in_the_products_kernel(tmp_path):
 
 def test_an_inverted_residual_block_runs_its_depthwise_convolution_in_nchwc(tmp_path):
     """MobileNetV2's block: expand (1x1, ReLU6), depthwise 3x3 (ReLU6), project (1x1), residual add.
-    Inside it the tensors are NCHW16c (a layout island): the expanding convolution writes it, the
-    depthwise one works in it, the projecting one reads it and adds the block's input as it writes NCHW;
-    where the depthwise convolution's neighbours do not fit (its result used twice), it stays NCHW."""
+    Inside it the tensors are NCHW16c (kernels.py `_blocked_layout`): the expanding convolution writes
+    it, the depthwise one works in it, the projecting one reads it and adds the block's input (the
+    graph's, NCHW) as it writes NCHW; where the depthwise result is also read by something else
+    (a ReduceMean), the depthwise convolution and its data stay NCHW."""
     rng = np.random.default_rng(8)
     shapes = (("we", (64, 16, 1, 1)), ("be", (64,)), ("wd", (64, 1, 3, 3)), ("bd", (64,)), ("wp", (16, 64, 1, 1)),
               ("bp", (16,)))
@@ -334,7 +335,7 @@ def test_an_inverted_residual_block_runs_its_depthwise_convolution_in_nchwc(tmp_
              helper.make_node("Conv", ["d6", "wp", "bp"], ["p"]), helper.make_node("Add", ["p", "x"], ["y"])]
     _, kernels = _build_run_and_trace(tmp_path, nodes, init, "block", (1, 16, 14, 14), (1, 16, 14, 14))
     assert len(kernels) == 3 and "depthwise_nchwc" in kernels[1], kernels
-    # the depthwise result also leaves the block: no island, the NCHW kernels as before
+    # the depthwise result also leaves the block: the NCHW kernels as before
     nodes[-1] = helper.make_node("Add", ["p", "x"], ["s"])
     nodes += [helper.make_node("ReduceMean", ["d6"], ["m"], keepdims=1, axes=[1]),
               helper.make_node("Add", ["s", "m"], ["y"])]
