@@ -91,6 +91,23 @@ def _im2col_te(data, kernel: tuple[int, int], strides, padding, dilation, out_hw
                       lambda c, y, x, i, j: source[c, i * sh + y * dh, j * sw + x * dw], name="im2col")
 
 
+def _geometry(attrs) -> tuple:
+    """A convolution's (strides, padding, dilation) as tuples of ints."""
+    return (tuple(int(s) for s in attrs.strides), tuple(int(p) for p in attrs.padding),
+            tuple(int(d) for d in attrs.dilation))
+
+
+def _conv2d_weight(call, constant) -> np.ndarray | None:
+    """The constant float32 OIHW weight of `call`, a float32 NCHW convolution with static shapes (what
+    the tiled kernels build), else None."""
+    attrs, (data, weight) = call.attrs, call.args
+    if (attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"
+            or str(data.ty.dtype) != "float32" or _static_shape(data) is None or _static_shape(call) is None):
+        return None
+    value = constant(weight)
+    return value if value is not None and value.dtype == np.float32 else None
+
+
 def _resolve(builder, expr):
     """What `expr` is bound to, following variables through the builder's bindings (or None)."""
     from tvm import relax
@@ -350,11 +367,6 @@ def _blocked_layout(func, uses, chains, lanes: int, constant) -> tuple[set, set]
         return (isinstance(data, relax.Var) and str(data.ty.dtype) == "float32" and _static_shape(data) is not None
                 and len(_static_shape(data)) == 4 and _static_shape(b.var) is not None)
 
-    def plain(b) -> bool:
-        attrs, weight = b.value.attrs, constant(b.value.args[1])
-        return (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW" and attrs.out_layout == "NCHW"
-                and weight is not None and weight.dtype == np.float32)
-
     dense, followers = [], set()
     for b in (b for block in func.body.blocks for b in block.bindings if isinstance(b, relax.VarBinding)
               and isinstance(b.value, relax.Call) and shaped(b)):
@@ -362,7 +374,7 @@ def _blocked_layout(func, uses, chains, lanes: int, constant) -> tuple[set, set]
         if b.value.op.same_as(pool):
             if attrs.layout == "NCHW" and attrs.out_layout == "NCHW" and channels % lanes == 0:
                 followers.add(b)
-        elif not b.value.op.same_as(conv) or not plain(b):
+        elif not b.value.op.same_as(conv) or _conv2d_weight(b.value, constant) is None:
             continue
         elif int(attrs.groups) == 1:
             dense.append(b)
@@ -498,8 +510,7 @@ def lower_products(products: _Products):
                                               attrs.ceil_mode, attrs.count_include_pad, f"NCHW{lanes}c",
                                               f"NCHW{lanes}c")
             steps = [(step, self.visit_expr(operand) if step[0] == "residual" else operand) for step, operand in steps]
-            geometry = (tuple(int(s) for s in call.attrs.strides), tuple(int(p) for p in call.attrs.padding),
-                        tuple(int(d) for d in call.attrs.dilation))
+            geometry = _geometry(call.attrs)
             kernel, data_shape, out_shape = _constant(self, call.args[1]), _static_shape(call.args[0]), _static_shape(head.var)
             if head.var in self.followers:
                 return products.depthwise(self.builder_, data, kernel, geometry, data_shape, out_shape, steps)
@@ -507,18 +518,11 @@ def lower_products(products: _Products):
                                    **layouts)
 
         def _conv2d(self, call, epilogue=()):
-            attrs = call.attrs
-            data, weight = call.args
-            data_shape, out_shape = _static_shape(data), _static_shape(call)
-            kernel = _constant(self, weight)
-            if (data_shape is None or out_shape is None or kernel is None
-                    or int(attrs.groups) != 1 or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
-                    or attrs.out_layout != "NCHW" or str(data.ty.dtype) != "float32"
-                    or kernel.dtype != np.float32):
+            kernel = _conv2d_weight(call, lambda expr: _constant(self, expr))
+            if kernel is None or int(call.attrs.groups) != 1:
                 return None
-            geometry = (tuple(int(s) for s in attrs.strides), tuple(int(p) for p in attrs.padding),
-                        tuple(int(d) for d in attrs.dilation))
-            return products.conv2d(self.builder_, data, kernel, geometry, out_shape, epilogue)
+            return products.conv2d(self.builder_, call.args[0], kernel, _geometry(call.attrs), _static_shape(call),
+                                   epilogue)
 
         def _matmul(self, call, epilogue=()):
             lhs, rhs = call.args

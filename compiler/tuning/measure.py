@@ -145,11 +145,10 @@ class RemoteBoard:
 
 def within_deadline(items, build, seconds: float):
     """Yield (item, None) for each of `items` that `build(item)` finishes (or fails) within `seconds`
-    in a forked child, (item, why not) for one that does not, in order. The child builds one item
-    ahead of the caller, who builds it again in its own process, with what it learnt of the
-    candidate's validity, while the child goes on: compiled code cannot cross processes, and a
-    build stuck in LLVM cannot be interrupted except by ending its process. A child that hangs is
-    killed and the next one takes the rest."""
+    in a forked child, (item, why not) for one that does not, in order. The caller builds each item
+    that passed again in its own process while the child goes on to the next: compiled code cannot
+    cross processes, and a build stuck in LLVM cannot be interrupted except by ending its process. A
+    child that hangs is killed and the next one takes the rest."""
     items = list(items)
     start = 0
     while start < len(items):
