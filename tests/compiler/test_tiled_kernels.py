@@ -171,11 +171,14 @@ def test_a_sample_gets_the_same_bits_alone_and_in_a_batch():
     batched = _run(tiled_kernels.direct_conv2d(x.shape, w, *geometry, LANES), [x], (3, 32, 14, 14))
     alone = _run(tiled_kernels.direct_conv2d(x[1:2].shape, w, *geometry, LANES), [x[1:2]], (1, 32, 14, 14))
     assert np.array_equal(batched[1:2], alone)
-    a = rng.standard_normal((5, 40)).astype(np.float32)
+    a = rng.standard_normal((12, 40)).astype(np.float32)
     weight = rng.standard_normal((40, 48)).astype(np.float32)
-    rows = _run(tiled_kernels.dense(5, weight, LANES), [a], (5, 48))
     one = _run(tiled_kernels.dense(1, weight, LANES), [a[3:4]], (1, 48))
-    assert np.array_equal(rows[3:4], one)
+    for rows in (5, 12):  # the reduction's parts summed side by side, and one after the other
+        batched = _run(tiled_kernels.dense(rows, weight, LANES), [a[:rows]], (rows, 48))
+        assert np.array_equal(batched[3:4], one)
+    parts = [a[3:4, i:i + 10] @ weight[i:i + 10] for i in range(0, 40, 10)]  # depth 40: 4 parts, added in order
+    np.testing.assert_allclose(one, ((parts[0] + parts[1]) + parts[2]) + parts[3], rtol=1e-6, atol=1e-6)
 
 
 def test_pointwise_convolution_and_dense_equal_numpy():
