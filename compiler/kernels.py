@@ -338,40 +338,48 @@ def _use_counts(func):
 
 def _blocked_layout(func, uses, chains, lanes: int, constant) -> tuple[set, set]:
     """(the vars of `func` held in NCHW{lanes}c, the bindings computed in it that follow their data's
-    layout: depthwise convolutions and max poolings). `uses`: `_use_counts(func)`; `chains`: its
-    `_epilogue_chains`.
+    layout: depthwise convolutions, max poolings, concatenations of channels). `uses`:
+    `_use_counts(func)`; `chains`: its `_epilogue_chains`.
 
     A convolution's result (its epilogue chain's last var) is blocked where the convolution can write
     it so (`tiled_kernels.direct_conv2d`: groups=1, whole vectors of output channels) and every use of
     it can read it so: the data of a convolution with groups=1 and whole vectors of input channels,
-    the operand of a convolution's residual add, or the data of a follower computed blocked. A
-    follower (a depthwise convolution, `tiled_kernels.depthwise_conv2d_nchwc`, or a max pooling) is
-    computed blocked where its data and its result both are, else in NCHW as TVM builds it; dropping
-    one makes its data and result NCHW, so the sets shrink to a fixed point. What anything else reads
-    (an average pooling, a reshape, a segment's output) stays NCHW, and so do the function's inputs,
-    so that no tensor is converted between layouts: ResNet-18 computes in NCHW16c from its first
-    convolution to its last block's, VGG-16 and AlexNet from their first convolution to the one
-    before their last pooling, MobileNetV2 wherever its channels fill whole vectors (all but 24)."""
+    the operand of a convolution's residual add, the data of a global average pooling (its result
+    [N, C/lanes, 1, 1, lanes] is NCHW's [N, C, 1, 1] in memory), or the data of a follower computed
+    blocked. A follower (a depthwise convolution, `tiled_kernels.depthwise_conv2d_nchwc`, a max
+    pooling, or a concatenation of channels that fill whole vectors: GoogLeNet's branches) is computed
+    blocked where all its data and its result are, else in NCHW as TVM builds it; dropping one makes
+    its data and result NCHW, so the sets shrink to a fixed point. What anything else reads (a
+    windowed average pooling, a reshape, a segment's output) stays NCHW, and so do the function's
+    inputs, so that no tensor is converted between layouts: ResNet-18 and MobileNetV2 compute in
+    NCHW16c from their first convolution to their global pooling (MobileNetV2 but for its 24-channel
+    tensors), GoogLeNet through its inception blocks, VGG-16 and AlexNet from their first
+    convolution to the one before their last pooling."""
     import collections
 
     import tvm
     from tvm import relax
 
-    conv, pool = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.nn.max_pool2d")
+    conv, pool, concat = (tvm.ir.Op.get(f"relax.{name}") for name in ("nn.conv2d", "nn.max_pool2d", "concat"))
     last_of = {chain[0].var: last for last, (chain, _) in chains.items()}
     residuals_of = {chain[0].var: [operand for step, operand in steps if step[0] == "residual"]
                     for chain, steps in chains.values()}
 
     def shaped(b) -> bool:
-        data = b.value.args[0]
-        return (isinstance(data, relax.Var) and str(data.ty.dtype) == "float32" and _static_shape(data) is not None
-                and len(_static_shape(data)) == 4 and _static_shape(b.var) is not None)
+        return _static_shape(b.var) is not None and all(
+            isinstance(data, relax.Var) and str(data.ty.dtype) == "float32" and _static_shape(data) is not None
+            and len(_static_shape(data)) == 4 for data in _data_of(b))
 
-    dense, followers = [], set()
+    dense, followers, sinks = [], set(), []
     for b in (b for block in func.body.blocks for b in block.bindings if isinstance(b, relax.VarBinding)
               and isinstance(b.value, relax.Call) and shaped(b)):
-        attrs, channels = b.value.attrs, _static_shape(b.value.args[0])[1]
-        if b.value.op.same_as(pool):
+        attrs, channels = b.value.attrs, _static_shape(_data_of(b)[0])[1]
+        if _global_mean(b.value):
+            sinks.append(b)
+        elif b.value.op.same_as(concat):
+            if int(attrs.axis) in (1, -3) and all(_static_shape(data)[1] % lanes == 0 for data in _data_of(b)):
+                followers.add(b)
+        elif b.value.op.same_as(pool):
             if attrs.layout == "NCHW" and attrs.out_layout == "NCHW" and channels % lanes == 0:
                 followers.add(b)
         elif not b.value.op.same_as(conv) or _conv2d_weight(b.value, constant) is None:
@@ -385,17 +393,35 @@ def _blocked_layout(func, uses, chains, lanes: int, constant) -> tuple[set, set]
     blocked = {result[b.var] for b in dense if _static_shape(b.var)[1] % lanes == 0}
     blocked |= {result[f.var] for f in followers}
     while True:
-        readers = collections.Counter(f.value.args[0] for f in followers)
+        readers = collections.Counter(data for f in followers for data in _data_of(f))
+        readers.update(s.value.args[0] for s in sinks)
         for b in dense:
             if _static_shape(b.value.args[0])[1] % lanes == 0:
                 readers[b.value.args[0]] += 1
             readers.update(residuals_of.get(b.var, ()))
         kept = {var for var in blocked if readers[var] == uses[var]}
-        dropped = {f for f in followers if f.value.args[0] not in kept or result[f.var] not in kept}
+        dropped = {f for f in followers if not kept.issuperset(_data_of(f)) or result[f.var] not in kept}
         if kept == blocked and not dropped:
             return blocked, {f.var for f in followers}
         followers -= dropped
         blocked = kept - {result[f.var] for f in dropped}
+
+
+def _data_of(binding) -> list:
+    """The tensors a call reads as data: its first argument, or a concatenation's operands."""
+    from tvm import relax
+
+    data = binding.value.args[0]
+    return list(data.fields) if isinstance(data, relax.Tuple) else [data]
+
+
+def _global_mean(call) -> bool:
+    """Whether `call` is a global average pooling: the mean over the rows and columns of NCHW data,
+    dimensions kept (ONNX GlobalAveragePool as Relax imports it)."""
+    import tvm
+
+    return (call.op.same_as(tvm.ir.Op.get("relax.mean")) and bool(call.attrs.keepdims) and call.attrs.axis is not None
+            and sorted(int(a) % 4 for a in call.attrs.axis) == [2, 3])
 
 
 def _epilogue_chains(func, uses, constant) -> dict:
@@ -458,6 +484,13 @@ def lower_products(products: _Products):
         def visit_var_binding_(self, binding):
             if binding.var in self.inside:
                 return  # emitted with its chain's last binding
+            if (isinstance(binding.value, relax.Call) and binding.value.args
+                    and binding.value.args[0] in self.blocked and _global_mean(binding.value)):
+                # [N, C/lanes, 1, 1, lanes] is [N, C, 1, 1] in memory: the reshape is a view
+                mean = self.builder_.emit(relax.op.mean(self.visit_expr(binding.value.args[0]), [2, 3], keepdims=True))
+                reshaped = relax.op.reshape(mean, _static_shape(binding.var))
+                self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(reshaped)))
+                return None
             chain, steps = self.chains[binding.var] if binding.var in self.chains else ([binding], [])
             layouts = self._layouts(chain[0], binding.var, steps)
             if chain[0].var in self.followers or any(layouts.values()):
@@ -501,9 +534,11 @@ def lower_products(products: _Products):
 
         def _blocked(self, head, steps, layouts):
             """A chain that reads, writes or adds NCHW{lanes}c (`_blocked_layout`): a convolution, its
-            epilogue applied, or a max pooling in it."""
+            epilogue applied, or a max pooling or a concatenation in it."""
             call, lanes = head.value, products.blocked_lanes
             data = self.visit_expr(call.args[0])
+            if call.op.same_as(tvm.ir.Op.get("relax.concat")):  # whole blocks of channels: axis 1 of NCHW{lanes}c
+                return relax.op.concat(data, axis=1)
             if not call.op.same_as(self.conv2d):
                 attrs = call.attrs
                 return relax.op.nn.max_pool2d(data, attrs.pool_size, attrs.strides, attrs.padding, attrs.dilation,

@@ -349,9 +349,9 @@ def test_an_inverted_residual_block_runs_its_depthwise_convolution_in_nchwc(tmp_
 def test_a_residual_network_computes_in_nchwc_from_its_first_convolution_to_its_global_pooling(tmp_path):
     """ResNet's shape: a stem, a max pooling, two blocks, a downsampling block (3x3 stride 2 with a 1x1
     stride-2 shortcut), a global average pooling. Every tensor that only convolutions and max poolings
-    read, as data or as the residual a convolution adds, is NCHW16c, so nothing converts between
-    layouts: the stem reads the NCHW input and writes NCHW16c, the last convolution adds NCHW16c and
-    writes NCHW for the average pooling."""
+    read, as data or as the residual a convolution adds, and the global average pooling's data is
+    NCHW16c, so nothing converts between layouts: the stem reads the NCHW input and writes NCHW16c,
+    the pooling reads NCHW16c and its result is the NCHW output."""
     rng = np.random.default_rng(10)
     shapes = [("w0", (16, 3, 3, 3))] + [(f"w{i}", (16, 16, 3, 3)) for i in "abcd"] + [
         ("we", (32, 16, 3, 3)), ("wf", (32, 32, 3, 3)), ("wg", (32, 16, 1, 1))]
@@ -376,6 +376,34 @@ def test_a_residual_network_computes_in_nchwc_from_its_first_convolution_to_its_
              helper.make_node("Add", ["cf", "cg"], ["sf"]), relu("sf", "r3"),
              helper.make_node("GlobalAveragePool", ["r3"], ["y"])]
     _, kernels = _build_run_and_trace(tmp_path, nodes, init, "resnet", (1, 3, 16, 16), (1, 32, 1, 1), with_shapes=True)
-    assert len(kernels) == 10, kernels  # 8 convolutions, 2 poolings: no layout transforms
-    # the stem, the max pooling, a-e, g (f's residual, so computed before it): NCHW16c; f and the mean: NCHW
-    assert [len(shape) for _, shape in kernels] == [5] * 8 + [4, 4], kernels
+    assert len(kernels) == 10, kernels  # 8 convolutions, 2 poolings: no layout transforms, no reshape
+    # every kernel writes NCHW16c: the mean [1, 2, 1, 1, 16], which is the output's [1, 32, 1, 1] in memory (a view)
+    assert [len(shape) for _, shape in kernels] == [5] * 10, kernels
+
+
+def test_an_inception_block_computes_in_nchwc_through_its_concatenation(tmp_path):
+    """GoogLeNet's block: four branches (1x1; 1x1 -> 3x3; 1x1 -> 5x5; 3x3 max pooling -> 1x1) whose
+    outputs, 16 channels each, are concatenated, then read by a convolution and by a second
+    concatenation that a global average pooling reads. Every tensor from the stem's output to the
+    pooling is NCHW16c, the concatenations too, and nothing converts between layouts."""
+    rng = np.random.default_rng(12)
+    shapes = [("w0", (32, 3, 3, 3)), ("w1", (16, 32, 1, 1)), ("w2", (16, 32, 1, 1)), ("w3", (16, 16, 3, 3)),
+              ("w4", (16, 32, 1, 1)), ("w5", (16, 16, 5, 5)), ("w6", (16, 32, 1, 1)), ("w7", (32, 64, 1, 1))]
+    init = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name) for name, shape in shapes]
+
+    def conv(name, data, out, pads=0):
+        return [helper.make_node("Conv", [data, "w" + name], ["c" + out], pads=[pads] * 4),
+                helper.make_node("Relu", ["c" + out], [out])]
+
+    nodes = [*conv("0", "x", "s", 1), *conv("1", "s", "b1"), *conv("2", "s", "r2"), *conv("3", "r2", "b2", 1),
+             *conv("4", "s", "r3"), *conv("5", "r3", "b3", 2),
+             helper.make_node("MaxPool", ["s"], ["p"], kernel_shape=[3, 3], pads=[1] * 4), *conv("6", "p", "b4"),
+             helper.make_node("Concat", ["b1", "b2", "b3", "b4"], ["cat"], axis=1), *conv("7", "cat", "n"),
+             helper.make_node("Concat", ["cat", "n"], ["both"], axis=1),
+             helper.make_node("GlobalAveragePool", ["both"], ["y"])]
+    _, kernels = _build_run_and_trace(tmp_path, nodes, init, "inception", (1, 3, 12, 12), (1, 96, 1, 1),
+                                      with_shapes=True)
+    assert sum(name.startswith("concatenate") for name, _ in kernels) == 2, kernels
+    # no layout transforms: every kernel writes NCHW16c (the mean [1, 6, 1, 1, 16], the output's [1, 96, 1, 1] in memory)
+    assert len(kernels) == 12 and all(len(shape) == 5 for _, shape in kernels), kernels
+
