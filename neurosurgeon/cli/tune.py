@@ -16,7 +16,8 @@ def register(verbs) -> None:
     add_model(p)
     p.add_argument("--target", required=True, metavar="PRESET", help=f"target preset: {preset_help()}")
     p.add_argument("--budget", required=True, type=float, metavar="SECONDS",
-                   help="stop cleanly between tasks before this much time is spent (run again to resume)")
+                   help="stop cleanly between tasks before this much time is spent (run again to resume); "
+                        "new tile choices are then checked on the whole model (two builds)")
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="tuning folder (e.g. PRESET.tuning/); created, or extended if it exists")
     p.add_argument("--trials-per-task", type=int, metavar="N",

@@ -82,6 +82,15 @@ def test_each_convolutions_tiles_are_timed_and_a_tuned_build_applies_them_bit_fo
         variants = conv_variants(data, weight, *geometry, lanes=16)
         assert entry["choice"] in variants and entry["variants"] == len(variants) >= 3
         assert 0 < entry["us"] <= entry["default_us"]
+    # the choices other than the default, each the fastest alone, were then timed on the whole model (built
+    # with them and without): kept, or dropped back to the default with what was fastest alone
+    check, new = info["runs"][-1].get("tiles_check"), [e for e in info["tiles"].values() if e["choice"] or "alone" in e]
+    assert report.tiles_check == check and (check is None) == (not new)
+    if check:
+        assert check["convolutions"] == len(new) and check["with_ms"] > 0 and check["without_ms"] > 0
+        assert check["kept"] == (check["with_ms"] < check["without_ms"])
+        assert all(bool(e["choice"]) == check["kept"] and ("alone" in e) != check["kept"] for e in new)
+        assert f"new tile choices {'kept' if check['kept'] else 'dropped'}" in report.summary()
 
     def build_and_run(tiles: dict, out):
         info["tiles"] = {key: {**entry, "choice": tiles} for key, entry in info["tiles"].items()}
@@ -227,8 +236,9 @@ def test_tune_command(tmp_path, capsys):
     assert main(["tune", str(model), "--target", "aarch64-neon", "--budget", "60", "-o", str(tmp_path / "t"),
                  "--trials-per-task", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
-    # the pool (the convolution with its bias and ReLU is a tiled kernel, not tuned)
-    assert "1 workloads: 1 tuned" in out and "measured: false" in out
+    # the pool over the convolution's NCHW4c result and the reshape of its [1, 1, 1, 1, 4] to the output's
+    # [1, 4, 1, 1] (the convolution with its bias and ReLU is a tiled kernel, not tuned)
+    assert "2 workloads: 2 tuned" in out and "measured: false" in out
     assert read_tuning_info(tmp_path / "t")["runs"][0]["model"] == "net"
 
 
