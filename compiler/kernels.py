@@ -477,6 +477,7 @@ def lower_products(products: _Products):
             super().__init__(mod)
             self.conv2d = tvm.ir.Op.get("relax.nn.conv2d")
             self.matmul = tvm.ir.Op.get("relax.matmul")
+            self.concat = tvm.ir.Op.get("relax.concat")
             self.chains = {}  # the function's epilogue chains (_epilogue_chains), by their last var
             self.inside = set()  # the vars a chain computes before its last
             self.blocked, self.followers = set(), set()  # _blocked_layout's
@@ -537,7 +538,7 @@ def lower_products(products: _Products):
             epilogue applied, or a max pooling or a concatenation in it."""
             call, lanes = head.value, products.blocked_lanes
             data = self.visit_expr(call.args[0])
-            if call.op.same_as(tvm.ir.Op.get("relax.concat")):  # whole blocks of channels: axis 1 of NCHW{lanes}c
+            if call.op.same_as(self.concat):  # whole blocks of channels: axis 1 of NCHW{lanes}c
                 return relax.op.concat(data, axis=1)
             if not call.op.same_as(self.conv2d):
                 attrs = call.attrs
