@@ -385,24 +385,21 @@ class _Search:
 
 
 def _time_whole_models(paths: list[Path], inputs: list, rounds: int = 7, runs: int = 3) -> list[float]:
-    """Median milliseconds per call of each built model (a Relax VM library at each of `paths`, on the
-    same random `inputs`: TensorInfo), the models taking turns in rounds of one untimed and `runs`
-    timed calls, so that a noisy minute falls on all of them."""
+    """Median milliseconds per call of each built model (an artifact at each of `paths`, on the same
+    `random_inputs`), the models taking turns in rounds of one untimed and `runs` timed calls
+    (`time_calls`), so that a noisy minute falls on all of them."""
     import tvm
-    from tvm.runtime.vm import VirtualMachine
 
-    rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(rng.standard_normal(t.shape).astype(t.dtype) if np.dtype(t.dtype).kind == "f"
-                               else np.zeros(t.shape, t.dtype)) for t in inputs]
-    mains = [VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu(0))["main"] for path in paths]
-    times: list[list[float]] = [[] for _ in mains]
+    from ...runtime.bundle import load_artifact
+    from ...runtime.profile import time_calls
+    from ...runtime.tensors import random_inputs
+
+    args = [tvm.runtime.tensor(value) for value in random_inputs(inputs).values()]
+    functions = [load_artifact(path, tvm.cpu(0)) for path in paths]
+    times: list[list[float]] = [[] for _ in functions]
     for _ in range(rounds):
-        for main, spent in zip(mains, times):
-            main(*args)
-            for _ in range(runs):
-                started = time.perf_counter()
-                main(*args)
-                spent.append(time.perf_counter() - started)
+        for function, spent in zip(functions, times):
+            spent += time_calls(function, args, repeats=runs)[0]
     return [float(np.median(spent)) * 1e3 for spent in times]
 
 
