@@ -62,7 +62,8 @@ def _epilogue_reference(out, bias, channel_axis):
 @pytest.mark.parametrize("batch, channels, size, out_channels, kernel, stride, padding, dilation", [
     (1, 3, 23, 64, 7, 2, (3, 3, 3, 3), 1),  # a first layer: window unrolled; two vectors by 6 columns
     (2, 16, 14, 32, 3, 1, (1, 1, 1, 1), 1),  # a batch: two vectors of channels by 7 columns
-    (1, 8, 17, 48, 3, 1, (1, 0, 1, 2), 1),  # 48 = 3 vectors: one vector by 17 columns (row tile > 14: predicated)
+    (1, 8, 17, 48, 3, 1, (1, 0, 1, 2), 1),  # 48 = 3 vectors: one vector by 14 columns, the last tile run past the row
+    (1, 3, 21, 32, 5, 1, (0, 0, 0, 0), 1),  # DeepFace's first layer in small: 17 columns in tiles of 7, unpadded
     (1, 8, 9, 24, 1, 2, (0, 0, 0, 0), 1),  # 24 channels: padded to two vectors; a strided 1x1
     (1, 20, 12, 50, 5, 1, (0, 0, 0, 0), 1),  # LeNet's 50 channels (no block of 4 divides them): padded to 64
     (1, 4, 12, 16, 3, 1, (2, 2, 2, 2), 2),  # dilation
