@@ -30,7 +30,7 @@ from ...runtime.threads import cores_here
 from ...targets import Preset
 from .folder import TuningError
 
-__all__ = ["CANDIDATE_BUILD_S", "RemoteBoard", "count_cpus_without_psutil", "environment_variable",
+__all__ = ["CANDIDATE_BUILD_S", "RemoteBoard", "count_cpus_without_psutil", "declare_pool_rules", "environment_variable",
            "load_tensor_intrinsics", "make_builder_and_runner", "parse_rpc_address", "tuning_target",
            "within_deadline"]
 
@@ -92,6 +92,20 @@ def count_cpus_without_psutil() -> None:
 
         tvm_ffi.register_global_func("s_tir.meta_schedule.cpu_count",
                                      lambda logical=True: cores_here(), override=True)
+
+
+def declare_pool_rules(target) -> None:
+    """Relax's legalized poolings carry a `schedule_rule` annotation (meta_schedule.pool_max,
+    pool_avg) that TVM registers rules for on no target; MetaSchedule then leaves such a block as it
+    is and logs a warning for every design space it builds (a dozen lines per tuned model). Declare
+    those rules as the same no-op, so the search is unchanged and the log stays readable."""
+    import tvm_ffi
+
+    for key in target.keys:
+        for rule in ("pool_max", "pool_avg"):
+            name = f"s_tir.meta_schedule.{key}.meta_schedule.{rule}"
+            if tvm_ffi.get_global_func(name, allow_missing=True) is None:
+                tvm_ffi.register_global_func(name, lambda sch, block: [sch])
 
 
 def parse_rpc_address(address: str) -> tuple[str, int]:
