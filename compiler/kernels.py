@@ -245,7 +245,7 @@ class _TiledProducts(_Products):
         from .tiled_kernels import conv_kernel
 
         data_shape = data_shape or _static_shape(data)
-        choice = self.tiles.for_conv(data_shape, kernel.shape, *geometry, **layouts)
+        choice = self.tiles.for_conv(data_shape, kernel.shape, *geometry, self.lanes, **layouts)
         kind, tiled = conv_kernel(data_shape, kernel, *geometry, self.lanes, tuple(step for step, _ in epilogue), choice,
                                   **layouts)
         if kind == "pointwise":
@@ -257,7 +257,7 @@ class _TiledProducts(_Products):
             return relax.op.reshape(product, out_shape)
         n, c, oh, ow = out_shape
         shape = (n, c // self.lanes, oh, ow, self.lanes) if layouts.get("blocked_out") else out_shape
-        return self._call(builder, tiled, "conv2d_direct", [data], epilogue, shape)
+        return self._call(builder, tiled, f"conv2d_{kind}", [data], epilogue, shape)
 
     def matmul(self, builder, lhs, weight, lhs_shape, out_shape, epilogue=()):
         from tvm import relax

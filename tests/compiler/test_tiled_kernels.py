@@ -163,6 +163,43 @@ def test_direct_convolution_reads_and_writes_nchwc_as_asked(kernel, stride, padd
     np.testing.assert_allclose(out, blocked(expected, blocked_out), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch, channels, size, out_channels, padding, blocked_in, blocked_out, blocked_residual", [
+    (1, 32, 14, 48, (1, 1, 1, 1), True, True, True),  # inside ResNet: NCHW16c in, out and residual
+    (1, 16, 12, 32, (1, 1, 1, 1), True, False, False),  # writing NCHW (a segment's output), 6 tiles a row of 7
+    (2, 16, 9, 24, (1, 0, 2, 1), False, False, False),  # a batch, NCHW, uneven padding, 24 channels (padded to 32)
+    (1, 32, 30, 16, (0, 0, 0, 0), False, True, False),  # unpadded: 28 x 28, two rows of 7 tiles
+    (1, 32, 7, 32, (1, 1, 1, 1), True, True, True),  # ResNet's last stage: 7 x 7, the last tiles half written
+    (1, 16, 13, 16, (1, 1, 1, 1), False, False, False),  # AlexNet's 13 x 13, NCHW
+])
+def test_winograd_convolution_equals_numpy(batch, channels, size, out_channels, padding, blocked_in, blocked_out,
+                                           blocked_residual):
+    rng = np.random.default_rng(channels + size)
+    x = rng.standard_normal((batch, channels, size, size)).astype(np.float32)
+    w = (rng.standard_normal((out_channels, channels, 3, 3)) / np.sqrt(9 * channels)).astype(np.float32)
+    bias = rng.standard_normal(out_channels).astype(np.float32)
+    geometry = ((1, 1), padding, (1, 1))
+    assert tiled_kernels.conv_variants(x.shape, w.shape, *geometry, LANES) == [{}]
+    product = _conv_reference(x, w, *geometry)
+    residual = rng.standard_normal(product.shape).astype(np.float32)
+    expected = np.maximum(product + bias.reshape(-1, 1, 1) + residual, 0.0)
+
+    def blocked(a, really=True):
+        n, c, h, w_ = a.shape
+        return a.reshape(n, c // LANES, LANES, h, w_).transpose(0, 1, 3, 4, 2) if really else a
+
+    kind, kernel = tiled_kernels.conv_kernel(x.shape, w, *geometry, LANES, (("bias",), ("residual",), ("relu",)),
+                                             blocked_in=blocked_in, blocked_out=blocked_out,
+                                             blocked_residual=blocked_residual)
+    assert kind == "winograd"
+    out = _run(kernel, [blocked(x, blocked_in), bias, blocked(residual, blocked_residual)],
+               blocked(expected, blocked_out).shape)
+    np.testing.assert_allclose(out, blocked(expected, blocked_out), rtol=1e-4, atol=1e-4)
+    # where it does not apply, the direct kernel: stride 2, a first layer's 3 channels
+    for shape, strides in (((1, 16, 8, 8), (2, 2)), ((1, 3, 8, 8), (1, 1))):
+        assert tiled_kernels.conv_kernel(shape, np.zeros((16, shape[1], 3, 3), np.float32), strides, (1, 1, 1, 1),
+                                         (1, 1), LANES)[0] != "winograd"
+
+
 def test_a_sample_gets_the_same_bits_alone_and_in_a_batch():
     # The server batches requests: every output is one sum in one order whatever the batch.
     rng = np.random.default_rng(1)
