@@ -171,8 +171,9 @@ def test_direct_convolution_reads_and_writes_nchwc_as_asked(kernel, stride, padd
     (1, 32, 7, 32, (1, 1, 1, 1), True, True, True),  # ResNet's last stage: 7 x 7, the last tiles half written
     (1, 16, 13, 16, (1, 1, 1, 1), False, False, False),  # AlexNet's 13 x 13, NCHW
 ])
+@pytest.mark.parametrize("rows_outer", [None, False, True])  # as the rule picks, tasks by channel blocks, by rows
 def test_winograd_convolution_equals_numpy(batch, channels, size, out_channels, padding, blocked_in, blocked_out,
-                                           blocked_residual):
+                                           blocked_residual, rows_outer):
     rng = np.random.default_rng(channels + size)
     x = rng.standard_normal((batch, channels, size, size)).astype(np.float32)
     w = (rng.standard_normal((out_channels, channels, 3, 3)) / np.sqrt(9 * channels)).astype(np.float32)
@@ -187,10 +188,10 @@ def test_winograd_convolution_equals_numpy(batch, channels, size, out_channels, 
         n, c, h, w_ = a.shape
         return a.reshape(n, c // LANES, LANES, h, w_).transpose(0, 1, 3, 4, 2) if really else a
 
-    kind, kernel = tiled_kernels.conv_kernel(x.shape, w, *geometry, LANES, (("bias",), ("residual",), ("relu",)),
-                                             blocked_in=blocked_in, blocked_out=blocked_out,
-                                             blocked_residual=blocked_residual)
-    assert kind == "winograd"
+    assert tiled_kernels.conv_kernel(x.shape, w, *geometry, LANES)[0] == "winograd"
+    kernel = tiled_kernels.winograd_conv2d(x.shape, w, padding, LANES, (("bias",), ("residual",), ("relu",)),
+                                           rows_outer=rows_outer, blocked_in=blocked_in, blocked_out=blocked_out,
+                                           blocked_residual=blocked_residual)
     out = _run(kernel, [blocked(x, blocked_in), bias, blocked(residual, blocked_residual)],
                blocked(expected, blocked_out).shape)
     np.testing.assert_allclose(out, blocked(expected, blocked_out), rtol=1e-4, atol=1e-4)
