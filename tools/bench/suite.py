@@ -98,12 +98,11 @@ def plot(results: list[dict], path: str) -> None:
         ys = [next((r["ratio_to_onnxruntime"] for r in res["rows"] if r["label"] == label), float("nan")) for res in results]
         ax.bar([x + i * width for x in range(len(results))], ys, width, label=label)
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.axhline(3.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_yscale("log")
     ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(results))])
     ax.set_xticklabels([f"{r['model']}\n{r['threads']} thr" for r in results])
     ax.set_ylabel("time / onnxruntime (log)")
-    ax.set_title("Generated code vs onnxruntime, same CPU, batch 1")
+    ax.set_title(f"Generated code vs onnxruntime, batch 1, on {results[0].get('cpu') or 'this CPU'}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
