@@ -293,6 +293,43 @@ def conv_kernel(data_shape, weight: np.ndarray, strides, padding, dilation, lane
     return "direct", direct_conv2d(data_shape, weight, strides, padding, dilation, lanes, epilogue, **choice, **layouts)
 
 
+def _input(data_shape, lanes: int, blocked: bool):
+    """The data placeholder of a convolution, NCHW or NCHW{lanes}c, and its channel axes."""
+    from tvm import te
+
+    batch, channels, height, width = data_shape
+    blocks = (channels // lanes, lanes) if blocked else (channels,)
+    return te.placeholder((batch, blocks[0], height, width, *blocks[1:]), "float32", name="data"), blocks
+
+
+def _padded(data, blocks, height: int, width: int, top: int, left: int, rows: int, columns: int):
+    """`data` ([N, C, height, width] or blocked) with zeros around it: `rows` x `columns`, the data
+    from (top, left). A compute stage ("pad") that the kernels place inside their tasks."""
+    from tvm import te, tirx
+
+    inside = lambda i, j: tirx.all(i >= top, i < height + top, j >= left, j < width + left)  # noqa: E731
+    return te.compute((data.shape[0], blocks[0], rows, columns, *blocks[1:]),
+                      lambda n, c, i, j, *v: tirx.if_then_else(inside(i, j), data[(n, c, i - top, j - left, *v)],
+                                                               tirx.const(0.0, "float32")), name="pad")
+
+
+def _element(lanes: int, blocked: bool, n, c, y, x):
+    """The index of channel c's element at (y, x), NCHW or NCHW{lanes}c."""
+    return (n, c // lanes, y, x, c % lanes) if blocked else (n, c, y, x)
+
+
+def _output(shape, lanes: int, blocked: bool, written):
+    """The output stage ("out") of a convolution whose NCHW shape is `shape`, `written(n, c, y, x)`
+    its elements, in NCHW or NCHW{lanes}c."""
+    from tvm import te
+
+    batch, channels, height, width = shape
+    if blocked:
+        return te.compute((batch, channels // lanes, height, width, lanes),
+                          lambda n, b, y, x, v: written(n, b * lanes + v, y, x), name="out")
+    return te.compute(tuple(shape), written, name="out")
+
+
 def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int, epilogue=(),
                   block: int | None = None, tile: int | None = None, unroll_window: bool | None = None,
                   rows_outer: bool | None = None, blocked_in: bool = False, blocked_out: bool = False,
@@ -315,7 +352,7 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     operand in NCHW{lanes}c ([N, C/lanes, H, W, lanes]: see `compiler/kernels.py` `_blocked_layout`),
     each with whole vectors of channels; a blocked output is written a vector of channels at a time
     (no transpose)."""
-    from tvm import s_tir, te, tirx
+    from tvm import s_tir, te
 
     batch, channels, height, width = data_shape
     out_channels, _, kh, kw = weight.shape
@@ -328,8 +365,7 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     block, tile = block or default["block"], tile or default["tile"]
     if (blocked_in and channels % lanes) or ((blocked_out or blocked_residual) and out_channels % lanes):
         raise ValueError("a blocked layout needs whole vectors of channels")
-    blocks_in = (channels // lanes, lanes) if blocked_in else (channels,)
-    data = te.placeholder((batch, blocks_in[0], height, width, *blocks_in[1:]), "float32", name="data")
+    data, blocks_in = _input(data_shape, lanes, blocked_in)
     packed = te.placeholder((padded // block, channels, kh, kw, block), "float32", name="weight")
     # The tile accumulates whole tiles of a row: where the tile does not divide the row, the last one
     # runs on past its end over zeros padded on the right, and only the row's outputs are written.
@@ -339,12 +375,7 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     columns = -(-ow // tile) * tile
     right += max(0, (columns - 1) * sw + (kw - 1) * dw + 1 - (width + left + right))
     if top or left or bottom or right:
-        inside = lambda i, j: tirx.all(i >= top, i < height + top, j >= left, j < width + left)  # noqa: E731
-        source = te.compute(
-            (batch, blocks_in[0], height + top + bottom, width + left + right, *blocks_in[1:]),
-            lambda n, c, i, j, *v: tirx.if_then_else(inside(i, j), data[(n, c, i - top, j - left, *v)],
-                                                     tirx.const(0.0, "float32")),
-            name="pad")
+        source = _padded(data, blocks_in, height, width, top, left, height + top + bottom, width + left + right)
     else:
         source = data
     if blocked_in:
@@ -362,9 +393,6 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
 
     acc = te.compute(at(batch, padded // block, oh, columns, block), lambda *i: reduce(*at(*i)), name="acc")
 
-    def element(blocked: bool, n, c, y, x):  # of channel c at (y, x), NCHW or NCHW{lanes}c
-        return (n, c // lanes, y, x, c % lanes) if blocked else (n, c, y, x)
-
     residual_shape = (batch, out_channels // lanes, oh, ow, lanes) if blocked_residual else (batch, out_channels, oh, ow)
     extra = _epilogue_inputs(epilogue, padded, residual_shape)
     in_registers, as_written = _split_at_residual(epilogue)
@@ -375,13 +403,9 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
 
     def written(n, o, y, x):  # output channel o's element at (y, x), the epilogue's late steps applied
         return _apply_epilogue(acc[at(n, o // block, y, x, o % block)], as_written, late, o,
-                               element(blocked_residual, n, o, y, x))
+                               _element(lanes, blocked_residual, n, o, y, x))
 
-    if blocked_out:
-        out = te.compute((batch, out_channels // lanes, oh, ow, lanes),
-                         lambda n, b, y, x, v: written(n, b * lanes + v, y, x), name="out")
-    else:
-        out = te.compute((batch, out_channels, oh, ow), written, name="out")
+    out = _output((batch, out_channels, oh, ow), lanes, blocked_out, written)
     sch = s_tir.Schedule(te.create_prim_func([data, packed, *extra, out]))
     update = _tile_reduction(sch, "acc", "out", parallel=2 if rows_outer else 3, serial=1 if rows_outer else 0,
                              reductions=3, tile=tile, in_registers="epilogue" if in_registers else None,
@@ -444,13 +468,9 @@ def winograd_conv2d(data_shape, weight: np.ndarray, padding, lanes: int, epilogu
         rows_outer = out_channels <= rows * columns
     padded = _whole_vectors(out_channels, lanes)
     blocks = padded // lanes
-    blocks_in = (channels // lanes, lanes) if blocked_in else (channels,)
-    data = te.placeholder((batch, blocks_in[0], height, width, *blocks_in[1:]), "float32", name="data")
+    data, blocks_in = _input(data_shape, lanes, blocked_in)
     packed = te.placeholder((blocks, 16, channels, lanes), "float32", name="weight")
-    inside = lambda i, j: tirx.all(i >= top, i < height + top, j >= left, j < width + left)  # noqa: E731
-    pad = te.compute((batch, blocks_in[0], 2 * rows + 2, 2 * padded_columns + 2, *blocks_in[1:]),
-                     lambda n, c, i, j, *v: tirx.if_then_else(inside(i, j), data[(n, c, i - top, j - left, *v)],
-                                                              tirx.const(0.0, "float32")), name="pad")
+    pad = _padded(data, blocks_in, height, width, top, left, 2 * rows + 2, 2 * padded_columns + 2)
     source = _Blocked(pad, lanes) if blocked_in else pad
 
     def by_rows(x, pick):  # (B^T x)[pick] of a column x(0..3) (B^T = [[1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]])
@@ -477,21 +497,14 @@ def winograd_conv2d(data_shape, weight: np.ndarray, padding, lanes: int, epilogu
 
     Y = te.compute((batch, rows, blocks, 2, columns, 2, lanes), inverse, name="Y")
 
-    def element(blocked: bool, n, c, y, x):  # of channel c at (y, x), NCHW or NCHW{lanes}c
-        return (n, c // lanes, y, x, c % lanes) if blocked else (n, c, y, x)
-
     residual_shape = (batch, out_channels // lanes, oh, ow, lanes) if blocked_residual else (batch, out_channels, oh, ow)
     extra = _epilogue_inputs(epilogue, padded, residual_shape)
 
     def written(n, c, y, x):  # output channel c's element at (y, x)
         value = Y[n, y // 2, c // lanes, y % 2, x // 2, x % 2, c % lanes]
-        return _apply_epilogue(value, epilogue, extra, c, element(blocked_residual, n, c, y, x))
+        return _apply_epilogue(value, epilogue, extra, c, _element(lanes, blocked_residual, n, c, y, x))
 
-    if blocked_out:
-        out = te.compute((batch, out_channels // lanes, oh, ow, lanes),
-                         lambda n, b, y, x, v: written(n, b * lanes + v, y, x), name="out")
-    else:
-        out = te.compute((batch, out_channels, oh, ow), written, name="out")
+    out = _output((batch, out_channels, oh, ow), lanes, blocked_out, written)
     sch = s_tir.Schedule(te.create_prim_func([data, packed, *extra, out]))
     block = sch.get_sblock("out")
     loops = sch.get_loops(block)
