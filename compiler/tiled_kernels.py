@@ -52,10 +52,16 @@ def vector_registers(lanes: int) -> int:
     return 16 if lanes == 8 else 32
 
 
+def _whole(extent: int, unit: int) -> int:
+    """`extent` rounded up to a whole number of `unit`s: the output channels a kernel computes in
+    whole vectors, the columns it computes in whole row tiles (what pads them is never written)."""
+    return -(-extent // unit) * unit
+
+
 def _whole_vectors(channels: int, lanes: int) -> int:
     """`channels` rounded up to a whole number of vectors: the output channels a kernel computes (the
     padding gets zero weights and is never written)."""
-    return -(-channels // lanes) * lanes
+    return _whole(channels, lanes)
 
 
 def padded_bias(bias: np.ndarray, packed: np.ndarray) -> np.ndarray:
@@ -372,7 +378,7 @@ def direct_conv2d(data_shape, weight: np.ndarray, strides, padding, dilation, la
     # Cut short instead, every multiply-add of every tile sat under the tile's bounds check (DeepFace's
     # 11 x 11 convolution over 3 channels, 142 columns in tiles of 7: AMD EPYC Zen 4, one thread, 9.6 ->
     # 5.1 ms, onnxruntime's Conv 5.3; the whole model 1.21x -> 0.93x onnxruntime's time).
-    columns = -(-ow // tile) * tile
+    columns = _whole(ow, tile)
     right += max(0, (columns - 1) * sw + (kw - 1) * dw + 1 - (width + left + right))
     if top or left or bottom or right:
         source = _padded(data, blocks_in, height, width, top, left, height + top + bottom, width + left + right)
@@ -463,7 +469,7 @@ def winograd_conv2d(data_shape, weight: np.ndarray, padding, lanes: int, epilogu
         raise ValueError("a blocked layout needs whole vectors of channels")
     rows, columns = -(-oh // 2), -(-ow // 2)  # of tiles (an odd output's last ones half written)
     tile = tile or _row_tile(columns, 7)
-    padded_columns = -(-columns // tile) * tile
+    padded_columns = _whole(columns, tile)
     if rows_outer is None:  # the transformed weights no larger than the transformed input (16 x tiles x channels)
         rows_outer = out_channels <= rows * columns
     padded = _whole_vectors(out_channels, lanes)
@@ -519,9 +525,9 @@ def winograd_conv2d(data_shape, weight: np.ndarray, padding, lanes: int, epilogu
         inner = (v, a, x)
     sch.reorder(*((n, t, o) if rows_outer else (n, o, t)), *inner)
     at = o if rows_outer else t
-    sch.compute_at(sch.get_sblock("Y"), at)
-    sch.compute_at(sch.get_sblock("M"), at)
     products = sch.get_sblock("M")
+    sch.compute_at(sch.get_sblock("Y"), at)
+    sch.compute_at(products, at)
     _, to_registers, vector = sch.get_loops(products)[-3:]
     outer, inner = sch.split(to_registers, [None, tile])
     sch.vectorize(vector)
@@ -553,8 +559,8 @@ def winograd_conv2d(data_shape, weight: np.ndarray, padding, lanes: int, epilogu
     if blocked_out:
         sch.vectorize(v)
     weight = np.pad(weight.astype(np.float64), ((0, padded - out_channels), (0, 0), (0, 0), (0, 0)))
-    transformed_weight = np.einsum("ai,ocij,bj->ocab", _WINOGRAD_G, weight, _WINOGRAD_G).reshape(padded, channels, 16)
-    weights = transformed_weight.reshape(blocks, lanes, channels, 16).transpose(0, 3, 2, 1)
+    transformed = np.einsum("ai,ocij,bj->ocab", _WINOGRAD_G, weight, _WINOGRAD_G)  # U = G g G^T, [O, C, 4, 4]
+    weights = transformed.reshape(blocks, lanes, channels, 16).transpose(0, 3, 2, 1)  # [O/L, 16, C, L]
     return _finish(sch), np.ascontiguousarray(weights, dtype=np.float32)
 
 
@@ -642,7 +648,7 @@ def depthwise_conv2d_nchwc(data_shape, weight: np.ndarray, strides, padding, lan
     oh, ow = _conv_output(data_shape, weight.shape, strides, padding, (1, 1))
     blocks = channels // lanes
     tile = min(tile, ow)
-    columns = -(-ow // tile) * tile  # whole tiles (`at` reads zeros past the row): no bounds check per tile
+    columns = _whole(ow, tile)  # whole tiles (`at` reads zeros past the row): no bounds check per tile
     data = te.placeholder((batch, blocks, height, width, lanes), "float32", name="data")
     packed = te.placeholder((blocks, kh, kw, lanes), "float32", name="weight")
     ry = te.reduce_axis((0, kh), "ry")
