@@ -34,6 +34,8 @@ single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
    convolution's bias and activation run per row on the sums in registers (`_epilogue_per_row`).
 4. Before lowering, `reshape_views`: a reshape of a computed tensor is a view also where it is the
    function's result (a segment's output), which TVM's own pass leaves as a copy.
+5. In the TIR pipeline, `small_kernels_serial`: a kernel of a few microseconds (PARALLEL_MIN_WORK)
+   runs on the calling thread, not TVM's pool.
 
 `kernels="naive"` is TVM's default pipeline, kept for measuring what each step gains (bench speed
 --steps).
@@ -997,6 +999,69 @@ def strided_loads_as_shuffles():
     return apply
 
 
+# Below this many stores (a kernel's work: every store its loops run, `kernel_work`; about a multiply-add
+# each in a product, 3-5 us of one core at this size) a kernel runs on the calling thread alone: waking
+# TVM's pool and joining it costs about what the other cores would save, and even on one thread a
+# parallel loop goes through the pool's launch (0.4-0.9 us a kernel). AMD EPYC Zen 4, 2 cores: SENNA's
+# call 6.1 -> 5.2 us on two threads and 7.1 -> 6.2 on one with its 77 000-store layer serial; LeNet's
+# kernels of 412 000 and 509 000 stores serial made it 56 -> 73 us on two threads.
+PARALLEL_MIN_WORK = 1 << 17
+
+
+def kernel_work(func) -> int | None:
+    """How many stores a scheduled TIR function runs: each buffer store times the extents of the loops
+    around it (vectorised loops included), a reduction's initial stores left out (they run once per
+    output, not per loop around them); None where a loop's extent is not a constant."""
+    import tvm_ffi
+    from tvm import s_tir, tirx
+
+    total, scales = [0], [1]
+
+    class Unknown(Exception):
+        pass
+
+    def loop(node, visitor):
+        if not isinstance(node.extent, tirx.IntImm):
+            raise Unknown
+        scales.append(scales[-1] * max(int(node.extent), 0))
+        visitor.default_visit(node)
+        scales.pop()
+
+    def store(node, _visitor):
+        total[0] += scales[-1]
+
+    def block(node, visitor):
+        visitor.visit(node.body)
+
+    try:
+        tvm_ffi.structural_visit(func.body, [(tirx.For, loop), (tirx.BufferStore, store), (s_tir.SBlock, block)])
+    except Unknown:
+        return None
+    return total[0]
+
+
+def small_kernels_serial(min_work: int = PARALLEL_MIN_WORK):
+    """A TIR pass, before lowering: a kernel whose work (`kernel_work`) is under `min_work` runs its
+    parallel loops serially (see PARALLEL_MIN_WORK)."""
+    import tvm_ffi
+    from tvm import tirx
+
+    def serial(node):
+        if node.kind != tirx.ForKind.PARALLEL:
+            return node
+        return tirx.For(node.loop_var, node.min, node.extent, tirx.ForKind.SERIAL, node.body, node.thread_binding,
+                        node.annotations, node.step, node.span)
+
+    @tirx.transform.prim_func_pass(opt_level=0, name="SmallKernelsSerial")
+    def apply(func, _mod, _ctx):
+        work = kernel_work(func)
+        if work is None or work >= min_work:
+            return func
+        return func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, serial)))
+
+    return apply
+
+
 CPU_TIR_PIPELINE = "neurosurgeon-cpu"
 
 
@@ -1009,7 +1074,8 @@ def cpu_tir_pipeline() -> str:
     if CPU_TIR_PIPELINE not in compilation_pipeline.PIPELINE_MAP:
         def factory():
             lower, finalize_host, finalize_device = compilation_pipeline.get_tir_pipeline("default")
-            return tvm.transform.Sequential([lower, strided_loads_as_shuffles()]), finalize_host, finalize_device
+            return (tvm.transform.Sequential([small_kernels_serial(), lower, strided_loads_as_shuffles()]), finalize_host,
+                    finalize_device)
 
         compilation_pipeline.register_tir_pipeline(CPU_TIR_PIPELINE, factory)
     return CPU_TIR_PIPELINE

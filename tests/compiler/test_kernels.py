@@ -80,6 +80,34 @@ def test_a_stride_2_window_loads_two_vectors_and_deinterleaves_them_reading_noth
     np.testing.assert_array_equal(result.numpy(), x[::2] * 2.0)
 
 
+def test_a_kernel_of_little_work_runs_on_the_calling_thread():
+    """A kernel's work is every store its loops run (a reduction's initial stores aside). One of less
+    work than PARALLEL_MIN_WORK runs its parallel loops serially: waking TVM's pool and joining it
+    cost what the other cores save (SENNA's layers of 2-3 us); one of more keeps them."""
+    import tvm
+    from tvm import s_tir, te
+
+    from neurosurgeon.compiler.kernels import PARALLEL_MIN_WORK, cpu_tir_pipeline, kernel_work
+
+    target = get_preset("x86-host").tvm_target()
+    rng = np.random.default_rng(0)
+    for rows, parallel in ((32, False), (128, True)):  # 49 152 and 196 608 multiply-adds
+        a, b = te.placeholder((rows, 32), "float32", name="a"), te.placeholder((32, 48), "float32", name="b")
+        k = te.reduce_axis((0, 32), "k")
+        c = te.compute((rows, 48), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="c")
+        sch = s_tir.Schedule(te.create_prim_func([a, b, c]))
+        sch.parallel(sch.get_loops(sch.get_sblock("c"))[0])
+        assert kernel_work(sch.mod["main"]) == rows * 48 * 32
+        assert (rows * 48 * 32 >= PARALLEL_MIN_WORK) == parallel
+        mod = tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")})
+        lower = tvm.tirx.get_tir_pipeline(cpu_tir_pipeline())[0]
+        assert ("T.parallel" in lower(tvm.tirx.transform.BindTarget(target.with_host(target))(mod)).script()) == parallel
+        x, w = rng.standard_normal((rows, 32)).astype(np.float32), rng.standard_normal((32, 48)).astype(np.float32)
+        result = tvm.runtime.tensor(np.zeros((rows, 48), np.float32))
+        tvm.tirx.build(mod, target=target, pipeline=cpu_tir_pipeline())(tvm.runtime.tensor(x), tvm.runtime.tensor(w), result)
+        np.testing.assert_allclose(result.numpy(), x @ w, rtol=1e-5, atol=1e-5)
+
+
 def test_a_depthwise_rows_bias_and_relu6_are_applied_while_the_row_is_in_registers():
     """The bias and ReLU6 after a depthwise convolution were a second parallel pass over a plane the
     convolution wrote to memory; now, for rows of 8 or more, they run under the convolution's row loop

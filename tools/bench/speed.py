@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ...compiler.kernels import DEFAULT_KERNELS
-from ...runtime.bundle import load_artifact
+from ...runtime.bundle import fetch, load_artifact, results, to_device
 from ...runtime.errors import NeurosurgeonError
 from ...runtime.profile import hardware_info
 from ...runtime.tensors import random_inputs
@@ -107,11 +107,10 @@ def _engine_main(conn, engine: _Engine, feeds: dict, input_names: list[str]) -> 
             import tvm
 
             apply_share_here(engine.share)
-            main = load_artifact(Path(engine.path), tvm.cpu(0))
-            args = [tvm.runtime.tensor(feeds[name]) for name in input_names]
-            def run():
-                out = main(*args)
-                return [o.numpy() for o in ([out] if hasattr(out, "numpy") else list(out))]
+            device = tvm.cpu(0)
+            main = load_artifact(Path(engine.path), device)
+            def run():  # as onnxruntime's run and a request: numpy inputs in, numpy outputs out
+                return [fetch(o) for o in results(main(*(to_device(feeds[name], device) for name in input_names)))]
         conn.send(("ok", None))
     except BaseException as err:  # noqa: BLE001 (the parent raises it, naming the engine)
         conn.send(("error", f"{type(err).__name__}: {err}"))
@@ -202,22 +201,30 @@ def _interleaved_medians(candidates: list[_Timed], repeats: int) -> None:
 
 
 def _alternating_blocks(candidates: list[_Candidate], repeats: int, max_seconds: float, block: int = 5,
-                        settle: int = 3) -> None:
+                        settle: int = 3, block_s: float = 0.005) -> None:
     """Warm every candidate, then round after round let each run `settle` untimed runs and a block of
     `block` timed ones while the others are stopped, until each has `repeats` blocks. The untimed runs
     absorb the switch (caches the other engine filled; MobileNetV2's first three runs after
-    onnxruntime's turn took 12.7-13.6 ms against 11.6 back to back). A slow candidate (0.25 s a run)
-    settles and times one run per round; one that has used `max_seconds` with 3 samples stops (the
-    naive builds)."""
+    onnxruntime's turn took 12.7-13.6 ms against 11.6 back to back). A model of less than a millisecond
+    runs blocks of `block_s` seconds or 200 runs, a quarter as many untimed: five runs of SENNA (15 us)
+    after a switch measured the switch (10th-90th percentiles 12-22 us, medians 0.74-1.16x onnxruntime's
+    from run to run). A slow candidate (0.25 s a run) settles and times one run per round; one that has
+    used `max_seconds` with 3 samples stops (the naive builds)."""
+    per_run = {}
     for c in candidates:
         c.time(2, settle=1)
+        per_run[c.label] = statistics.median(c.times)
         c.times, c.spent = [], 0.0
     for _ in range(repeats):
         for c in candidates:
             if len(c.times) >= 3 and c.spent > max_seconds:
                 continue
-            fast = not c.times or statistics.median(c.times) < 0.25
-            c.time(block if fast else 1, settle=settle if fast else 1)
+            seconds = statistics.median(c.times) if c.times else per_run[c.label]
+            runs = max(block, min(200, int(block_s / max(seconds, 1e-9))))
+            if seconds < 0.25:
+                c.time(runs, settle=max(settle, runs // 4))
+            else:
+                c.time(1, settle=1)
 
 
 def bench_speed(model, options: SpeedOptions, name: str | None = None) -> dict:
@@ -320,7 +327,7 @@ def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, mono_pa
     import tvm
 
     from ...compiler.pipeline import CompileOptions, compile_model
-    from ...runtime.bundle import Bundle, SegmentExecutor, SharedModules, fetch, results
+    from ...runtime.bundle import Bundle, SegmentExecutor, SharedModules
     from ..verify import run_cut
 
     compile_model(model, workdir / "bundle", CompileOptions(options.target, options.target, options.input_shapes,
@@ -339,8 +346,8 @@ def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, mono_pa
     main = load_artifact(mono_path, tvm.cpu(0))
 
     def monolithic():  # as a request runs it, like a cut: numpy inputs in, numpy outputs out
-        result = main(*(tvm.runtime.tensor(feeds[t.name]) for t in bundle.inputs))
-        return [fetch(v) for v in results(result)]
+        device = tvm.cpu(0)
+        return [fetch(v) for v in results(main(*(to_device(feeds[t.name], device) for t in bundle.inputs)))]
 
     mono = _Timed("monolithic", monolithic)
     candidates = [_Timed(f"cut {k}", lambda k=k: run_cut(bundle, mobile, server, k, feeds)) for k in range(len(bundle.cuts))]
