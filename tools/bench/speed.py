@@ -48,7 +48,7 @@ from ...runtime.threads import ThreadShare, apply_share_here, cores_here, thread
 from ...targets import get_preset
 from .. import zoo
 
-__all__ = ["SpeedError", "SpeedOptions", "bench_speed", "speed_table"]
+__all__ = ["SpeedError", "SpeedOptions", "bench_speed", "ms_text", "speed_table"]
 
 STEP_LABELS = {"naive": "TVM default pipeline", "blas": "ours, im2col + BLAS", "tvm": "ours, tiled products"}
 
@@ -359,7 +359,7 @@ def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, mono_pa
             "ratio_min": min(per_cut), "ratio_median": statistics.median(per_cut), "ratio_max": max(per_cut)}
 
 
-def _ms(milliseconds: float) -> str:
+def ms_text(milliseconds: float) -> str:
     """Three significant figures: SENNA's 0.0123 ms as well as VGG-16's 305 ms."""
     return f"{milliseconds:.0f}" if milliseconds >= 99.95 else f"{milliseconds:#.3g}"
 
@@ -372,8 +372,8 @@ def speed_table(result: dict) -> str:
     lines += [header, "-" * len(header)]
     for r in result["rows"]:
         compile_s = f"{r['compile_s']:.1f}s" if r["compile_s"] is not None else ""
-        spread = f"{_ms(r['p10_ms'])}-{_ms(r['p90_ms'])}ms" if "p10_ms" in r else ""
-        lines.append(f"{r['label']:30} {_ms(r['median_ms']):>8}ms {spread:>16} {r['ratio_to_onnxruntime']:14.2f}x "
+        spread = f"{ms_text(r['p10_ms'])}-{ms_text(r['p90_ms'])}ms" if "p10_ms" in r else ""
+        lines.append(f"{r['label']:30} {ms_text(r['median_ms']):>8}ms {spread:>16} {r['ratio_to_onnxruntime']:14.2f}x "
                      f"{r['samples']:>8} {compile_s:>8}  {r['note']}")
     if "tuning" in result:
         t = result["tuning"]

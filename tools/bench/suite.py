@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .. import zoo
+from .speed import ms_text
 
 __all__ = ["DEFAULT_MODELS", "plot", "speed_suite", "suite_table"]
 
@@ -66,9 +67,9 @@ def suite_table(results: list[dict]) -> str:
             if r is None:
                 cells.append("")
             elif label == "onnxruntime":
-                cells.append(f"{r['median_ms']:.1f}ms")
+                cells.append(f"{ms_text(r['median_ms'])}ms")
             else:
-                cells.append(f"{r['median_ms']:.1f}ms ({r['ratio_to_onnxruntime']:.2f}x)")
+                cells.append(f"{ms_text(r['median_ms'])}ms ({r['ratio_to_onnxruntime']:.2f}x)")
         tuning = res.get("tuning", {})
         tuned = f"{tuning.get('seconds', 0):.0f}s {tuning.get('tuned_workloads', 0)}/{tuning.get('workloads', 0)}"
         lines.append(f"{res['model']:12} {res['threads']:>3} " + " ".join(c.rjust(20) for c in cells) + f" {tuned:>14}")
@@ -79,7 +80,9 @@ def suite_table(results: list[dict]) -> str:
                 c = res["cuts"]
                 lines.append(f"  {res['model']:12} {res['threads']} threads: {c['ratio_min']:.2f}x / "
                              f"{c['ratio_median']:.2f}x / {c['ratio_max']:.2f}x over {len(c['cut_ms'])} cuts")
-    lines.append("\nMedians of interleaved rounds, batch 1, 224x224; ratio = median / onnxruntime's median in the "
+    shapes = {res["model"]: "x".join(map(str, next(iter(res["input_shapes"].values()))[1:])) for res in results}
+    sizes = ", ".join(f"{model} {shape}" for model, shape in shapes.items())
+    lines.append(f"\nMedians of interleaved rounds, batch 1, inputs {sizes}; ratio = median / onnxruntime's median in the "
                  "same run. tuning = seconds of tuning recorded for the model's workloads, tuned/total workloads.")
     return "\n".join(lines)
 
