@@ -26,9 +26,8 @@ LOAD_MODEL_FILE = "server-load.json"  # the server's fitted load model, beside t
 LOAD_MODEL_FORMAT = JsonFormat("neurosurgeon-server-load", 1, "neurosurgeon server load model", BundleError,
                                hint="fit it again with `neurosurgeon profile --bundle DIR --server-load`")
 
-__all__ = ["LOAD_MODEL_FILE", "LOAD_MODEL_FORMAT", "Bundle", "SegmentExecutor", "SharedModules", "elf_machine", "fetch",
-           "load_artifact", "release_file_pages", "results", "sha256_file",
-           "to_device"]
+__all__ = ["LOAD_MODEL_FILE", "LOAD_MODEL_FORMAT", "Bundle", "SegmentExecutor", "SharedModules", "aligned_copy",
+           "elf_machine", "fetch", "load_artifact", "release_file_pages", "results", "sha256_file", "to_device"]
 
 
 class Bundle:
@@ -292,11 +291,18 @@ def to_device(array: np.ndarray, device):
         view = tvm_ffi.from_dlpack(array)
         if view.data_ptr() % ALIGNMENT == 0:
             return view
+    return tvm_ffi.from_dlpack(aligned_copy(array))
+
+
+def aligned_copy(array: np.ndarray) -> np.ndarray:
+    """A copy of `array` at a 64-byte aligned address (numpy's own are 16-byte aligned)."""
+    import tvm_ffi
+
     raw = np.empty(array.nbytes + ALIGNMENT, np.uint8)
     start = -tvm_ffi.from_dlpack(raw).data_ptr() % ALIGNMENT
     aligned = np.ndarray(array.shape, array.dtype, raw, start)
     aligned[...] = array
-    return tvm_ffi.from_dlpack(aligned)
+    return aligned
 
 
 def fetch(value) -> np.ndarray:
