@@ -279,7 +279,7 @@ ALIGNMENT = 64
 def to_device(array: np.ndarray, device):
     """A C-contiguous `array` as a tensor on `device`. On the CPU, no copy where the array is writable and
     64-byte aligned (the tensor is a view of it), else one aligned copy: tvm.runtime.tensor's copy costs
-    ~18 us even for 250 floats (its Python-side checks), a view 1 us and an aligned copy 4 us, which a
+    ~18 us even for 250 floats (its Python-side checks), a view 1.5 us and an aligned copy 5 us, which a
     model of 10-20 us (SENNA) pays on every request. (numpy's ctypes.data took 2 us of those: the
     addresses are read from DLPack views instead.)"""
     import tvm

@@ -210,9 +210,10 @@ def _alternating_blocks(candidates: list[_Candidate], repeats: int, max_seconds:
     `block` timed ones while the others are stopped, until each has `repeats` blocks. The untimed runs
     absorb the switch (caches the other engine filled; MobileNetV2's first three runs after
     onnxruntime's turn took 12.7-13.6 ms against 11.6 back to back). A model of less than a millisecond
-    runs blocks of `block_s` seconds or 200 runs, a quarter as many untimed: five runs of SENNA (15 us)
-    after a switch measured the switch (10th-90th percentiles 12-22 us, medians 0.74-1.16x onnxruntime's
-    from run to run). A slow candidate (0.25 s a run) settles and times one run per round; one that has
+    runs blocks of `block_s` seconds (at most 1000 runs), a quarter as many untimed: five runs of SENNA
+    (15 us) after a switch measured the switch (10th-90th percentiles 12-22 us, medians 0.74-1.16x
+    onnxruntime's from run to run), and so did blocks capped at 200 runs (1.4 ms of a 7 us model:
+    identical builds 0.69x and 0.91x onnxruntime in one suite run; capped at 1000, within 4% in two). A slow candidate (0.25 s a run) settles and times one run per round; one that has
     used `max_seconds` with 3 samples stops (the naive builds)."""
     per_run = {}
     for c in candidates:
@@ -224,7 +225,7 @@ def _alternating_blocks(candidates: list[_Candidate], repeats: int, max_seconds:
             if len(c.times) >= 3 and c.spent > max_seconds:
                 continue
             seconds = statistics.median(c.times) if c.times else per_run[c.label]
-            runs = max(block, min(200, int(block_s / max(seconds, 1e-9))))
+            runs = max(block, min(1000, int(block_s / max(seconds, 1e-9))))
             if seconds < 0.25:
                 c.time(runs, settle=max(settle, runs // 4))
             else:
