@@ -66,7 +66,9 @@ def register(verbs) -> None:
 
     b = benches.add_parser("suite", help="tune, then bench speed, for several models and thread counts; a table "
                                          "and a plot")
-    b.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "mobilenetv2", "vgg16"])
+    b.add_argument("--models", nargs="+", help="zoo models (default: every one, at its own input size; about half "
+                                               "an hour on a 2-core VM from a fresh --workdir, 10 minutes of it "
+                                               "tuning)")
     b.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     b.add_argument("--budget", type=float, default=300, help="tuning seconds per model (default 300)")
     b.add_argument("--steps", action="store_true", help="also time the other kernel choices (TVM's default pipeline, im2col + BLAS or tiled products)")
@@ -185,9 +187,9 @@ def compile_cost(args) -> int:
 
 
 def suite(args) -> int:
-    from ..tools.bench.suite import plot, speed_suite, suite_table
+    from ..tools.bench.suite import DEFAULT_MODELS, plot, speed_suite, suite_table
 
-    results = speed_suite(args.models, args.threads, args.budget, args.steps, args.cuts, args.repeats, args.workdir,
+    results = speed_suite(args.models or DEFAULT_MODELS, args.threads, args.budget, args.steps, args.cuts, args.repeats, args.workdir,
                           args.quiet)
     if args.plot:
         plot(results, args.plot)

@@ -191,17 +191,27 @@ class _Timed:
         self.times: list[float] = []
 
 
-def _interleaved_medians(candidates: list[_Timed], repeats: int) -> None:
-    """Run each once untimed (a fresh module's first runs fault its weights in), then, round after
-    round, each once untimed and once timed."""
+def _interleaved_medians(candidates: list[_Timed], repeats: int, block_s: float = 0.05) -> None:
+    """Run each twice untimed (a fresh module's first runs fault its weights in), then, round after
+    round, each for a block of about `block_s` seconds (1 to 50 runs), a quarter as many untimed
+    first. One untimed and one timed run a round, three rounds, timed MobileNetV2's monolithic build
+    at 5.25 ms on two threads among its cuts at 3.3 (its engine's 3.24), and AlexNet's worst cut
+    1.37x: a model of many short kernels on two threads is slow for a run or two after other code."""
+    per_run = {}
     for c in candidates:
         c.run()
+        started = time.perf_counter()
+        c.run()
+        per_run[c.label] = time.perf_counter() - started
     for _ in range(repeats):
         for c in candidates:
-            c.run()
-            started = time.perf_counter()
-            c.run()
-            c.times.append(time.perf_counter() - started)
+            runs = max(1, min(50, int(block_s / max(per_run[c.label], 1e-9))))
+            for _ in range(max(1, runs // 4)):
+                c.run()
+            for _ in range(runs):
+                started = time.perf_counter()
+                c.run()
+                c.times.append(time.perf_counter() - started)
 
 
 def _alternating_blocks(candidates: list[_Candidate], repeats: int, max_seconds: float, block: int = 5,
@@ -213,8 +223,9 @@ def _alternating_blocks(candidates: list[_Candidate], repeats: int, max_seconds:
     runs blocks of `block_s` seconds (at most 1000 runs), a quarter as many untimed: five runs of SENNA
     (15 us) after a switch measured the switch (10th-90th percentiles 12-22 us, medians 0.74-1.16x
     onnxruntime's from run to run), and so did blocks capped at 200 runs (1.4 ms of a 7 us model:
-    identical builds 0.69x and 0.91x onnxruntime in one suite run; capped at 1000, within 4% in two). A slow candidate (0.25 s a run) settles and times one run per round; one that has
-    used `max_seconds` with 3 samples stops (the naive builds)."""
+    identical builds 0.69x and 0.91x onnxruntime in one suite run; capped at 1000, within 4% in two).
+    A slow candidate (0.25 s a run) settles and times one run per round; one that has used
+    `max_seconds` with 3 samples stops (the naive builds)."""
     per_run = {}
     for c in candidates:
         c.time(2, settle=1)
@@ -356,7 +367,7 @@ def _time_cuts(model, feeds, options: SpeedOptions, workdir: Path, name, mono_pa
 
     mono = _Timed("monolithic", monolithic)
     candidates = [_Timed(f"cut {k}", lambda k=k: run_cut(bundle, mobile, server, k, feeds)) for k in range(len(bundle.cuts))]
-    _interleaved_medians([mono, *candidates], max(3, options.repeats // 3))
+    _interleaved_medians([mono, *candidates], options.repeats)
     mono_s = statistics.median(mono.times)
     per_cut = [statistics.median(c.times) / mono_s for c in candidates]
     return {"partitioner": bundle.manifest.identity.options.get("partitioner"), "segments": len(bundle.segments),
