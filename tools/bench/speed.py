@@ -194,9 +194,9 @@ class _Timed:
 def _interleaved_medians(candidates: list[_Timed], repeats: int, block_s: float = 0.05) -> None:
     """Run each twice untimed (a fresh module's first runs fault its weights in), then, round after
     round, each for a block of about `block_s` seconds (1 to 50 runs), a quarter as many untimed
-    first. One untimed and one timed run a round, three rounds, timed MobileNetV2's monolithic build
-    at 5.25 ms on two threads among its cuts at 3.3 (its engine's 3.24), and AlexNet's worst cut
-    1.37x: a model of many short kernels on two threads is slow for a run or two after other code."""
+    first. One untimed and one timed run a round for three rounds timed MobileNetV2's monolithic build
+    at 5.25 ms on two threads among cuts of 3.3 (its engine's 3.24), and AlexNet's worst cut at 1.37x:
+    three samples fell in one level or the other of the VM's two-thread time (docs/bench-speed.txt).
     per_run = {}
     for c in candidates:
         c.run()
