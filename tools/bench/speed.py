@@ -196,7 +196,7 @@ def _interleaved_medians(candidates: list[_Timed], repeats: int, block_s: float 
     round, each for a block of about `block_s` seconds (1 to 50 runs), a quarter as many untimed
     first. One untimed and one timed run a round for three rounds timed MobileNetV2's monolithic build
     at 5.25 ms on two threads among cuts of 3.3 (its engine's 3.24), and AlexNet's worst cut at 1.37x:
-    three samples fell in one level or the other of the VM's two-thread time (docs/bench-speed.txt).
+    three samples fell in one level or the other of the VM's two-thread time (docs/bench-speed.txt)."""
     per_run = {}
     for c in candidates:
         c.run()
