@@ -191,6 +191,11 @@ class _Timed:
         self.times: list[float] = []
 
 
+def _block_runs(block_s: float, seconds: float, least: int, most: int) -> int:
+    """How many runs of `seconds` fill a block of `block_s` seconds, kept within [least, most]."""
+    return max(least, min(most, int(block_s / max(seconds, 1e-9))))
+
+
 def _interleaved_medians(candidates: list[_Timed], repeats: int, block_s: float = 0.05) -> None:
     """Run each twice untimed (a fresh module's first runs fault its weights in), then, round after
     round, each for a block of about `block_s` seconds (1 to 50 runs), a quarter as many untimed
@@ -205,7 +210,7 @@ def _interleaved_medians(candidates: list[_Timed], repeats: int, block_s: float 
         per_run[c.label] = time.perf_counter() - started
     for _ in range(repeats):
         for c in candidates:
-            runs = max(1, min(50, int(block_s / max(per_run[c.label], 1e-9))))
+            runs = _block_runs(block_s, per_run[c.label], 1, 50)
             for _ in range(max(1, runs // 4)):
                 c.run()
             for _ in range(runs):
@@ -236,7 +241,7 @@ def _alternating_blocks(candidates: list[_Candidate], repeats: int, max_seconds:
             if len(c.times) >= 3 and c.spent > max_seconds:
                 continue
             seconds = statistics.median(c.times) if c.times else per_run[c.label]
-            runs = max(block, min(1000, int(block_s / max(seconds, 1e-9))))
+            runs = _block_runs(block_s, seconds, block, 1000)
             if seconds < 0.25:
                 c.time(runs, settle=max(settle, runs // 4))
             else:
