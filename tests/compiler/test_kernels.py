@@ -6,11 +6,11 @@ import re
 
 import numpy as np
 import onnxruntime as ort
-from models import windowed_reductions
+from models import heavy_convs, windowed_reductions
 
 from neurosurgeon.compiler.build import build_graph
 from neurosurgeon.compiler.importer import import_graph
-from neurosurgeon.compiler.kernels import cpu_phases, parallel_loops_rule
+from neurosurgeon.compiler.kernels import SHARED_STORAGE_FLOOR, SHARED_STORAGE_MIN, cpu_phases, parallel_loops_rule
 from neurosurgeon.runtime.bundle import load_artifact
 from neurosurgeon.runtime.tensors import TensorInfo
 from neurosurgeon.targets import get_preset
@@ -184,3 +184,47 @@ def test_vector_width_is_what_llvm_says_the_cpu_has():
     assert lanes(**x86, mcpu="rocketlake", mattr=["-avx512f"]) == 8
     assert lanes(**x86, mcpu="haswell", mattr=["+avx512f"]) == 16
     assert lanes(mtriple="aarch64-linux-gnu", mcpu="cortex-a76") == 4
+
+
+def _planned_storages(path) -> list[int]:
+    """Bytes of each storage an artifact's static memory plan allocates (vm.builtin.alloc_storage's
+    constant shape), in the order it allocates them."""
+    import tvm
+
+    module = tvm.runtime.load_module(str(path))
+    text = module["stats"]().split("Constant pool (# ", 1)[1]
+    constants, depth, item, quoted = [], 0, "", False
+    for ch in text[text.index("[") + 1:]:  # the pool's items, split at its top-level commas
+        quoted = quoted != (ch == '"')
+        if not quoted and ch in "[]":
+            depth += 1 if ch == "[" else -1
+            if depth < 0:
+                break
+        if not quoted and ch == "," and depth == 0:
+            constants.append(item.strip())
+            item = ""
+        else:
+            item += ch
+    constants.append(item.strip())
+    return [int(re.search(r"\d+", constants[int(i)]).group())
+            for i in re.findall(r"alloc_storage in: %vm, c\[(\d+)\]", module["as_text"]())]
+
+
+def test_segments_planned_storages_have_the_sizes_every_artifact_shares(tmp_path):
+    # Two graphs of different sizes, as two segments of a model: the k-th largest storage of each is
+    # allocated at one size, so TVM's pooled allocator hands the second the first one's buffers.
+    import tvm
+
+    sizes = {}
+    for channels, size in ((32, 56), (32, 28), (4, 28)):
+        model = heavy_convs(channels, size)
+        path = tmp_path / f"heavy{channels}x{size}.so"
+        build_graph(model, _inputs(model), get_preset("x86-host"), path, "heavy")
+        sizes[channels, size] = _planned_storages(path)
+        x = np.random.default_rng(0).standard_normal((1, channels, size, size)).astype(np.float32)
+        ours = load_artifact(path, tvm.cpu(0))(tvm.runtime.tensor(x)).numpy()
+        reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+    for planned in sizes[32, 56], sizes[32, 28]:
+        assert planned and sorted(planned) == [SHARED_STORAGE_FLOOR + 4096 * k for k in range(len(planned))], planned
+    assert sizes[4, 28] and max(sizes[4, 28]) < SHARED_STORAGE_MIN, sizes[4, 28]  # small ones keep their own sizes
