@@ -740,7 +740,7 @@ def shared_storage_sizes(smallest: int = SHARED_STORAGE_MIN, floor: int = SHARED
     every segment takes the buffer the segment before it freed, always the same one (a size is one
     buffer's), so a process holds, per rank, the largest segment's storage of that rank. The rest of
     a buffer is address space: its pages are mapped on first touch and never touched. Same process,
-    AMD EPYC Zen 4: MobileNetV2's chain went from 1.05-1.08x its monolithic build to 1.00-1.03x (one
+    AMD EPYC Zen 4: MobileNetV2's chain went from 1.05-1.08x its monolithic build to 1.01-1.03x (one
     thread); sizes rounded to powers of two got half of that, one size for every storage all of it
     but 15 MiB more resident (buffers changed roles from call to call); peak memory (bench memory)
     moved by 0-8 MiB."""
