@@ -723,7 +723,7 @@ def reshape_views():
 
 
 SHARED_STORAGE_MIN = 64 << 10  # bytes: planned storages from this size up get shared sizes
-SHARED_STORAGE_FLOOR = 16 << 20  # bytes: the least size of the first of them
+SHARED_STORAGE_FLOOR = 16 << 20  # bytes: the least size a function's largest planned storage gets
 
 
 def shared_storage_sizes(smallest: int = SHARED_STORAGE_MIN, floor: int = SHARED_STORAGE_FLOOR):
@@ -737,9 +737,10 @@ def shared_storage_sizes(smallest: int = SHARED_STORAGE_MIN, floor: int = SHARED
     data from the caches (its first segment ran 0.3 ms slower in the chain than alone). Here a
     function's largest storage is allocated as C bytes, its second largest as C plus a page, and so
     on, C the power of two at or above the largest and at least `floor`: the k-th largest storage of
-    every segment takes the buffer the segment before it freed, always the same one (a size is one
-    buffer's), so a process holds, per rank, the largest segment's storage of that rank. The rest of
-    a buffer is address space: its pages are mapped on first touch and never touched. Same process,
+    every segment (of every segment whose storages are under `floor`: all the zoo's at batch 1) takes
+    the buffer the segment before it freed, always the same one (a size is one buffer's), so a
+    process holds, per rank, the largest storage of that rank. The rest of a buffer is address space
+    never touched, so never resident (pages are mapped on first touch). Same process,
     AMD EPYC Zen 4: MobileNetV2's chain went from 1.05-1.08x its monolithic build to 1.01-1.03x (one
     thread); sizes rounded to powers of two got half of that, one size for every storage all of it
     but 15 MiB more resident (buffers changed roles from call to call); peak memory (bench memory)
