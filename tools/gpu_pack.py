@@ -107,7 +107,7 @@ def build_gpu_pack(out: str | Path, models: tuple[PackModel, ...] = DEFAULT_MODE
                                 "onnx_sha256": hashlib.sha256(onnx_model.SerializeToString()).hexdigest(),
                                 "bundle_id": bundle.bundle_id,
                                 "bytes": _bytes(staged / "bundles" / model.name)})
-        _render_script(staged)
+        _render_script(staged, python)
         size = _bytes(staged)
         pack = {**PACK_FORMAT.stamp(), "preset": preset, "python": python, "models": entries, "bytes": size,
                 "site_bytes": _bytes(staged / "site")}
@@ -173,7 +173,7 @@ def _copy_server_side(bundle_dir: Path, dest: Path) -> Bundle:
     return bundle
 
 
-def _render_script(root: Path) -> None:
+def _render_script(root: Path, python: str) -> None:
     import jinja2
 
     from .. import __version__
@@ -181,7 +181,7 @@ def _render_script(root: Path) -> None:
     templates = Path(__file__).resolve().parent.parent / "templates"
     script = root / "check.py"
     script.write_text(jinja2.Environment(loader=jinja2.FileSystemLoader(templates), keep_trailing_newline=True)
-                      .get_template("gpu_check.py.j2").render(version=__version__))
+                      .get_template("gpu_check.py.j2").render(version=__version__, python=python))
     script.chmod(0o755)
 
 

@@ -67,3 +67,17 @@ def test_a_pack_over_the_carry_limit_is_refused_and_leaves_nothing(tmp_path):
         build_gpu_pack(tmp_path / "big", (PackModel("lenet", width=0.25),), preset="x86-host", python=PYTHON,
                        progress=False, limit_bytes=1000)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_run_by_another_python_says_which_one_the_pack_needs(tmp_path):
+    """site/ holds TVM's runtime for one CPython; any other stops at once with one line, not a traceback
+    from inside tvm_ffi's import."""
+    from neurosurgeon.tools.gpu_pack import _render_script
+
+    _render_script(tmp_path, "3.99")
+    run = subprocess.run([sys.executable, str(tmp_path / "check.py")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.strip().splitlines() == [
+        f"check.py: error: this pack's TVM runtime (site/) is for CPython 3.99, this is {sys.version.split()[0]} "
+        f"({sys.executable}); run it with python3.99, or make the pack for this Python: neurosurgeon gpu-pack "
+        f"--python {PYTHON}"]
