@@ -9,7 +9,9 @@ single-threaded loops (5-100x slower than onnxruntime). A CPU build here:
      scheduled where they are made and left alone by fusion and tuning, with the per-channel bias,
      ReLU and Clip that follow them, and a skip connection's add, taken into the kernel
      (`_epilogue_chains`; Clip, which TVM's importer emits as TIR, is first turned back into
-     operators by `clamps_as_ops`);
+     operators by `clamps_as_ops`); a 3x3 stride-1 convolution is Winograd's F(2x2, 3x3), whose
+     transformed weights take 16 values per 9; `kernels="tvm-direct"` keeps the direct kernel there,
+     for a device where the artifacts' size and the memory they load into matter more than speed;
    - `kernels="blas"`: im2col + GEMM (at batch B, B of them, one per sample), the GEMM an external
      call `neurosurgeon.sgemm` that the runtime serves from numpy's BLAS (runtime/kernels.py). A 1x1
      stride-1 convolution needs no im2col: its input already is the GEMM operand.
@@ -50,11 +52,14 @@ import numpy as np
 
 from ..runtime.kernels import SGEMM
 
-__all__ = ["DEFAULT_KERNELS", "KERNEL_CHOICES", "count_externs", "count_kernels", "cpu_phases", "cpu_pipeline",
+__all__ = ["DEFAULT_KERNELS", "KERNEL_CHOICES", "TILED_WINOGRAD", "count_externs", "count_kernels", "cpu_phases", "cpu_pipeline",
            "cpu_tir_pipeline", "offload_gemm", "parallel_loops_rule", "strided_loads_as_shuffles", "vector_lanes"]
 
-KERNEL_CHOICES = ("tvm", "blas", "naive")
+KERNEL_CHOICES = ("tvm", "tvm-direct", "blas", "naive")
 DEFAULT_KERNELS = "tvm"
+# The choices whose products are our tiled kernels, and whether their 3x3 stride-1 convolutions take
+# Winograd's kernel (tiled_kernels.winograd_conv2d).
+TILED_WINOGRAD = {"tvm": True, "tvm-direct": False}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,11 +211,12 @@ class _TiledProducts(_Products):
 
     fuses_epilogues = True
 
-    def __init__(self, lanes: int, tiles=None):
+    def __init__(self, lanes: int, tiles=None, winograd: bool = True):
         from .tiled_kernels import TileChoices
 
         self.lanes = self.blocked_lanes = lanes
         self.tiles = tiles if tiles is not None else TileChoices()  # tuning's choices, and what was asked
+        self.winograd = winograd
 
     @staticmethod
     def _call(builder, kernel, name: str, args, epilogue, out_shape, flat: bool = False):
@@ -250,9 +256,9 @@ class _TiledProducts(_Products):
         from .tiled_kernels import conv_kernel
 
         data_shape = data_shape or _static_shape(data)
-        choice = self.tiles.for_conv(data_shape, kernel.shape, *geometry, self.lanes, **layouts)
+        choice = self.tiles.for_conv(data_shape, kernel.shape, *geometry, self.lanes, self.winograd, **layouts)
         kind, tiled = conv_kernel(data_shape, kernel, *geometry, self.lanes, tuple(step for step, _ in epilogue), choice,
-                                  **layouts)
+                                  self.winograd, **layouts)
         if kind == "pointwise":
             batch, channels, height, width = data_shape
             flat_shape = (batch, kernel.shape[0], height * width)
@@ -804,10 +810,11 @@ def shared_storage_sizes(smallest: int = SHARED_STORAGE_MIN, floor: int = SHARED
     return apply
 
 
-def tiled_products(target, tiles=None):
-    """Step 1 with `--kernels tvm`: products as register-tiled TIR kernels for `target`'s vectors, with
-    the tile choices of `tiles` (a tiled_kernels.TileChoices; None: the defaults)."""
-    return lower_products(_TiledProducts(vector_lanes(target), tiles))
+def tiled_products(target, tiles=None, winograd: bool = True):
+    """Step 1 with `--kernels tvm` (or tvm-direct: `winograd` False): products as register-tiled TIR
+    kernels for `target`'s vectors, with the tile choices of `tiles` (a tiled_kernels.TileChoices;
+    None: the defaults)."""
+    return lower_products(_TiledProducts(vector_lanes(target), tiles, winograd))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1215,8 +1222,8 @@ def cpu_phases(target, kernels: str = DEFAULT_KERNELS, tiles=None) -> tuple[list
         first = [relax.transform.FoldBatchnormToConv2D(), relax.transform.FoldConstant()]
     if kernels == "blas":
         first.append(offload_gemm())
-    elif kernels == "tvm":
-        first += [clamps_as_ops(), tiled_products(target, tiles)]
+    elif kernels in TILED_WINOGRAD:
+        first += [clamps_as_ops(), tiled_products(target, tiles, TILED_WINOGRAD[kernels])]
     views, sizes = ([reshape_views()], [shared_storage_sizes()]) if kernels != "naive" else ([], [])
     return (first + backend.library_dispatch_passes(target) + legalize[:fused], legalize[fused:],
             views + backend.dataflow_lower_passes(target) + backend.finalize_passes(target) + sizes)

@@ -208,14 +208,16 @@ def conv_key(data_shape, weight_shape, strides, padding, dilation) -> str:
             f"d{dims(dilation)}")
 
 
-def conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes: int, **layouts) -> list[dict]:
+def conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes: int, winograd: bool = True,
+                  **layouts) -> list[dict]:
     """The tile choices tuning times for a convolution: {} (the default, first), then the direct
     kernel with one or two vectors of output channels, row tiles of up to 7, 8 or 14 columns and the
     tasks by rows or by channel blocks x rows (`direct_conv2d`'s `block`, `tile`, `rows_outer`). A
     1x1 convolution the pointwise kernel takes by default (in NCHW: no `layouts`) also gets the
     direct ones. Every choice sums each output in the same order: the results are the same bits. A
-    convolution `winograd_conv2d` takes has no other choice (the direct kernel's sums would differ)."""
-    if _takes_winograd(data_shape, weight_shape, strides, padding, dilation, lanes):
+    convolution `winograd_conv2d` takes has no other choice (the direct kernel's sums would differ);
+    with `winograd` False (`--kernels tvm-direct`) it has the direct kernel's."""
+    if winograd and _takes_winograd(data_shape, weight_shape, strides, padding, dilation, lanes):
         return [{}]  # its tiles sum in the order Winograd's transform does, not the direct kernel's: no choice
     _, ow = _conv_output(data_shape, weight_shape, strides, padding, dilation)
     padded = _whole_vectors(weight_shape[0], lanes)
@@ -275,22 +277,23 @@ class TileChoices:
         self.choices = dict(choices or {})
         self.asked: dict[str, tuple] = {}
 
-    def for_conv(self, data_shape, weight_shape, strides, padding, dilation, lanes: int, **layouts) -> dict:
+    def for_conv(self, data_shape, weight_shape, strides, padding, dilation, lanes: int, winograd: bool = True,
+                 **layouts) -> dict:
         key = conv_key(data_shape, weight_shape, strides, padding, dilation)
-        if len(conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes, **layouts)) > 1:
+        if len(conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes, winograd, **layouts)) > 1:
             self.asked.setdefault(key, (tuple(data_shape), tuple(weight_shape), tuple(strides), tuple(padding),
                                         tuple(dilation), layouts))
         return self.choices.get(key, {})
 
 
 def conv_kernel(data_shape, weight: np.ndarray, strides, padding, dilation, lanes: int, epilogue=(),
-                choice: dict | None = None, **layouts):
+                choice: dict | None = None, winograd: bool = True, **layouts):
     """(kind, (PrimFunc, packed weight)) of a convolution as `choice` (a `conv_variants` entry; None or
-    {}: the default) builds it: kind "winograd" (`winograd_conv2d`, where it applies), "pointwise" (its
-    data and output flattened to [N, C, H*W], NCHW only) or "direct" (`layouts`: the kernels'
-    blocked_in, blocked_out, blocked_residual)."""
+    {}: the default) builds it: kind "winograd" (`winograd_conv2d`, where it applies, unless `winograd`
+    is False), "pointwise" (its data and output flattened to [N, C, H*W], NCHW only) or "direct"
+    (`layouts`: the kernels' blocked_in, blocked_out, blocked_residual)."""
     choice = choice or {}
-    if not choice and _takes_winograd(data_shape, weight.shape, strides, padding, dilation, lanes):
+    if not choice and winograd and _takes_winograd(data_shape, weight.shape, strides, padding, dilation, lanes):
         return "winograd", winograd_conv2d(data_shape, weight, padding, lanes, epilogue, **layouts)
     if not choice and not any(layouts.values()) and _takes_pointwise(weight.shape, strides, padding):
         tiled = pointwise_conv2d(data_shape, weight, lanes, epilogue)

@@ -55,7 +55,7 @@ def test_bench_speed_compares_with_onnxruntime_side_by_side(capsys):
     threads = result["threads"]
     if threads > 1:  # the BLAS build as the runtime shared the threads before: both pools at every thread
         ours.append(f"ours, im2col + BLAS, pools {threads}+{threads}")
-    ours.append("ours, untuned")
+    ours += ["ours, tiled, direct 3x3", "ours, untuned"]
     assert list(rows) == ["onnxruntime", *ours]
     assert rows["onnxruntime"]["ratio_to_onnxruntime"] == 1.0
     assert f"threads TVM 1, BLAS {threads}" in rows["ours, im2col + BLAS"]["note"]  # the GEMMs get the threads

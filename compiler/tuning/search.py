@@ -38,7 +38,7 @@ from .measure import (RemoteBoard, count_cpus_without_psutil, declare_pool_rules
                       load_tensor_intrinsics, make_builder_and_runner, parse_rpc_address, tuning_target)
 from .workloads import Workload, extract_workloads
 from ..tiled_kernels import TileChoices
-from ..kernels import DEFAULT_KERNELS
+from ..kernels import DEFAULT_KERNELS, TILED_WINOGRAD
 
 __all__ = ["DEFAULT_TRIALS", "TuneOptions", "TuneReport", "tune"]
 
@@ -188,7 +188,7 @@ class _Search:
         self.measured = where.measured
         self.convolutions = convolutions  # the tiled ones: TileChoices.asked
         # Tiles are chosen by timing alone: where candidates are not timed, the defaults stay.
-        self.times_tiles = self.measured and preset.device != "cuda" and options.kernels == "tvm"
+        self.times_tiles = self.measured and preset.device != "cuda" and options.kernels in TILED_WINOGRAD
         workload_file, record_file = paths(self.out_dir)
         self.database = ms.database.JSONDatabase(str(workload_file), str(record_file), allow_missing=True)
         self.target = tuning_target(preset, self.measured, cores_here() if where.measured_on == "here" else None)
@@ -254,18 +254,18 @@ class _Search:
         from ..kernels import vector_lanes
         from ..tiled_kernels import conv_kernel, conv_variants
 
-        ms, lanes = self.ms, vector_lanes(self.target)
+        ms, lanes, winograd = self.ms, vector_lanes(self.target), TILED_WINOGRAD[self.options.kernels]
         chosen = self.info.setdefault("tiles", {})
         todo = sorted(((key, spec) for key, spec in self.convolutions.items() if key not in chosen),
                       key=lambda item: -_conv_flops(*item[1][:2]))
         self.progress.grow(len(todo))
         for key, (data_shape, weight_shape, strides, padding, dilation, layouts) in todo:
-            variants = conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes, **layouts)
+            variants = conv_variants(data_shape, weight_shape, strides, padding, dilation, lanes, winograd, **layouts)
             if time.perf_counter() - self.started + len(variants) * _PRIOR_TRIAL_S > self.options.budget_s:
                 return False
             weight = np.zeros(weight_shape, np.float32)  # the runner times on random arguments, the weights too
             mods = [tvm.IRModule({"main": conv_kernel(data_shape, weight, strides, padding, dilation, lanes, (),
-                                                      choice, **layouts)[1][0].with_attr("global_symbol", "main")})
+                                                      choice, winograd, **layouts)[1][0].with_attr("global_symbol", "main")})
                     for choice in variants]  # in the layouts the build computes it in
             built = self.builder.build([ms.builder.BuilderInput(mod, self.target) for mod in mods])
             timed, inputs = [], []

@@ -122,6 +122,8 @@ def register(verbs) -> None:
                                           "onnxruntime, per model")
     b.add_argument("models", nargs="*", default=[*ZOO_MODELS, "mobilenetv2"], help="zoo models (default: all)")
     b.add_argument("--input-size", type=int, default=224, help="image models' input size (default 224; 0: their own)")
+    b.add_argument("--kernels", choices=KERNEL_CHOICES, help="the bundles' CPU kernels (default: compile's default; "
+                   "tvm-direct: no Winograd, the model's weights)")
     b.add_argument("--workdir", default=".cache/bench-memory")
     b.add_argument("--quiet", action="store_true")
     b.add_argument("--json", action="store_true")
@@ -131,7 +133,7 @@ def register(verbs) -> None:
 def memory(args) -> int:
     from ..tools.bench.memory import bench_memory, memory_table
 
-    return _show(bench_memory(args.models, args.input_size or None, Path(args.workdir), not args.quiet),
+    return _show(bench_memory(args.models, args.input_size or None, Path(args.workdir), not args.quiet, args.kernels),
                  memory_table, args.json)
 
 

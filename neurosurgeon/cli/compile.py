@@ -44,8 +44,10 @@ def register(verbs) -> None:
                         "-algorithm ed25519); devices and servers with --trust-key refuse unsigned or changed bundles")
     p.add_argument("--kernels", choices=KERNEL_CHOICES, default=DEFAULT_KERNELS,
                    help="CPU builds: tvm (default) generates every kernel, convolutions and fully connected layers "
-                        "as register-tiled kernels on TVM's thread pool; blas hands them (as im2col + GEMM) to the "
-                        "BLAS numpy ships, which the runtime calls; naive is TVM's default pipeline")
+                        "as register-tiled kernels on TVM's thread pool, 3x3 convolutions as Winograd's (their "
+                        "weights 16/9 the size); tvm-direct the same with direct 3x3 convolutions (weights as the "
+                        "model's, slower); blas hands the products (as im2col + GEMM) to the BLAS numpy ships, "
+                        "which the runtime calls; naive is TVM's default pipeline")
     add_partitioner(p)
     p.set_defaults(run=compile_bundle)
 

@@ -228,3 +228,34 @@ def test_segments_planned_storages_have_the_sizes_every_artifact_shares(tmp_path
     for planned in sizes[32, 56], sizes[32, 28]:
         assert planned and sorted(planned) == [SHARED_STORAGE_FLOOR + 4096 * k for k in range(len(planned))], planned
     assert sizes[4, 28] and max(sizes[4, 28]) < SHARED_STORAGE_MIN, sizes[4, 28]  # small ones keep their own sizes
+
+
+def test_tvm_direct_keeps_3x3_convolutions_direct_and_the_artifact_holds_the_models_weights(tmp_path):
+    """`--kernels tvm-direct`: no Winograd kernel, whose transformed weights take 16 values per 9, so the
+    artifact is smaller by about 7/9 of the 3x3 weights; both builds equal onnxruntime."""
+    import subprocess
+
+    import tvm
+
+    from neurosurgeon.compiler.tiled_kernels import conv_variants
+
+    model = heavy_convs(channels=64, size=16)
+    x = np.random.default_rng(1).standard_normal((1, 64, 16, 16)).astype(np.float32)
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sizes, kernels = {}, {}
+    for choice in ("tvm", "tvm-direct"):
+        path = tmp_path / f"{choice}.so"
+        build_graph(model, _inputs(model), get_preset("x86-host"), path, "heavy", kernels=choice)
+        ours = load_artifact(path, tvm.cpu(0))(tvm.runtime.tensor(x)).numpy()
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+        symbols = subprocess.run(["nm", "-D", "--defined-only", str(path)], capture_output=True, text=True,
+                                 check=True).stdout
+        kernels[choice] = sorted(set(re.findall(r"conv2d_(winograd|direct)", symbols)))
+        sizes[choice] = path.stat().st_size
+    assert kernels == {"tvm": ["winograd"], "tvm-direct": ["direct"]}
+    weights = 2 * 64 * 64 * 9 * 4
+    assert sizes["tvm"] - sizes["tvm-direct"] > 0.7 * weights * 7 / 9, sizes
+    # and tuning has the direct kernel's tile choices to time for such a convolution
+    geometry = ((1, 1), (1, 1, 1, 1), (1, 1))
+    assert conv_variants((1, 64, 16, 16), (64, 64, 3, 3), *geometry, 16) == [{}]
+    assert len(conv_variants((1, 64, 16, 16), (64, 64, 3, 3), *geometry, 16, winograd=False)) > 1

@@ -64,7 +64,9 @@ def _run_py_peak(args: list[str]) -> float:
     return float(found.group(1))
 
 
-def bench_memory(models: list[str], input_size: int | None, workdir: Path, progress: bool = True) -> dict:
+def bench_memory(models: list[str], input_size: int | None, workdir: Path, progress: bool = True,
+                 kernels: str | None = None) -> dict:
+    """`kernels`: the bundles' CPU kernel choice (compiler/kernels.py; None: the default)."""
     from ...runtime.bundle import Bundle
     from ...runtime.client import InferenceClient
     from ...runtime.protocol import cut_model_name
@@ -79,7 +81,7 @@ def bench_memory(models: list[str], input_size: int | None, workdir: Path, progr
     rows = []
     with Progress(len(models), "memory", unit="model", enabled=progress) as report:
         for name in models:
-            model_path, bundle_path = prepare_bundle(workdir, name, input_size, log=lambda _: None)
+            model_path, bundle_path = prepare_bundle(workdir, name, input_size, log=lambda _: None, kernels=kernels)
             bundle = Bundle(bundle_path)
             n = len(bundle.segments)
             ort_peak = json.loads(_run([python, "-c", _ORT, str(model_path)]).stdout)["peak_mib"]
@@ -98,7 +100,8 @@ def bench_memory(models: list[str], input_size: int | None, workdir: Path, progr
                     client.close()
                 server_peak = peak_resident_mib(server.process.pid)
             weights = sum((bundle_path / s.file).stat().st_size for s in _mobile_artifacts(bundle))
-            rows.append({"model": name, "segments": n, "artifacts_mib": weights / 2**20,
+            rows.append({"model": name, "kernels": bundle.manifest.identity.options["kernels"], "segments": n,
+                         "artifacts_mib": weights / 2**20,
                          "onnx_mib": model_path.stat().st_size / 2**20, "onnxruntime_mib": ort_peak,
                          "device_all_mib": device_all, "device_cut": half, "device_cut_mib": device_half,
                          "server_ready_mib": server_ready, "server_mib": server_peak})
@@ -112,16 +115,18 @@ def _mobile_artifacts(bundle) -> list:
 
 def memory_table(result: dict) -> str:
     floors = result["floors_mib"]
-    lines = [f"{'model':12} {'segs':>4} {'onnx MiB':>8} {'onnxruntime':>11} {'device all':>10} {'device cut k':>14} "
-             f"{'server':>8} {'server idle':>11} {'device/ort':>10}"]
+    lines = [f"{'model':12} {'segs':>4} {'onnx MiB':>8} {'artifacts':>9} {'onnxruntime':>11} {'device all':>10} "
+             f"{'device cut k':>14} {'server':>8} {'server idle':>11} {'device/ort':>10}"]
     for r in result["rows"]:
-        lines.append(f"{r['model']:12} {r['segments']:>4} {r['onnx_mib']:8.1f} {r['onnxruntime_mib']:11.0f} "
-                     f"{r['device_all_mib']:10.0f} {r['device_cut_mib']:9.0f} (k={r['device_cut']:<2}) "
+        lines.append(f"{r['model']:12} {r['segments']:>4} {r['onnx_mib']:8.1f} {r['artifacts_mib']:9.1f} "
+                     f"{r['onnxruntime_mib']:11.0f} {r['device_all_mib']:10.0f} {r['device_cut_mib']:9.0f} "
+                     f"(k={r['device_cut']:<2}) "
                      f"{r['server_mib']:8.0f} {r['server_ready_mib']:11.0f} {r['device_all_mib'] / r['onnxruntime_mib']:9.2f}x")
     lines += ["", textwrap.fill(
-        "Peak resident memory (MiB), each in a process of its own, 5 requests: onnxruntime = a session on the whole "
-        "model; device all = the bundle's run.py running every segment here; device cut k = run.py with --cut k "
-        "against a server (only segments 0..k-1 loaded); server = neurosurgeon serve after 5 cloud-only requests "
+        "Peak resident memory (MiB), each in a process of its own, 5 requests (artifacts: the device side's files, "
+        "MiB): onnxruntime = a session on the whole model; device all = the bundle's run.py running every segment "
+        "here; device cut k = run.py with --cut k against a server (only segments 0..k-1 loaded); server = neurosurgeon serve after 5 cloud-only requests "
         f"(server idle: once ready). Floors (the interpreter and its libraries, no model): numpy + onnxruntime "
-        f"{floors['onnxruntime']:.0f} MiB, numpy + TVM's runtime {floors['tvm_runtime']:.0f} MiB.", 110)]
+        f"{floors['onnxruntime']:.0f} MiB, numpy + TVM's runtime {floors['tvm_runtime']:.0f} MiB. Bundles: x86-host, "
+        f"--kernels {', '.join(sorted({r['kernels'] for r in result['rows']})) or '-'}.", 110)]
     return "\n".join(lines)

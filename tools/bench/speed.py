@@ -8,7 +8,7 @@ candidate sees the same noise):
   - our build without tuning (the default: convolutions and fully connected layers as tiled
     kernels, our schedules for the rest);
   - with --steps, the other kernel choices: TVM's default pipeline ("naive"), im2col + the BLAS
-    ("blas");
+    ("blas"), the tiled kernels with direct 3x3 convolutions instead of Winograd's ("tvm-direct");
   - with --tuning DIR, our build with that tuning database, and the tuning time it holds for the model;
   - with --cuts, the bundle (every segment built, same database) run end to end at every cut,
     against the monolithic build.
@@ -50,7 +50,8 @@ from .. import zoo
 
 __all__ = ["SpeedError", "SpeedOptions", "bench_speed", "ms_text", "speed_table"]
 
-STEP_LABELS = {"naive": "TVM default pipeline", "blas": "ours, im2col + BLAS", "tvm": "ours, tiled products"}
+STEP_LABELS = {"naive": "TVM default pipeline", "blas": "ours, im2col + BLAS",
+               "tvm-direct": "ours, tiled, direct 3x3", "tvm": "ours, tiled products"}
 
 
 class SpeedError(NeurosurgeonError):

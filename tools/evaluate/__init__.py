@@ -30,9 +30,11 @@ __all__ = ["DEFAULT_MODELS", "SERVER_ENV", "CaseKey", "EvaluateOptions", "plan_c
 SERVER_ENV = {"OPENBLAS_THREAD_TIMEOUT": "4", "TVM_THREAD_POOL_SPIN_COUNT": "0"}
 
 
-def prepare_bundle(workdir: Path, model: str, input_size: int | None, log=print) -> tuple[Path, Path]:
+def prepare_bundle(workdir: Path, model: str, input_size: int | None, log=print,
+                   kernels: str | None = None) -> tuple[Path, Path]:
     """The zoo model as ONNX and its x86-host bundle (compiled unless the cached one is this compiler's
-    build of this very model): (model path, bundle path)."""
+    build of this very model; `kernels`: the CPU kernel choice, None the default): (model path, bundle
+    path)."""
     from ...api import CompileOptions
     from ...api import compile as compile_bundle
     from ...compiler.partition import FusedLayersPartitioner
@@ -48,10 +50,12 @@ def prepare_bundle(workdir: Path, model: str, input_size: int | None, log=print)
         zoo.save(zoo.build(model, input_size=input_size if suffix else None), model_path)
     except ValueError as err:
         raise NeurosurgeonError(str(err)) from None
-    bundle_path = workdir / f"{model}{suffix}.bundle"
+    bundle_path = workdir / f"{model}{suffix}{f'-{kernels}' if kernels else ''}.bundle"
     # Every cut a compiler does not fuse (fused-layers), not only the default's upload envelope: the
     # evaluation compares the planner's choice with every cut, as the paper's figures do.
     options = CompileOptions(mobile="x86-host", server="x86-host", force=True, partitioner=FusedLayersPartitioner.name)
+    if kernels:
+        options.kernels = kernels
     if (bundle_path / MANIFEST).is_file():
         import tvm
 
