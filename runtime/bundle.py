@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import kernels
+from . import kernels, tvm_lib
 from .errors import BundleError, first_line
 from .jsonfile import JsonFormat
 from .manifest import MANIFEST, MANIFEST_FORMAT, Manifest, Side
@@ -90,12 +90,10 @@ class SharedModules:
         self._lock = threading.Lock()
 
     def load(self, path: Path):
-        import tvm
-
         key = os.path.realpath(path)
         with self._lock:
             if key not in self._modules:
-                self._modules[key] = tvm.runtime.load_module(key)
+                self._modules[key] = tvm_lib.load_module(key)
                 release_file_pages(Path(key))
             return self._modules[key]
 
@@ -110,9 +108,6 @@ def load_artifact(path: Path, device, sha256: str | None = None, what: str = "ar
     `modules` holds for it where given (loaded there on first use), else from a load of its own. With
     `sha256`, the file is checked first (loading a shared object runs its code); the runtime's
     external kernels are registered, since CPU artifacts call them."""
-    import tvm
-    import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode (TVM_USE_RUNTIME_LIB=1)
-
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"{path}: {what} is missing")
@@ -123,14 +118,14 @@ def load_artifact(path: Path, device, sha256: str | None = None, what: str = "ar
                               "refusing to load a modified artifact")
     kernels.register()
     try:
-        module = modules.load(path) if modules is not None else tvm.runtime.load_module(str(path))
-        vm = tvm.runtime.vm.VirtualMachine(module, device)
-    except tvm.error.TVMError as err:
+        module = modules.load(path) if modules is not None else tvm_lib.load_module(path)
+        vm = tvm_lib.virtual_machine(module, device)
+    except tvm_lib.ERRORS as err:
         raise BundleError(f"{path}: {what} does not load: {first_line(err)}") from None
     if modules is None:
         release_file_pages(path)
-    if arity is not None and vm._get_function_arity("main") != arity:
-        raise BundleError(f"{path}: {what} takes {vm._get_function_arity('main')} tensors, {listed_in} says {arity}")
+    if arity is not None and tvm_lib.function_arity(vm) != arity:
+        raise BundleError(f"{path}: {what} takes {tvm_lib.function_arity(vm)} tensors, {listed_in} says {arity}")
     return vm["main"]
 
 
@@ -176,10 +171,6 @@ class SegmentExecutor:
         this process may use) are shared between TVM's pool and the BLAS (runtime/threads.py) for the
         segments this thread runs: the thread that constructs the executor is the one that runs them.
         `modules`: loaded artifacts shared with other executors of the bundle (each keeps its own VMs)."""
-        import tvm
-        import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode (TVM_USE_RUNTIME_LIB=1)
-
-        self._tvm = tvm
         self.bundle = bundle
         self.side = side
         preset = bundle.side(side)
@@ -187,10 +178,11 @@ class SegmentExecutor:
             raise BundleError(f"{bundle.path}: the {side} side was built for {preset.preset} ({preset.machine}), "
                               f"this machine is {platform.machine()}")
         if preset.device == "cuda":
-            from .cuda import load_cuda_runtime
+            from .cuda import cuda_device
 
-            load_cuda_runtime()  # raises CudaRuntimeUnavailable, naming the missing library, where there is no driver
-        self.device = tvm.cuda(0) if preset.device == "cuda" else tvm.cpu(0)
+            self.device = cuda_device()  # raises CudaRuntimeUnavailable, naming the missing library, where there is no driver
+        else:
+            self.device = tvm_lib.cpu()
         lacking = kernels.missing(bundle.manifest.externs)
         if lacking:
             raise BundleError(f"{bundle.path}: the artifacts call {', '.join(lacking)}, which this runtime does not "
@@ -234,21 +226,24 @@ class SegmentExecutor:
     def run(self, env: dict, segments) -> dict:
         """Run `segments` in order, reading inputs from and writing outputs to `env` (name -> tensor).
         Values stay on the device between segments; `fetch` turns them into numpy arrays."""
-        tvm = self._tvm
         for index in segments:
             function = self.load(index)
             spec = self.bundle.segments[index]
             args = [self._on_device(env[t.name], t) for t in spec.inputs]
             try:
                 result = function(*args)
-            except tvm.error.TVMError as err:
+            except tvm_lib.ERRORS as err:
                 raise BundleError(f"{self.bundle.path}: {self.side} segment {index} failed: {first_line(err)}") from None
             for t, value in zip(spec.outputs, results(result)):
                 env[t.name] = value
         return env
 
+    def sync(self) -> None:
+        """Wait until the device has finished the segments run (a GPU runs kernels asynchronously)."""
+        tvm_lib.sync(self.device)
+
     def _on_device(self, value, info: TensorInfo):
-        if isinstance(value, self._tvm.runtime.Tensor) and value.device == self.device:
+        if isinstance(value, tvm_lib.Tensor) and value.device == self.device:
             return value
         array = np.ascontiguousarray(fetch(value), dtype=info.dtype)
         expected = info.shape if self.batch == 1 else (self.batch, *info.shape[1:])
@@ -272,7 +267,7 @@ def elf_machine(path: Path) -> str:
 
 # DLPack's device type of the CPU, and the alignment of TVM's own allocations, which the code it generates
 # may assume of every tensor it is given (aligned vector loads).
-DLPACK_CPU = 1
+DLPACK_CPU = tvm_lib.DLPACK_CPU
 ALIGNMENT = 64
 
 
@@ -281,11 +276,13 @@ def to_device(array: np.ndarray, device):
     64-byte aligned (the tensor is a view of it), else one aligned copy: tvm.runtime.tensor's copy costs
     ~18 us even for 250 floats (its Python-side checks), a view 1.5 us and an aligned copy 5 us, which a
     model of 10-20 us (SENNA) pays on every request. (numpy's ctypes.data took 2 us of those: the
-    addresses are read from DLPack views instead.)"""
-    import tvm
+    addresses are read from DLPack views instead.) On a GPU, a copy there (with tvm, which a CUDA side
+    imports: runtime/cuda.py `cuda_device`)."""
     import tvm_ffi
 
     if device.dlpack_device_type() != DLPACK_CPU:
+        import tvm
+
         return tvm.runtime.tensor(array, device)
     if array.flags.writeable:
         view = tvm_ffi.from_dlpack(array)
@@ -315,6 +312,4 @@ def fetch(value) -> np.ndarray:
 
 def results(result) -> list:
     """A compiled function's result as a list: one tensor, or a tuple of them."""
-    import tvm
-
-    return [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
+    return [result] if isinstance(result, tvm_lib.Tensor) else list(result)

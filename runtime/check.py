@@ -15,6 +15,7 @@ import platform
 
 import numpy as np
 
+from . import tvm_lib
 from .bundle import Bundle, SegmentExecutor, fetch
 from .profile import segment_samples, time_calls
 
@@ -33,7 +34,7 @@ def spread(samples: list[float]) -> dict:
 def device_name(executor: SegmentExecutor) -> str:
     """The GPU's name for a CUDA side, else this machine's CPU."""
     if executor.bundle.side(executor.side).device != "cpu":
-        return str(executor.device.device_name)
+        return tvm_lib.device_name(executor.device)
     from .profile import hardware_info
 
     return hardware_info()["cpu"] or platform.processor()
@@ -57,7 +58,7 @@ def check_side(bundle: Bundle, side: str, reference: dict[str, np.ndarray], rtol
         ok = all(np.allclose(fetch(env[name]), value, rtol=rtol, atol=atol) for name, value in expected.items())
         cuts.append({"cut": cut.index, "max_abs_error": max(errors.values()), "ok": bool(ok)})
     samples = segment_samples(bundle, side, repeats=repeats, executor=executor)
-    chain, _ = time_calls(lambda: executor.run(dict(inputs), range(n)), sync=executor.device.sync, repeats=repeats)
+    chain, _ = time_calls(lambda: executor.run(dict(inputs), range(n)), sync=executor.sync, repeats=repeats)
     return {"model": bundle.name, "bundle_id": bundle.bundle_id, "side": side, "preset": bundle.side(side).preset,
             "device": device_name(executor), "rtol": rtol, "atol": atol, "cuts": cuts,
             "all_cuts_ok": all(c["ok"] for c in cuts), "segments": [spread(s) for s in samples],

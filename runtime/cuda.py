@@ -13,15 +13,17 @@ where str/vec are a u64 little-endian length followed by the items. A "cuda" pay
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import struct
 from pathlib import Path
 
+from . import tvm_lib
 from .errors import NeurosurgeonError
 
 
-__all__ = ["CUDART_FOLDERS", "SM_ARCH", "CudaRuntimeUnavailable", "cuda_device_modules", "device_code_archs", "has_cuda_source",
-           "load_cuda_plugin", "load_cuda_runtime", "tvm_lib_dir"]
+__all__ = ["CUDART_FOLDERS", "SM_ARCH", "CudaRuntimeUnavailable", "cuda_device", "cuda_device_modules", "device_code_archs", "has_cuda_source",
+           "load_cuda_plugin", "load_cuda_runtime"]
 
 
 class CudaRuntimeUnavailable(NeurosurgeonError, RuntimeError):
@@ -32,13 +34,7 @@ SM_ARCH = re.compile(r"sm_(\d+)([af]?)")  # a CUDA arch name: sm_80, sm_90a
 _FATBIN_MAGIC = 0xBA55ED50
 _EM_CUDA = 190
 _SOURCE_MARKER = b'extern "C" __global__'
-
-
-def tvm_lib_dir() -> Path:
-    """The folder of the libtvm_runtime.so this process loaded (the CUDA plugin sits beside it)."""
-    from tvm.base import _LOADED_LIBS
-
-    return Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+CUDA_PLUGIN = "libtvm_runtime_cuda.so"
 
 
 # Where CUDA's runtime library (which TVM's CUDA plugin links) lives when it is not on the loader's
@@ -50,18 +46,16 @@ def load_cuda_plugin() -> None:
     """dlopen libtvm_runtime_cuda.so, which registers the CUDA device API, module factory and loader
     (after CUDA's runtime library, looked for beside the toolkit or the nvidia wheels if the loader
     does not find it)."""
-    from tvm.base import _LOADED_LIBS
-
-    plugin = tvm_lib_dir() / "libtvm_runtime_cuda.so"
+    tvm_lib.load_library()  # the plugin links TVM's runtime library
     try:
-        _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(plugin), mode=ctypes.RTLD_GLOBAL)
-    except OSError as err:
+        tvm_lib.load_library(CUDA_PLUGIN)
+    except ImportError as err:
         if "libcudart" not in str(err) or not _preload_cudart():
-            raise CudaRuntimeUnavailable(f"cannot load {plugin}: {err}") from None
+            raise CudaRuntimeUnavailable(str(err)) from None
         try:
-            _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(plugin), mode=ctypes.RTLD_GLOBAL)
-        except OSError as again:
-            raise CudaRuntimeUnavailable(f"cannot load {plugin}: {again}") from None
+            tvm_lib.load_library(CUDA_PLUGIN)
+        except ImportError as again:
+            raise CudaRuntimeUnavailable(str(again)) from None
 
 
 def _preload_cudart() -> bool:
@@ -85,12 +79,22 @@ def _preload_cudart() -> bool:
 def load_cuda_runtime() -> None:
     """Register TVM's CUDA runtime (device API and the "cuda" module loader) in this process.
 
-    Needed before tvm.runtime.load_module of a CUDA artifact when TVM_USE_RUNTIME_LIB=1, which
-    does not load the plugin itself. Raises CudaRuntimeUnavailable where there is no driver."""
+    Needed before loading a CUDA artifact: TVM's runtime library does not load the plugin itself.
+    Raises CudaRuntimeUnavailable where there is no driver."""
     import tvm_ffi
 
     if tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is None:
         load_cuda_plugin()
+
+
+def cuda_device():
+    """The first GPU, with TVM's CUDA runtime loaded. A CUDA side imports tvm (runtime-only) for its
+    tensors' copies between host and GPU, which tvm-ffi alone does not make."""
+    load_cuda_runtime()
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")  # where tvm is not imported yet: its runtime only
+    import tvm
+
+    return tvm.cuda(0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle, SegmentExecutor, load_artifact
+from . import tvm_lib
+from .bundle import Bundle, SegmentExecutor, load_artifact, to_device
 from .errors import BundleError, NeurosurgeonError
 from .jsonfile import JsonFormat
 from .progress import Progress, human_seconds
@@ -62,9 +63,9 @@ def segment_samples(bundle: Bundle, side: str, repeats: int = 5, seed: int = 0,
     started, passes = time.perf_counter(), 0
     while passes < WARMUP_PASSES or (time.perf_counter() - started < WARMUP_S and passes < 100):
         env = executor.run(dict(feeds), range(len(bundle.segments)))
-        executor.device.sync()
+        executor.sync()
         passes += 1
-    return [time_calls(lambda i=index: executor.run(dict(env), (i,)), sync=executor.device.sync, repeats=repeats,
+    return [time_calls(lambda i=index: executor.run(dict(env), (i,)), sync=executor.sync, repeats=repeats,
                        warmup=0)[0] for index in range(len(bundle.segments))]
 
 
@@ -90,11 +91,11 @@ def hardware_info(device: str = "cpu") -> dict:
         "device": device,
     }
     try:
-        import tvm
-
-        info["tvm_runtime_version"] = tvm.__version__
+        info["tvm_runtime_version"] = tvm_lib.version()
         if device == "cuda":
-            info["gpu"] = tvm.cuda(0).device_name
+            from .cuda import cuda_device
+
+            info["gpu"] = tvm_lib.device_name(cuda_device())
     except Exception:  # the hardware record is informative; never fail a profile over it
         pass
     return info
@@ -145,9 +146,6 @@ def profile_kit(kit_dir: str | Path, out_path: str | Path, budget_s: float | Non
     is resumed (its layers are not measured again). With `budget_s`, stops cleanly before the
     layer that would start after the budget is spent (a layer cut off mid-way is dropped).
     """
-    import tvm
-    import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode (TVM_USE_RUNTIME_LIB=1)
-
     started = time.perf_counter()
     deadline = started + budget_s if budget_s is not None else math.inf
     if repeats < 1 or warmup < 0:
@@ -159,10 +157,11 @@ def profile_kit(kit_dir: str | Path, out_path: str | Path, budget_s: float | Non
         raise ProfileError(f"{kit_dir}: kit built for {target['name']} ({target['machine']}), "
                            f"this machine is {platform.machine()}")
     if target["device"] == "cuda":
-        from .cuda import load_cuda_runtime
+        from .cuda import cuda_device
 
-        load_cuda_runtime()
-    device = tvm.cuda(0) if target["device"] == "cuda" else tvm.cpu(0)
+        device = cuda_device()
+    else:
+        device = tvm_lib.cpu()
     profile = _start_profile(kit, out_path, hardware_info(target["device"]))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     profile["settings"] = {"repeats": repeats, "warmup": warmup, "min_sample_s": min_sample_s,
@@ -180,8 +179,8 @@ def profile_kit(kit_dir: str | Path, out_path: str | Path, budget_s: float | Non
                 stopped = True
                 break
             function = _load(kit_dir, entry, device)
-            args = [tvm.runtime.tensor(_random(rng, t), device) for t in entry["inputs"]]
-            timed = time_calls(function, args, device.sync, repeats, warmup, min_sample_s, max_entry_s, deadline)
+            args = [to_device(_random(rng, t), device) for t in entry["inputs"]]
+            timed = time_calls(function, args, lambda: tvm_lib.sync(device), repeats, warmup, min_sample_s, max_entry_s, deadline)
             del function, args  # unload before the next artifact: a kit's weights add up to hundreds of MB
             if timed is None:
                 stopped = True

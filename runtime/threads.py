@@ -103,9 +103,9 @@ def blas_config() -> str | None:
 
 def set_tvm_threads_here(n: int) -> None:
     """This thread's TVM thread pool gets `n` workers (TVM keeps one pool per calling thread)."""
-    import tvm
+    from . import tvm_lib
 
-    tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1: no core pinning
+    tvm_lib.set_threads(n)
 
 
 def apply_share_here(share: ThreadShare) -> ThreadShare:

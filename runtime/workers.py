@@ -277,7 +277,7 @@ class WorkerPool:
             for segment in first.segments:  # one by one, each timed (per sample in a batch)
                 started = time.perf_counter()
                 env = executor.run(env, (segment,))
-                executor.device.sync()
+                executor.sync()
                 self.segment_times.observe(segment, (time.perf_counter() - started) / n)
             made = {name: fetch(env[name]) for name in first.wanted}
         except BaseException as err:  # noqa: BLE001 (the requests' answer: a 500 naming it)

@@ -226,6 +226,7 @@ def test_bundle_runs_alone_with_only_numpy_and_tvm_runtime(alexnet, server, tmp_
             assert not done.code, done.code
         maps = open("/proc/self/maps").read()
         print("MAPS", "libtvm_runtime" in maps, "libtvm_compiler" in maps or "libtvm.so" in maps)
+        print("TVM PACKAGE IMPORTED", "tvm" in sys.modules)  # its library through tvm_ffi alone (runtime/tvm_lib.py)
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["PYTHONPATH"] = str(site)
@@ -234,7 +235,7 @@ def test_bundle_runs_alone_with_only_numpy_and_tvm_runtime(alexnet, server, tmp_
     assert out.returncode == 0, out.stdout + out.stderr
     record = json.loads(out.stdout.splitlines()[0])
     assert record["cut"] == 5 and not record["fell_back"]
-    assert "MAPS True False" in out.stdout
+    assert "MAPS True False" in out.stdout and "TVM PACKAGE IMPORTED False" in out.stdout
     # a fixed cut 5 loads segments 0..4 only, and says so
     assert f"run.py: held 5 of {len(bundle.segments)} segments here (" in out.stderr and "peak resident memory" in out.stderr
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference[bundle.outputs[0].name], rtol=1e-4, atol=1e-5)

@@ -40,8 +40,9 @@ print(json.dumps({"floor_mib": floor, "peak_mib": hwm()}))
 """
 
 _TVM_FLOOR = """
-import os; os.environ.setdefault('TVM_USE_RUNTIME_LIB', '1')
-import numpy, tvm, tvm.runtime.vm
+import numpy
+from neurosurgeon.runtime import tvm_lib
+tvm_lib.load_library()
 print(int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024)
 """
 
