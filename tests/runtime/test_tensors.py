@@ -62,3 +62,24 @@ def test_a_compiled_function_answers_right_whatever_its_inputs_memory_and_its_re
     for outputs, copies in kept:
         for view, copy in zip(outputs, copies):
             np.testing.assert_array_equal(view, copy)
+
+
+def test_what_tvm_refuses_is_a_one_line_bundle_error(tmp_path):
+    """A file that is no artifact, and a tensor the compiled function refuses (TVM's check raised
+    inside it): each a BundleError naming the file or segment, not a traceback from the runtime."""
+    import pytest
+
+    from neurosurgeon.compiler.pipeline import CompileOptions, compile_model
+    from neurosurgeon.runtime.bundle import Bundle, SegmentExecutor
+    from neurosurgeon.runtime.errors import BundleError
+
+    (tmp_path / "not.so").write_text("not a shared object\n")
+    with pytest.raises(BundleError, match=r"not\.so: artifact does not load: "):
+        load_artifact(tmp_path / "not.so", tvm.cpu(0))
+    built = compile_model(windowed_reductions(), tmp_path / "b", CompileOptions("x86-host", "x86-host", progress=False))
+    bundle = Bundle(built.path)
+    executor = SegmentExecutor(bundle, "mobile")
+    wrong = to_device(_aligned(32 * 27 * 28).reshape(1, 32, 27, 28), executor.device)  # one row short
+    with pytest.raises(BundleError, match=r"mobile segment 0 failed: .*27 vs\. 28") as raised:
+        executor.run({bundle.inputs[0].name: wrong}, [0])
+    assert "\n" not in str(raised.value)
