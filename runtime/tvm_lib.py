@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import os
 from pathlib import Path
 
 import tvm_ffi
@@ -31,7 +32,10 @@ _LIBS: dict[str, ctypes.CDLL] = {}
 
 
 def lib_dir() -> Path:
-    """The folder of TVM's shared libraries (the tvm package's lib/), found without importing tvm."""
+    """The folder of TVM's shared libraries: TVM_LIBRARY_PATH where set (TVM's own variable for a build
+    from source), else the tvm package's lib/, found without importing tvm."""
+    if os.environ.get("TVM_LIBRARY_PATH"):
+        return Path(os.environ["TVM_LIBRARY_PATH"])
     spec = importlib.util.find_spec("tvm")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("TVM's runtime is not installed here (no tvm package on the path)")
