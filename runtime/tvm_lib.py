@@ -12,6 +12,7 @@ does a process that compiles; the library is then the one tvm loaded, and this w
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -53,7 +54,10 @@ def load_library(name: str = "libtvm_runtime.so") -> ctypes.CDLL:
     return _LIBS[name]
 
 
+@functools.cache
 def _global(name: str):
+    """A function TVM's runtime library registers, looked up once (0.9 us a lookup and call against
+    0.16 us a call: `sync` runs after every segment a server worker times)."""
     load_library()
     return tvm_ffi.get_global_func(name)
 

@@ -126,7 +126,8 @@ def memory_table(result: dict) -> str:
     lines += ["", textwrap.fill(
         "Peak resident memory (MiB), each in a process of its own, 5 requests (artifacts: the device side's files, "
         "MiB): onnxruntime = a session on the whole model; device all = the bundle's run.py running every segment "
-        "here; device cut k = run.py with --cut k against a server (only segments 0..k-1 loaded); server = neurosurgeon serve after 5 cloud-only requests "
+        "here; device cut k = run.py with --cut k against a server (only segments 0..k-1 loaded); server = "
+        "neurosurgeon serve after 5 cloud-only requests "
         f"(server idle: once ready). Floors (the interpreter and its libraries, no model): numpy + onnxruntime "
         f"{floors['onnxruntime']:.0f} MiB, numpy + TVM's runtime {floors['tvm_runtime']:.0f} MiB. Bundles: x86-host, "
         f"--kernels {', '.join(sorted({r['kernels'] for r in result['rows']})) or '-'}.", 110)]

@@ -37,6 +37,7 @@ def prepare_bundle(workdir: Path, model: str, input_size: int | None, log=print,
     path)."""
     from ...api import CompileOptions
     from ...api import compile as compile_bundle
+    from ...compiler.kernels import DEFAULT_KERNELS
     from ...compiler.partition import FusedLayersPartitioner
     from ...runtime.bundle import Bundle
     from ...runtime.manifest import MANIFEST, MANIFEST_FORMAT
@@ -53,9 +54,8 @@ def prepare_bundle(workdir: Path, model: str, input_size: int | None, log=print,
     bundle_path = workdir / f"{model}{suffix}{f'-{kernels}' if kernels else ''}.bundle"
     # Every cut a compiler does not fuse (fused-layers), not only the default's upload envelope: the
     # evaluation compares the planner's choice with every cut, as the paper's figures do.
-    options = CompileOptions(mobile="x86-host", server="x86-host", force=True, partitioner=FusedLayersPartitioner.name)
-    if kernels:
-        options.kernels = kernels
+    options = CompileOptions(mobile="x86-host", server="x86-host", force=True, partitioner=FusedLayersPartitioner.name,
+                             kernels=kernels or DEFAULT_KERNELS)
     if (bundle_path / MANIFEST).is_file():
         import tvm
 
