@@ -12,7 +12,6 @@ does a process that compiles; the library is then the one tvm loaded, and this w
 from __future__ import annotations
 
 import ctypes
-import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -54,10 +53,11 @@ def load_library(name: str = "libtvm_runtime.so") -> ctypes.CDLL:
     return _LIBS[name]
 
 
-@functools.cache
 def _global(name: str):
-    """A function TVM's runtime library registers, looked up once (0.9 us a lookup and call against
-    0.16 us a call: `sync` runs after every segment a server worker times)."""
+    """A function TVM's runtime library registers, looked up at every call: one looked-up function
+    object shared by a server's worker threads (functools.cache) corrupted the heap now and then at
+    start-up, when each worker sets its thread pool ("free(): unaligned chunk detected in tcache 2": one
+    run in three of tests/tools/test_evaluate.py, and in CI; none in six without it). A lookup costs 0.5 us."""
     load_library()
     return tvm_ffi.get_global_func(name)
 
